@@ -1,0 +1,693 @@
+#include "broker/core/broker_core.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/process_identity.h"
+#include "common/random_id.h"
+#include "spdlog/spdlog.h"
+
+namespace vfbroker {
+namespace {
+
+constexpr size_t kMaxNameBytes = 64;
+constexpr size_t kMaxLeaseIdBytes = 64;
+constexpr absl::Duration kFirstRetry = absl::Milliseconds(2);
+constexpr absl::Duration kMaxRetry = absl::Seconds(1);
+
+std::string TenantLabel(const PeerCredentials& peer) {
+  return absl::StrFormat("uid:%d/pid:%d", peer.tenant.uid, peer.pid);
+}
+
+std::string OwnerLabel(const v1::Lease& lease) {
+  return absl::StrFormat("uid:%d/pid:%d", lease.owner_uid(), lease.owner_pid());
+}
+
+absl::Duration RetryDelay(int attempts) {
+  absl::Duration delay = kFirstRetry;
+  for (int i = 1; i < attempts && delay < kMaxRetry; ++i) delay *= 2;
+  return std::min(delay, kMaxRetry);
+}
+
+v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block_size,
+                    std::string device_path) {
+  v1::Lease info;
+  info.set_id(granted.lease_id());
+  info.set_pool(granted.pool());
+  info.set_owner_uid(granted.owner().uid());
+  info.set_owner_pid(granted.owner().pid());
+  info.set_granted_unix_ms(granted.granted_unix_ms());
+  v1::Extent* extent = info.mutable_extent();
+  extent->set_size_bytes(granted.loop_extent().size_bytes());
+  extent->set_logical_block_size(logical_block_size);
+  extent->set_device_path(std::move(device_path));
+  return info;
+}
+
+std::string OuterDevicePath(const journal::LoopExtentState& state) {
+  return absl::StrCat("/dev/loop", state.outer_loop_index());
+}
+
+}  // namespace
+
+BrokerCore::BrokerCore(CoreOptions options, std::unique_ptr<Allocator> allocator,
+                       std::map<std::string, std::unique_ptr<LoopExtentBackend>> backends,
+                       std::unique_ptr<Journal> journal)
+    : options_(std::move(options)),
+      journal_(std::move(journal)),
+      backends_(std::move(backends)),
+      allocator_(std::move(allocator)),
+      wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+
+BrokerCore::~BrokerCore() { Stop(); }
+
+bool BrokerCore::IsOperator(uint32_t uid) const {
+  return uid == 0 || std::find(options_.operator_uids.begin(), options_.operator_uids.end(),
+                               uid) != options_.operator_uids.end();
+}
+
+absl::StatusOr<BrokerCore::Session*> BrokerCore::FindSession(absl::string_view token) {
+  if (token.empty()) {
+    return absl::UnauthenticatedError(
+        "no session: open one on the session socket and send its token as vfbroker-session");
+  }
+  auto it = sessions_.find(token);
+  if (it == sessions_.end()) {
+    return absl::UnauthenticatedError("unknown session token (the session ended or the broker "
+                                      "restarted: open a new session)");
+  }
+  return &it->second;
+}
+
+v1::Event BrokerCore::MakeEvent(v1::Event::Kind kind, const v1::Lease& lease,
+                                std::string detail) const {
+  v1::Event event;
+  event.set_kind(kind);
+  event.set_unix_ms(absl::ToUnixMillis(absl::Now()));
+  event.set_lease_id(lease.id());
+  event.set_pool(lease.pool());
+  event.set_owner_uid(lease.owner_uid());
+  event.set_owner_pid(lease.owner_pid());
+  event.set_detail(std::move(detail));
+  return event;
+}
+
+void BrokerCore::WakeReaper() {
+  uint64_t one = 1;
+  (void)!::write(wake_fd_.get(), &one, sizeof(one));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+absl::Status BrokerCore::Recover(const JournalReplay& replay) {
+  absl::flat_hash_map<std::string, JournaledLease> journaled = FoldJournal(replay.records);
+  std::map<std::string, std::vector<journal::LoopExtentState>> known_by_pool;
+  std::vector<PendingTeardown> to_end;  // live in the journal, but their owner is gone
+  int kept = 0, queued = 0;
+
+  absl::MutexLock lock(&mu_);
+  for (auto& [lease_id, entry] : journaled) {
+    const journal::LeaseGranted& granted = entry.granted;
+    auto backend_it = backends_.find(granted.pool());
+    if (backend_it == backends_.end() || !granted.has_loop_extent()) {
+      spdlog::error("lease={} pool={}: the journal names a pool this configuration lacks; its "
+                    "devices are left as they are", lease_id, granted.pool());
+      continue;
+    }
+    LoopExtentBackend& backend = *backend_it->second;
+    const journal::LoopExtentState& state = granted.loop_extent();
+    known_by_pool[granted.pool()].push_back(state);
+
+    ExtentLeaseRecord record;
+    record.lease_id = lease_id;
+    record.pool = granted.pool();
+    record.owner_uid = granted.owner().uid();
+    record.offset = state.offset_bytes();
+    record.size = state.size_bytes();
+
+    v1::Lease info = LeaseInfo(granted, 512, OuterDevicePath(state));
+    bool keep = false;
+    if (!entry.ended) {
+      absl::StatusOr<UniqueFd> owner =
+          OpenPidfdIfSameProcess(granted.owner().pid(), granted.owner().start_time_ticks());
+      if (!owner.ok()) {
+        spdlog::info("lease={} tenant={}: owner exited while the broker was down; reclaiming",
+                     lease_id, OwnerLabel(info));
+      } else if (absl::Status readopted = backend.Readopt(state); !readopted.ok()) {
+        spdlog::error("lease={} tenant={}: cannot re-adopt its devices ({}); reclaiming",
+                      lease_id, OwnerLabel(info), readopted.message());
+      } else {
+        keep = true;
+        auto same_owner = [&](const OrphanOwner& o) {
+          return o.pid == granted.owner().pid() &&
+                 o.start_time == granted.owner().start_time_ticks();
+        };
+        if (std::none_of(orphan_owners_.begin(), orphan_owners_.end(), same_owner)) {
+          orphan_owners_.push_back(OrphanOwner{granted.owner().pid(),
+                                               granted.owner().start_time_ticks(),
+                                               std::move(*owner)});
+        }
+      }
+    }
+    record.state = keep ? SliceState::kLive : SliceState::kEnding;
+    if (absl::Status restored = allocator_->RestoreExtent(record); !restored.ok()) {
+      spdlog::error("lease={}: journal conflicts with another lease ({}); skipped", lease_id,
+                    restored.message());
+      continue;
+    }
+    if (keep) {
+      leases_.emplace(lease_id, Lease{info, granted, /*session_token=*/""});
+      ++kept;
+      continue;
+    }
+    PendingTeardown pending;
+    pending.lease_id = lease_id;
+    pending.pool = granted.pool();
+    pending.state = state;
+    pending.info = info;
+    pending.reclaimed = entry.ended ? entry.reclaimed : true;
+    pending.ended_at = absl::Now();
+    pending.next_attempt = absl::Now();
+    if (entry.ended) {
+      teardowns_.push_back(std::move(pending));
+    } else {
+      to_end.push_back(std::move(pending));
+    }
+    ++queued;
+  }
+  for (auto& [pool, backend] : backends_) {
+    if (absl::Status swept = backend->RemoveOrphans(known_by_pool[pool]); !swept.ok()) {
+      spdlog::warn("pool={}: removing orphaned devices failed: {}", pool, swept.message());
+    }
+  }
+
+  // Compact to what is known now: kept leases, plus ended ones still to be torn down.
+  absl::flat_hash_map<std::string, JournaledLease> snapshot;
+  for (const auto& [lease_id, lease] : leases_) snapshot[lease_id].granted = lease.granted;
+  for (const PendingTeardown& pending : teardowns_) {
+    JournaledLease& entry = snapshot[pending.lease_id];
+    entry = journaled[pending.lease_id];
+  }
+  for (const PendingTeardown& pending : to_end) {
+    JournaledLease& entry = snapshot[pending.lease_id];
+    entry = journaled[pending.lease_id];
+    entry.ended = true;
+    entry.reclaimed = true;
+  }
+  for (PendingTeardown& pending : to_end) teardowns_.push_back(std::move(pending));
+  absl::Status compacted = journal_->Compact(SnapshotRecords(snapshot));
+  spdlog::info("recovered from journal: {} records ({} torn bytes cut), {} leases kept for "
+               "their owners, {} slices to reclaim",
+               replay.records.size(), replay.truncated_bytes, kept, queued);
+  return compacted;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+absl::StatusOr<BrokerCore::OpenedSession> BrokerCore::OpenSession(
+    const PeerCredentials& peer, std::shared_ptr<SessionLink> link) {
+  std::vector<v1::Event> readopted_events;
+  OpenedSession opened;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("the broker is shutting down");
+    if (sessions_.size() >= options_.max_sessions) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the broker already has ", sessions_.size(), " sessions (max_sessions)"));
+    }
+    opened.token = RandomId("s-", 16);
+    Session& session = sessions_[opened.token];
+    session.token = opened.token;
+    session.peer = peer;
+    session.link = std::move(link);
+    // A process whose leases survived a broker restart gets them back: identity is the
+    // kernel's pid and start time, not anything the tenant says.
+    for (auto& [lease_id, lease] : leases_) {
+      if (!lease.session_token.empty()) continue;
+      if (lease.granted.owner().pid() != peer.pid ||
+          lease.granted.owner().start_time_ticks() != peer.start_time) {
+        continue;
+      }
+      lease.session_token = opened.token;
+      session.lease_ids.insert(lease_id);
+      opened.readopted_lease_ids.push_back(lease_id);
+      readopted_events.push_back(
+          MakeEvent(v1::Event::KIND_READOPTED, lease.info, "owner reconnected after restart"));
+    }
+    std::sort(opened.readopted_lease_ids.begin(), opened.readopted_lease_ids.end());
+  }
+  spdlog::info("session opened tenant={} groups={} readopted={}", TenantLabel(peer),
+               peer.tenant.groups.size(), opened.readopted_lease_ids.size());
+  for (const v1::Event& event : readopted_events) {
+    spdlog::info("lease={} tenant={} re-adopted by its owner", event.lease_id(),
+                 TenantLabel(peer));
+    events_.Publish(event);
+  }
+  return opened;
+}
+
+void BrokerCore::CloseSession(absl::string_view token) {
+  std::vector<PendingTeardown> ended;
+  PeerCredentials peer;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(token);
+    if (it == sessions_.end()) return;
+    peer = it->second.peer;
+    std::vector<std::string> lease_ids(it->second.lease_ids.begin(), it->second.lease_ids.end());
+    for (const std::string& lease_id : lease_ids) {
+      ended.push_back(TakeLeaseLocked(lease_id, /*reclaimed=*/true));
+    }
+    sessions_.erase(it);
+  }
+  spdlog::info("session closed tenant={} reclaiming={}", TenantLabel(peer), ended.size());
+  CommitEnded(std::move(ended));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grants and releases
+
+absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
+                                                     const v1::AllocateExtentRequest& request) {
+  if (request.pool().empty() || request.pool().size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pool: must be a pool name of 1..", kMaxNameBytes, " bytes"));
+  }
+  const std::string lease_id = RandomId("lease-", 8);
+  PeerCredentials peer;
+  ExtentLeaseRecord record;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<Session*> session = FindSession(token);
+    if (!session.ok()) return session.status();
+    if ((*session)->lease_ids.size() >= options_.max_leases_per_session) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this session already holds ", (*session)->lease_ids.size(),
+          " leases (max_leases_per_session)"));
+    }
+    peer = (*session)->peer;
+    absl::StatusOr<ExtentLeaseRecord> reserved =
+        allocator_->AllocateExtent(peer.tenant, request.pool(), request.size_bytes(), lease_id);
+    if (!reserved.ok()) {
+      spdlog::info("lease=- tenant={} pool={} size={} refused: {}", TenantLabel(peer),
+                   request.pool(), request.size_bytes(), reserved.status().message());
+      return reserved.status();
+    }
+    record = *std::move(reserved);
+  }
+  auto release_reservation = [&] {
+    absl::MutexLock lock(&mu_);
+    (void)allocator_->FreeSlice(lease_id);
+  };
+
+  LoopExtentBackend& backend = *backends_.at(record.pool);
+  absl::StatusOr<ProvisionedExtent> provisioned = backend.Provision(record.offset, record.size);
+  if (!provisioned.ok()) {
+    release_reservation();
+    spdlog::error("lease={} tenant={} pool={}: provisioning failed: {}", lease_id,
+                  TenantLabel(peer), record.pool, provisioned.status().message());
+    return absl::UnavailableError(absl::StrCat("pool ", record.pool,
+                                               ": could not provision the extent: ",
+                                               provisioned.status().message()));
+  }
+
+  journal::Record journal_record;
+  journal::LeaseGranted* granted = journal_record.mutable_granted();
+  granted->set_lease_id(lease_id);
+  granted->set_pool(record.pool);
+  granted->mutable_owner()->set_pid(peer.pid);
+  granted->mutable_owner()->set_start_time_ticks(peer.start_time);
+  granted->mutable_owner()->set_uid(peer.tenant.uid);
+  granted->mutable_owner()->set_gid(peer.tenant.gid);
+  granted->set_granted_unix_ms(absl::ToUnixMillis(absl::Now()));
+  *granted->mutable_loop_extent() = provisioned->state;
+  v1::Lease info = LeaseInfo(*granted, provisioned->logical_block_size, provisioned->device_path);
+
+  if (absl::Status durable = journal_->Append(journal_record); !durable.ok()) {
+    // Nobody has the descriptor yet, so the slice can be taken apart at once.
+    provisioned->tenant_fd.reset();
+    absl::StatusOr<TeardownResult> undone = backend.Teardown(provisioned->state);
+    if (undone.ok() && *undone == TeardownResult::kFreed) release_reservation();
+    spdlog::error("lease={} tenant={}: journal write failed: {}", lease_id, TenantLabel(peer),
+                  durable.message());
+    return absl::UnavailableError(
+        absl::StrCat("the broker could not record the grant: ", durable.message()));
+  }
+
+  std::shared_ptr<SessionLink> link;
+  {
+    absl::MutexLock lock(&mu_);
+    leases_.emplace(lease_id, Lease{info, *granted, std::string(token)});
+    auto session = sessions_.find(token);
+    if (session != sessions_.end()) {
+      session->second.lease_ids.insert(lease_id);
+      link = session->second.link;
+    }
+  }
+  absl::Status sent = absl::UnavailableError("the session closed during the allocation");
+  if (link != nullptr) {
+    v1::SessionGrant grant;
+    grant.set_lease_id(lease_id);
+    grant.add_fd_roles(v1::FD_ROLE_BLOCK_DEVICE);
+    sent = link->SendGrant(grant, {provisioned->tenant_fd.get()});
+  }
+  provisioned->tenant_fd.reset();
+  if (!sent.ok()) {
+    std::vector<PendingTeardown> ended;
+    {
+      absl::MutexLock lock(&mu_);
+      if (leases_.contains(lease_id)) ended.push_back(TakeLeaseLocked(lease_id, true));
+    }
+    CommitEnded(std::move(ended));
+    spdlog::warn("lease={} tenant={}: descriptors not delivered ({}); reclaimed", lease_id,
+                 TenantLabel(peer), sent.message());
+    return absl::UnavailableError(
+        absl::StrCat("could not deliver the lease's descriptors: ", sent.message()));
+  }
+  grants_total_.fetch_add(1, std::memory_order_relaxed);
+  spdlog::info("lease={} tenant={} pool={} granted {} bytes at offset {} as {}", lease_id,
+               TenantLabel(peer), record.pool, record.size, record.offset,
+               info.extent().device_path());
+  events_.Publish(MakeEvent(v1::Event::KIND_GRANTED, info,
+                            absl::StrCat(record.size, " bytes")));
+  return info;
+}
+
+BrokerCore::PendingTeardown BrokerCore::TakeLeaseLocked(absl::string_view lease_id,
+                                                        bool reclaimed) {
+  auto it = leases_.find(lease_id);
+  PendingTeardown pending;
+  pending.lease_id = std::string(lease_id);
+  pending.pool = it->second.granted.pool();
+  pending.state = it->second.granted.loop_extent();
+  pending.info = it->second.info;
+  pending.reclaimed = reclaimed;
+  pending.ended_at = absl::Now();
+  pending.next_attempt = pending.ended_at;
+  if (!it->second.session_token.empty()) {
+    auto session = sessions_.find(it->second.session_token);
+    if (session != sessions_.end()) session->second.lease_ids.erase(lease_id);
+  }
+  leases_.erase(it);
+  if (absl::Status ended = allocator_->EndLease(lease_id); !ended.ok()) {
+    spdlog::error("lease={}: allocator disagrees: {}", lease_id, ended.message());
+  }
+  return pending;
+}
+
+void BrokerCore::CommitEnded(std::vector<PendingTeardown> ended) {
+  if (ended.empty()) return;
+  for (PendingTeardown& pending : ended) {
+    journal::Record record;
+    record.mutable_ended()->set_lease_id(pending.lease_id);
+    record.mutable_ended()->set_reclaimed(pending.reclaimed);
+    if (absl::Status durable = journal_->Append(record); !durable.ok()) {
+      // Tearing down anyway is safe: after a restart the lease would look live, fail to
+      // re-adopt its (gone) devices, and be torn down again.
+      spdlog::error("lease={}: journal write failed ({}); tearing down anyway",
+                    pending.lease_id, durable.message());
+    }
+    (pending.reclaimed ? reclaims_total_ : releases_total_)
+        .fetch_add(1, std::memory_order_relaxed);
+    spdlog::info("lease={} tenant={} pool={} {}", pending.lease_id, OwnerLabel(pending.info),
+                 pending.pool, pending.reclaimed ? "reclaimed (session ended)" : "released");
+    events_.Publish(MakeEvent(
+        pending.reclaimed ? v1::Event::KIND_RECLAIMED : v1::Event::KIND_RELEASED, pending.info,
+        pending.reclaimed ? "session ended" : "released by its owner"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (PendingTeardown& pending : ended) teardowns_.push_back(std::move(pending));
+  }
+  WakeReaper();
+}
+
+absl::Status BrokerCore::Release(absl::string_view token, absl::string_view lease_id) {
+  if (lease_id.empty() || lease_id.size() > kMaxLeaseIdBytes) {
+    return absl::InvalidArgumentError("lease_id: must be a lease id as returned by a grant");
+  }
+  std::vector<PendingTeardown> ended;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<Session*> session = FindSession(token);
+    if (!session.ok()) return session.status();
+    auto it = leases_.find(lease_id);
+    // A lease of another tenant is reported exactly like a missing one.
+    if (it == leases_.end() || (it->second.info.owner_uid() != (*session)->peer.tenant.uid &&
+                                !IsOperator((*session)->peer.tenant.uid))) {
+      return absl::NotFoundError(absl::StrCat("no lease ", lease_id));
+    }
+    ended.push_back(TakeLeaseLocked(lease_id, /*reclaimed=*/false));
+  }
+  CommitEnded(std::move(ended));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+
+absl::StatusOr<std::vector<v1::Lease>> BrokerCore::ListLeases(absl::string_view token) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Session*> session = FindSession(token);
+  if (!session.ok()) return session.status();
+  const uint32_t uid = (*session)->peer.tenant.uid;
+  const bool all = IsOperator(uid);
+  std::vector<v1::Lease> leases;
+  for (const auto& [lease_id, lease] : leases_) {
+    if (all || lease.info.owner_uid() == uid) leases.push_back(lease.info);
+  }
+  std::sort(leases.begin(), leases.end(),
+            [](const v1::Lease& a, const v1::Lease& b) { return a.id() < b.id(); });
+  return leases;
+}
+
+absl::StatusOr<std::vector<v1::Pool>> BrokerCore::ListPools(absl::string_view token) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Session*> session = FindSession(token);
+  if (!session.ok()) return session.status();
+  const Tenant& tenant = (*session)->peer.tenant;
+  std::vector<v1::Pool> pools;
+  for (const PoolUsage& usage : allocator_->Pools()) {
+    if (!IsOperator(tenant.uid) && !allocator_->Admits(tenant, usage.name)) continue;
+    v1::Pool& pool = pools.emplace_back();
+    pool.set_name(usage.name);
+    pool.set_kind(v1::POOL_KIND_BLOCK);
+    pool.set_backend("loop_extent");
+    pool.set_capacity_bytes(usage.capacity_bytes);
+    pool.set_free_bytes(usage.free_bytes);
+    pool.set_largest_free_bytes(usage.largest_free_bytes);
+    pool.set_alignment_bytes(usage.alignment_bytes);
+    pool.set_leases(usage.live_leases);
+  }
+  return pools;
+}
+
+absl::StatusOr<v1::GetStatsResponse> BrokerCore::GetStats(absl::string_view token) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Session*> session = FindSession(token);
+  if (!session.ok()) return session.status();
+  v1::GetStatsResponse stats;
+  stats.set_sessions(sessions_.size());
+  stats.set_leases(leases_.size());
+  stats.set_grants_total(grants_total_.load(std::memory_order_relaxed));
+  stats.set_releases_total(releases_total_.load(std::memory_order_relaxed));
+  stats.set_reclaims_total(reclaims_total_.load(std::memory_order_relaxed));
+  stats.set_scrubs_total(scrubs_total_.load(std::memory_order_relaxed));
+  stats.set_denied_total(denied_total_.load(std::memory_order_relaxed));
+  stats.set_uptime_ms(absl::ToInt64Milliseconds(absl::Now() - started_at_));
+  stats.set_journal_records(journal_->records_appended());
+  stats.set_last_reclaim_ms(last_reclaim_ms_);
+  stats.set_max_reclaim_ms(max_reclaim_ms_);
+  for (const PoolUsage& usage : allocator_->Pools()) {
+    v1::PoolStats* pool = stats.add_pools();
+    pool->set_name(usage.name);
+    pool->set_capacity_bytes(usage.capacity_bytes);
+    pool->set_used_bytes(usage.capacity_bytes - usage.free_bytes);
+    pool->set_leases(usage.live_leases);
+    pool->set_quarantined(usage.ending_leases);
+  }
+  return stats;
+}
+
+absl::StatusOr<std::shared_ptr<EventSubscription>> BrokerCore::Watch(absl::string_view token) {
+  std::optional<uint32_t> only_uid;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<Session*> session = FindSession(token);
+    if (!session.ok()) return session.status();
+    const uint32_t uid = (*session)->peer.tenant.uid;
+    if (!IsOperator(uid)) only_uid = uid;
+  }
+  return events_.Subscribe(only_uid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reaper: teardowns (with retries while a descriptor is still held) and orphaned owners.
+
+void BrokerCore::Start() {
+  reaper_ = std::thread([this] { ReaperLoop(); });
+}
+
+void BrokerCore::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && !reaper_.joinable()) return;
+    stopping_ = true;
+  }
+  WakeReaper();
+  if (reaper_.joinable()) reaper_.join();
+  events_.CloseAll();
+}
+
+bool BrokerCore::WaitForIdleReaper(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return teardowns_.empty() && teardowns_in_flight_ == 0;
+  };
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+}
+
+void BrokerCore::ReaperLoop() {
+  std::vector<pollfd> fds;
+  std::vector<std::pair<pid_t, uint64_t>> owners;
+  while (true) {
+    int timeout_ms = -1;
+    fds.assign(1, pollfd{wake_fd_.get(), POLLIN, 0});
+    owners.clear();
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      // Forget watched owners none of whose leases is still orphaned.
+      orphan_owners_.erase(
+          std::remove_if(orphan_owners_.begin(), orphan_owners_.end(),
+                         [&](const OrphanOwner& owner) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                           return std::none_of(leases_.begin(), leases_.end(), [&](auto& kv) {
+                             const Lease& l = kv.second;
+                             return l.session_token.empty() &&
+                                    l.granted.owner().pid() == owner.pid &&
+                                    l.granted.owner().start_time_ticks() == owner.start_time;
+                           });
+                         }),
+          orphan_owners_.end());
+      for (const OrphanOwner& owner : orphan_owners_) {
+        fds.push_back(pollfd{owner.pidfd.get(), POLLIN, 0});
+        owners.emplace_back(owner.pid, owner.start_time);
+      }
+      if (!teardowns_.empty()) {
+        absl::Time next = absl::InfiniteFuture();
+        for (const PendingTeardown& pending : teardowns_) {
+          next = std::min(next, pending.next_attempt);
+        }
+        timeout_ms = static_cast<int>(
+            std::max<int64_t>(0, absl::ToInt64Milliseconds(absl::Ceil(
+                                     next - absl::Now(), absl::Milliseconds(1)))));
+      }
+    }
+    int ready = ::poll(fds.data(), fds.size(), timeout_ms);
+    if (ready > 0) {
+      if (fds[0].revents & POLLIN) {
+        uint64_t drained;
+        (void)!::read(wake_fd_.get(), &drained, sizeof(drained));
+      }
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (fds[i].revents & (POLLIN | POLLHUP)) {
+          ReclaimOrphansOf(owners[i - 1].first, owners[i - 1].second);
+        }
+      }
+    }
+    RunDueTeardowns();
+  }
+}
+
+void BrokerCore::ReclaimOrphansOf(pid_t pid, uint64_t start_time) {
+  std::vector<PendingTeardown> ended;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> orphaned;
+    for (const auto& [lease_id, lease] : leases_) {
+      if (lease.session_token.empty() && lease.granted.owner().pid() == pid &&
+          lease.granted.owner().start_time_ticks() == start_time) {
+        orphaned.push_back(lease_id);
+      }
+    }
+    for (const std::string& lease_id : orphaned) {
+      ended.push_back(TakeLeaseLocked(lease_id, /*reclaimed=*/true));
+    }
+    orphan_owners_.erase(std::remove_if(orphan_owners_.begin(), orphan_owners_.end(),
+                                        [&](const OrphanOwner& owner) {
+                                          return owner.pid == pid &&
+                                                 owner.start_time == start_time;
+                                        }),
+                         orphan_owners_.end());
+  }
+  spdlog::info("tenant=pid:{}: owner of {} re-adopted leases exited before reconnecting", pid,
+               ended.size());
+  CommitEnded(std::move(ended));
+}
+
+void BrokerCore::RunDueTeardowns() {
+  std::vector<PendingTeardown> due;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    for (auto it = teardowns_.begin(); it != teardowns_.end();) {
+      if (it->next_attempt <= now) {
+        due.push_back(std::move(*it));
+        it = teardowns_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    teardowns_in_flight_ += static_cast<int>(due.size());
+  }
+  for (PendingTeardown& pending : due) {
+    absl::StatusOr<TeardownResult> result = backends_.at(pending.pool)->Teardown(pending.state);
+    if (result.ok() && *result == TeardownResult::kFreed) {
+      journal::Record record;
+      record.mutable_freed()->set_lease_id(pending.lease_id);
+      if (absl::Status durable = journal_->Append(record); !durable.ok()) {
+        spdlog::error("lease={}: journal write failed ({}); the slice will be scrubbed again "
+                      "after a restart", pending.lease_id, durable.message());
+      }
+      const double elapsed_ms = absl::ToDoubleMilliseconds(absl::Now() - pending.ended_at);
+      {
+        absl::MutexLock lock(&mu_);
+        (void)allocator_->FreeSlice(pending.lease_id);
+        if (pending.reclaimed) {
+          last_reclaim_ms_ = elapsed_ms;
+          max_reclaim_ms_ = std::max(max_reclaim_ms_, elapsed_ms);
+        }
+      }
+      scrubs_total_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::info("lease={} tenant={} pool={} scrubbed and free {:.1f} ms after it ended",
+                   pending.lease_id, OwnerLabel(pending.info), pending.pool, elapsed_ms);
+      events_.Publish(MakeEvent(v1::Event::KIND_SCRUBBED, pending.info,
+                                absl::StrFormat("%.1f ms after it ended", elapsed_ms)));
+      continue;
+    }
+    ++pending.attempts;
+    pending.next_attempt = absl::Now() + RetryDelay(pending.attempts);
+    if (!result.ok()) {
+      spdlog::error("lease={} pool={}: teardown failed (attempt {}): {}", pending.lease_id,
+                    pending.pool, pending.attempts, result.status().message());
+    } else if (pending.attempts == 1 || pending.attempts % 64 == 0) {
+      spdlog::warn("lease={} tenant={}: its device is still held open; quarantined until the "
+                   "last descriptor closes (attempt {})",
+                   pending.lease_id, OwnerLabel(pending.info), pending.attempts);
+    }
+    absl::MutexLock lock(&mu_);
+    teardowns_.push_back(std::move(pending));
+  }
+  absl::MutexLock lock(&mu_);
+  teardowns_in_flight_ -= static_cast<int>(due.size());
+}
+
+}  // namespace vfbroker
