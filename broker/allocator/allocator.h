@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -53,13 +54,21 @@ struct QuotaPolicy {
 };
 
 // First-fit allocation of aligned byte ranges in [0, capacity). Free ranges are coalesced.
+//
+// Every range the map hands out, accepts or keeps is aligned at both ends, so the free set is
+// always a set of aligned, non-adjacent runs. Ranges passed to Reserve/Free must be aligned,
+// non-empty and inside [0, capacity) (INVALID_ARGUMENT otherwise).
 class ExtentMap {
  public:
-  // `alignment` must be a power of two; `capacity` is rounded down to it.
+  // `alignment` must be a power of two (a programming error otherwise: the process aborts;
+  // use CheckGeometry first for untrusted values); `capacity` is rounded down to it.
   ExtentMap(uint64_t capacity, uint64_t alignment);
 
+  // OK if `alignment` is a usable alignment (a non-zero power of two).
+  static absl::Status CheckGeometry(uint64_t capacity, uint64_t alignment);
+
   // The lowest aligned free range of `size` bytes (size must be a non-zero multiple of the
-  // alignment). RESOURCE_EXHAUSTED when no free range is large enough.
+  // alignment, INVALID_ARGUMENT otherwise). RESOURCE_EXHAUSTED when no free range is large enough.
   absl::StatusOr<uint64_t> Allocate(uint64_t size);
   // Marks [offset, offset+size) used; FAILED_PRECONDITION if any part of it is not free.
   absl::Status Reserve(uint64_t offset, uint64_t size);
@@ -70,6 +79,8 @@ class ExtentMap {
   uint64_t alignment() const { return alignment_; }
   uint64_t free_bytes() const { return free_bytes_; }
   uint64_t largest_free() const;
+  // The free set as (offset, length) pairs in offset order; for stats and tests.
+  std::vector<std::pair<uint64_t, uint64_t>> FreeRanges() const;
 
  private:
   uint64_t capacity_;
@@ -107,10 +118,19 @@ struct PoolUsage {
   uint32_t ending_leases = 0;
 };
 
+// OK if every spec is usable by Allocator: names non-empty and unique, alignments non-zero
+// powers of two. The message names the offending pool.
+absl::Status ValidatePoolSpecs(const std::vector<BlockPoolSpec>& pools);
+
 class Allocator {
  public:
-  // Pool names must be unique (the config loader guarantees it).
+  // Pool names must be unique (the config loader guarantees it). Specs that fail
+  // ValidatePoolSpecs are a programming error: the process aborts. Use Create for specs that
+  // did not come through the config loader.
   Allocator(std::vector<BlockPoolSpec> pools, QuotaPolicy quotas);
+
+  // Like the constructor, but returns ValidatePoolSpecs' error instead of aborting.
+  static absl::StatusOr<Allocator> Create(std::vector<BlockPoolSpec> pools, QuotaPolicy quotas);
 
   // Grants `size` bytes (rounded up to the pool's alignment) of `pool` to `tenant` as `lease_id`.
   //   NOT_FOUND          no such pool
@@ -122,13 +142,15 @@ class Allocator {
                                                    uint64_t size, std::string lease_id);
 
   // Re-creates a lease from the journal after a restart, in the given state. No policy or quota
-  // check (the grant was valid when made); FAILED_PRECONDITION if the range overlaps another.
+  // check (the grant was valid when made); FAILED_PRECONDITION if the range overlaps another or
+  // the lease id is already known; NOT_FOUND if the pool no longer exists; INVALID_ARGUMENT if
+  // the range is empty, misaligned or outside the pool, or the lease id is empty.
   absl::Status RestoreExtent(const ExtentLeaseRecord& record);
 
   // live -> ending: uncharges the owner's quota; the range stays in use. NOT_FOUND if unknown,
   // FAILED_PRECONDITION if already ending.
   absl::Status EndLease(std::string_view lease_id);
-  // Forgets the lease (live or ending) and frees its range.
+  // Forgets the lease (live or ending) and frees its range. NOT_FOUND if unknown.
   absl::Status FreeSlice(std::string_view lease_id);
 
   const ExtentLeaseRecord* Find(std::string_view lease_id) const;
@@ -151,6 +173,8 @@ class Allocator {
     uint32_t leases = 0;
   };
 
+  // Removes a live lease's charge from its owner's usage.
+  void Uncharge(const ExtentLeaseRecord& record);
   Pool* FindPool(std::string_view name);
   const Pool* FindPool(std::string_view name) const;
 
