@@ -37,12 +37,17 @@ struct JournalReplay {
 class Journal {
  public:
   // Opens `path` (creating it, mode 0600, if missing), reads every intact record into
-  // `replay`, truncates a torn or corrupt tail, and positions for appending.
+  // `replay`, truncates a torn or corrupt tail, and positions for appending. Takes an exclusive
+  // flock(2) on the file for the Journal's lifetime: FAILED_PRECONDITION if another open Journal
+  // (in this or another process) holds it. `replay` may be null.
   static absl::StatusOr<std::unique_ptr<Journal>> Open(const std::string& path,
                                                        JournalReplay* replay);
   ~Journal();
 
   // Assigns the next sequence number, appends, and returns once the record is durable.
+  // A failed write is cut back off the file. A failed fdatasync leaves the file in an unknowable
+  // state (the kernel may already have dropped the dirty pages), so it closes the journal:
+  // every later Append and Compact returns DATA_LOSS, and the broker must restart and replay.
   absl::Status Append(journal::Record record);
 
   // Atomically replaces the journal with `records` (renumbered from 1): written to a temporary
@@ -53,13 +58,15 @@ class Journal {
   uint64_t records_appended() const;
 
  private:
-  Journal(std::string path, int fd, uint64_t next_sequence);
+  Journal(std::string path, int fd, uint64_t next_sequence, uint64_t size_bytes);
 
   const std::string path_;
   mutable absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_);
   uint64_t appended_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t size_bytes_ ABSL_GUARDED_BY(mu_);  // end of the last intact frame: where to append
+  absl::Status failed_ ABSL_GUARDED_BY(mu_);  // set once an fdatasync failed; sticky
 };
 
 // What the journal says about one lease after folding all its records.
@@ -70,11 +77,14 @@ struct JournaledLease {
 };
 
 // Folds records into the leases whose slices are not yet freed, keyed by lease id. Records for
-// unknown leases (an end or free without a grant) are ignored; a freed lease disappears.
+// unknown leases (an end or free without a grant) are ignored; a freed lease disappears. A second
+// grant for a lease id that is still present is ignored (the first one's slice is the one that
+// still has to be scrubbed).
 absl::flat_hash_map<std::string, JournaledLease> FoldJournal(
     const std::vector<journal::Record>& records);
 
 // The records that reproduce `leases` (a grant, plus an end for ended ones): what Compact writes.
+// Ordered by grant time, then lease id; sequence numbers are left for Compact to assign.
 std::vector<journal::Record> SnapshotRecords(
     const absl::flat_hash_map<std::string, JournaledLease>& leases);
 
