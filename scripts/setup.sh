@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything vfbroker needs to build, test and run its demo, from Debian's archive only.
+# Idempotent: when every package is already there it does nothing (and touches no network).
+set -euo pipefail
+
+PACKAGES=(
+  # build: Bazel 4 (offline) and the C++ libraries the project card names
+  bazel-bootstrap bazel-rules-java g++ pkg-config
+  libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
+  libabsl-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
+  liburing-dev libsystemd-dev zlib1g-dev
+  # run and test: loop devices, systemd unit linting, benchmark peers
+  util-linux systemd fio python3 iproute2
+)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup: need root to install: ${missing[*]}" >&2
+  exit 1
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"

@@ -1,0 +1,106 @@
+// Host integration harness: the real vfbrokerd as a child process, and tenants as real processes
+// under unprivileged uids, talking to it over its real sockets on real loop devices.
+//
+// Needs root (to start the broker and to drop tenants to other uids). Not thread-safe: one
+// test thread drives it.
+#ifndef VFBROKER_TESTS_INTEGRATION_HARNESS_H_
+#define VFBROKER_TESTS_INTEGRATION_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/broker_client.h"
+
+namespace vfbroker::testing {
+
+inline constexpr uid_t kTenantA = 60001;
+inline constexpr uid_t kTenantB = 60002;
+inline constexpr uint64_t kMiB = 1 << 20;
+
+// A path inside the test's runfiles (Bazel's TEST_SRCDIR).
+std::string Runfile(const std::string& path);
+
+// A process of the tenant probe (tests/integration/tenant_probe.cc) running as `uid`.
+class Tenant {
+ public:
+  static absl::StatusOr<std::unique_ptr<Tenant>> Start(const std::string& probe, uid_t uid,
+                                                       const std::vector<std::string>& args);
+  ~Tenant();
+
+  pid_t pid() const { return pid_; }
+  // Waits for a line of output starting with `prefix` and returns it.
+  absl::StatusOr<std::string> WaitForLine(const std::string& prefix,
+                                          absl::Duration timeout = absl::Seconds(30));
+  // The latest `progress ops=N errors=E` line's numbers, reading what is available now.
+  absl::StatusOr<std::pair<uint64_t, uint64_t>> LatestProgress(absl::Duration wait);
+  // Closes the probe's stdin (its signal to finish), then collects its output and exit.
+  void CloseStdin();
+  // Reads everything until exit; returns key=value pairs (later keys win) and checks exit 0.
+  absl::StatusOr<std::map<std::string, std::string>> Finish(
+      absl::Duration timeout = absl::Seconds(60));
+  void Kill();
+  const std::string& output() const { return output_; }
+
+ private:
+  Tenant() = default;
+  bool ReadSome(absl::Duration timeout);  // false on EOF
+
+  pid_t pid_ = -1;
+  int stdin_fd_ = -1;
+  int stdout_fd_ = -1;
+  std::string output_;
+  size_t consumed_ = 0;  // output_ up to here was returned by WaitForLine
+  bool exited_ = false;
+};
+
+struct BrokerOptions {
+  uint64_t scratch_bytes = 256 * kMiB;
+};
+
+// A temporary broker: its own socket and state directories, pool files on /dev/shm.
+class BrokerProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<BrokerProcess>> Start(BrokerOptions options = {});
+  ~BrokerProcess();
+
+  const std::string& socket_dir() const { return socket_dir_; }
+  const std::string& probe() const { return probe_; }
+  const std::string& scratch_path() const { return scratch_path_; }
+  std::string log() const;
+
+  absl::Status Kill();      // SIGKILL, reaped
+  absl::Status Restart();   // start again on the same state
+  absl::Status Terminate();  // SIGTERM, reaped
+
+  // A client running as this (root) test process: an operator, sees every lease.
+  absl::StatusOr<std::shared_ptr<vfclient::BrokerClient>> Operator();
+  // Waits until the broker holds no live lease and nothing is waiting to be scrubbed.
+  absl::Status WaitForIdle(absl::Duration timeout = absl::Seconds(10));
+
+  std::unique_ptr<Tenant> StartTenant(uid_t uid, const std::vector<std::string>& args);
+
+ private:
+  BrokerProcess() = default;
+  absl::Status Launch();
+
+  std::string dir_;
+  std::string socket_dir_;
+  std::string config_path_;
+  std::string log_path_;
+  std::string probe_;
+  std::string scratch_path_;
+  std::string restricted_path_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace vfbroker::testing
+
+#endif  // VFBROKER_TESTS_INTEGRATION_HARNESS_H_
