@@ -1,7 +1,8 @@
 // libvfclient: a tenant's connection to vfbrokerd.
 //
+//   vfclient::ConnectOptions options;  // socket_dir defaults to /run/vfbroker
 //   absl::StatusOr<std::shared_ptr<vfclient::BrokerClient>> client =
-//       vfclient::BrokerClient::Connect({.socket_dir = "/run/vfbroker"});
+//       vfclient::BrokerClient::Connect(options);
 //   absl::StatusOr<std::unique_ptr<vfclient::ExtentLease>> extent =
 //       (*client)->AllocateExtent("scratch", 64 << 20);
 //   // (*extent)->fd() is a block device covering exactly the extent, opened O_RDWR|O_DIRECT.
