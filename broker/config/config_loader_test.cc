@@ -159,6 +159,21 @@ TEST(ParseBrokerConfigTest, Boundaries) {
   EXPECT_TRUE(ParseBrokerConfig(ToText(config)).ok()) << ParseBrokerConfig(ToText(config)).status();
 }
 
+TEST(ParseBrokerConfigTest, SocketModeInOctal) {
+  absl::StatusOr<config::BrokerConfig> config = ParseBrokerConfig(R"pb(
+    socket_mode: 0660
+    pools {
+      name: "p"
+      access { any_user: true }
+      loop_extent { backing_path: "/srv/p.img" }
+    }
+  )pb");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->socket_mode(), 0660u);
+  EXPECT_EQ(ParseBrokerConfig("socket_mode: 0778").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ParseBrokerConfigTest, CommentsAndListSyntax) {
   absl::StatusOr<config::BrokerConfig> config = ParseBrokerConfig(R"pb(
     # a comment
