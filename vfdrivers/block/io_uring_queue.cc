@@ -20,13 +20,15 @@
 namespace vfdrivers::block {
 namespace {
 
-// Chosen by measurement: 4 KiB randread QD32 on a loop device (--direct-io=on, /dev/shm file),
-// kernel 6.18, 2 cores, bench/block/block_bench pinned to one CPU, 5 interleaved 4 s runs:
-//   quiet machine:           defer 527k IOPS, coop 526k, plain 357k (medians)
-//   other CPU kept busy:     defer 430k,      coop 425k
-//   busy-spinning, contended: defer 188k,     coop 161k, plain 110k
-// DEFER and COOP tie within noise when the poll loop yields; DEFER wins when it spins, and
-// plain (an IPI per completion batch) loses everywhere. See bench/block/README.md.
+// Chosen by measurement: 4 KiB randread QD32 on a loop device (--direct-io=on, 1 GiB /dev/shm
+// file), kernel 6.18, 2 cores, block_bench pinned to one CPU, interleaved runs, median IOPS:
+//   poll loop yields when idle:    defer 569k, coop 588k, plain 378k  (5 x 5 s)
+//   poll loop spins:               defer 503k, coop 489k, plain 393k  (4 x 4 s)
+//   yields, other core kept busy:  defer 430k, coop 425k              (3 x 4 s)
+// DEFER and COOP are within the run-to-run noise (+-10% on this shared machine); plain (an IPI
+// per completion batch) is a third slower. DEFER is the default: never behind by more than
+// the noise, and completions are posted only when we ask, in batches. See
+// bench/block/README.md.
 constexpr IoUringTaskRun kDefaultTaskRun = IoUringTaskRun::kDefer;
 
 constexpr uint32_t kMaxDepth = 4096;
