@@ -80,7 +80,7 @@ int Run(const config::BrokerConfig& config) {
     return 1;
   }
 
-  std::map<std::string, std::unique_ptr<LoopExtentBackend>> backends;
+  std::map<std::string, std::unique_ptr<ExtentBackend>> backends;
   std::vector<BlockPoolSpec> specs;
   for (const config::PoolConfig& pool : config.pools()) {
     absl::StatusOr<std::unique_ptr<LoopExtentBackend>> backend =

@@ -19,6 +19,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "bench/block/randread.h"
+#include "client/broker_client.h"
 #include "vfdrivers/block/io_uring_queue.h"
 
 ABSL_FLAG(std::string, device, "", "block device (or file) to open with O_DIRECT");
@@ -36,6 +37,11 @@ ABSL_FLAG(int, cpu, -1, "pin this thread to a CPU (or use taskset)");
 ABSL_FLAG(bool, yield, true, "sched_yield() after an empty poll (--noyield: spin)");
 ABSL_FLAG(uint32_t, submit_batch, 1, "Submit() once this many commands are staged");
 ABSL_FLAG(bool, json, false, "print one JSON line instead of text");
+ABSL_FLAG(std::string, broker_socket_dir, "",
+          "instead of --device/--fd: allocate an extent from vfbrokerd (libvfclient) and drive the "
+          "descriptor it sends");
+ABSL_FLAG(std::string, pool, "scratch", "with --broker_socket_dir: the pool");
+ABSL_FLAG(uint64_t, extent_mb, 1024, "with --broker_socket_dir: the extent's size in MiB");
 
 namespace {
 
@@ -85,7 +91,25 @@ int main(int argc, char** argv) {
 
   int fd = absl::GetFlag(FLAGS_fd);
   const std::string device = absl::GetFlag(FLAGS_device);
-  if ((fd >= 0) == !device.empty()) return Fail("give exactly one of --device and --fd");
+  // With a broker: the extent (and its descriptor) live as long as this process.
+  std::shared_ptr<vfclient::BrokerClient> client;
+  std::unique_ptr<vfclient::ExtentLease> extent;
+  if (const std::string socket_dir = absl::GetFlag(FLAGS_broker_socket_dir); !socket_dir.empty()) {
+    vfclient::ConnectOptions connect;
+    connect.socket_dir = socket_dir;
+    absl::StatusOr<std::shared_ptr<vfclient::BrokerClient>> connected =
+        vfclient::BrokerClient::Connect(connect);
+    if (!connected.ok()) return Fail(connected.status().ToString());
+    client = *connected;
+    absl::StatusOr<std::unique_ptr<vfclient::ExtentLease>> granted =
+        client->AllocateExtent(absl::GetFlag(FLAGS_pool), absl::GetFlag(FLAGS_extent_mb) << 20);
+    if (!granted.ok()) return Fail(granted.status().ToString());
+    extent = *std::move(granted);
+    fd = extent->fd();
+    fprintf(stderr, "block_bench: lease %s, %s\n", extent->id().c_str(),
+            extent->info().extent().device_path().c_str());
+  }
+  if ((fd >= 0) == !device.empty()) return Fail("give exactly one of --device, --fd, --broker_socket_dir");
   if (fd < 0) {
     const int mode = options.write_percent > 0 ? O_RDWR : O_RDONLY;
     fd = open(device.c_str(), mode | O_DIRECT | O_CLOEXEC);

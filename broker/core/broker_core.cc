@@ -57,7 +57,7 @@ std::string OuterDevicePath(const journal::LoopExtentState& state) {
 }  // namespace
 
 BrokerCore::BrokerCore(CoreOptions options, std::unique_ptr<Allocator> allocator,
-                       std::map<std::string, std::unique_ptr<LoopExtentBackend>> backends,
+                       std::map<std::string, std::unique_ptr<ExtentBackend>> backends,
                        std::unique_ptr<Journal> journal)
     : options_(std::move(options)),
       journal_(std::move(journal)),
@@ -121,7 +121,7 @@ absl::Status BrokerCore::Recover(const JournalReplay& replay) {
                     "devices are left as they are", lease_id, granted.pool());
       continue;
     }
-    LoopExtentBackend& backend = *backend_it->second;
+    ExtentBackend& backend = *backend_it->second;
     const journal::LoopExtentState& state = granted.loop_extent();
     known_by_pool[granted.pool()].push_back(state);
 
@@ -308,7 +308,7 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
     (void)allocator_->FreeSlice(lease_id);
   };
 
-  LoopExtentBackend& backend = *backends_.at(record.pool);
+  ExtentBackend& backend = *backends_.at(record.pool);
   absl::StatusOr<ProvisionedExtent> provisioned = backend.Provision(record.offset, record.size);
   if (!provisioned.ok()) {
     release_reservation();

@@ -38,7 +38,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "broker/allocator/allocator.h"
-#include "broker/backends/loop_extent.h"
+#include "broker/backends/extent_backend.h"
 #include "broker/core/event_hub.h"
 #include "broker/journal/journal.h"
 #include "common/unique_fd.h"
@@ -69,7 +69,7 @@ struct CoreOptions {
 class BrokerCore {
  public:
   BrokerCore(CoreOptions options, std::unique_ptr<Allocator> allocator,
-             std::map<std::string, std::unique_ptr<LoopExtentBackend>> backends,
+             std::map<std::string, std::unique_ptr<ExtentBackend>> backends,
              std::unique_ptr<Journal> journal);
   ~BrokerCore();
 
@@ -149,7 +149,7 @@ class BrokerCore {
   const CoreOptions options_;
   const absl::Time started_at_ = absl::Now();
   std::unique_ptr<Journal> journal_;
-  const std::map<std::string, std::unique_ptr<LoopExtentBackend>> backends_;
+  const std::map<std::string, std::unique_ptr<ExtentBackend>> backends_;
   EventHub events_;
 
   mutable absl::Mutex mu_;

@@ -1,9 +1,11 @@
 // End-to-end tests of vfbrokerd on this host: the real broker process, tenant processes under
 // two unprivileged uids, real loop devices. Run as root (CI is root); skipped otherwise.
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -288,6 +290,35 @@ TEST_F(BrokerIntegrationTest, OperatorWatchSeesGrantReleaseAndScrub) {
   EXPECT_EQ(kinds[0], v1::Event::KIND_GRANTED);
   EXPECT_EQ(kinds[1], v1::Event::KIND_RELEASED);
   EXPECT_EQ(kinds[2], v1::Event::KIND_SCRUBBED);
+}
+
+}  // namespace
+}  // namespace vfbroker::testing
+
+namespace vfbroker::testing {
+namespace {
+
+TEST(BrokerStartupTest, BadConfigIsRefusedNamingTheField) {
+  char dir_template[] = "/tmp/vfbc.XXXXXX";
+  ASSERT_NE(::mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  const std::string config = dir + "/bad.textproto";
+  std::ofstream(config) << "pools { name: \"scratch\" access { any_user: true }\n"
+                        << "  loop_extent { backing_path: \"" << dir
+                        << "/pool.img\" size_bytes: 1048576 create: true alignment_bytes: 3000 }"
+                        << "\n}\n";
+  const std::string command =
+      absl::StrCat(Runfile("broker/vfbrokerd"), " --config=", config, " 2>&1");
+  FILE* pipe = ::popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[512];
+  while (size_t n = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << status << " " << output;
+  EXPECT_NE(output.find("pools[0].loop_extent.alignment_bytes"), std::string::npos) << output;
+  EXPECT_EQ(::access((dir + "/pool.img").c_str(), F_OK), -1) << "a refused config created files";
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
