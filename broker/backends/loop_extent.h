@@ -16,9 +16,24 @@
 // next tenant's data. Device indexes are never reused while a descriptor may still refer to them
 // because a device is only ever created with LOOP_CTL_ADD (brand new) and removed when unopened.
 //
-// Thread-safe: distinct extents may be provisioned and torn down concurrently.
+// Scrubbing: over a regular file the inner device is discarded (the loop driver turns that into
+// fallocate(PUNCH_HOLE), which reads back as zeroes and gives the space back: BLKZEROOUT would
+// allocate the whole range, i.e. RAM for a pool on tmpfs); over a block device it is zeroed
+// with BLKZEROOUT. If a retry finds the inner device already unbound or gone, the range is
+// zeroed directly in the backing file instead, after the device is removed, so a crash between
+// any two steps never frees an unscrubbed range.
+//
+// Identity: a device index from the journal is only trusted after the kernel confirms it
+// (LOOP_GET_STATUS64: the inner's backing device/inode, offset and size limit; the outer's
+// backing rdev is the inner device), so a stale index that now belongs to someone else is
+// never scrubbed or removed as if it were ours.
+//
+// Thread-safe: distinct extents may be provisioned and torn down concurrently. Calls for one
+// extent (Readopt, Teardown) must not overlap each other.
 #ifndef VFBROKER_BROKER_BACKENDS_LOOP_EXTENT_H_
 #define VFBROKER_BROKER_BACKENDS_LOOP_EXTENT_H_
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -66,24 +81,48 @@ class LoopExtentBackend {
   // After a broker restart: checks that the devices named in `state` still are what the journal
   // says (outer backed by inner, inner backed by this pool at that offset and size) and takes
   // the broker's own descriptor to the outer device again. FAILED_PRECONDITION if they are not.
+  // Verifies again, but takes no second descriptor, for an outer device already held.
   absl::Status Readopt(const journal::LoopExtentState& state);
 
   // Cuts the tenant off, scrubs and removes the devices; idempotent (devices already gone are
-  // fine), so it can be retried after kStillOpen or after a restart mid-teardown.
+  // fine), so it can be retried after kStillOpen or after a restart mid-teardown. kStillOpen
+  // also when the inner device cannot be removed (someone other than the outer holds it).
   absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state);
 
   // At start, after replay: removes loop devices stacked on this pool that no journaled lease
   // names (left by a crash between Provision and the journal write; no tenant ever got them).
+  // Not scrubbed: their range was free, i.e. already scrubbed, before they were created. A crash
+  // between LOOP_CTL_ADD and binding leaves an unbound device that cannot be told apart from
+  // anyone else's; those are left alone.
   absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known);
 
  private:
+  struct BackingIdentity {
+    std::string kernel_path;  // the backing file's path as sysfs prints it (realpath)
+    dev_t device = 0;         // st_dev and st_ino, as LOOP_GET_STATUS64 reports them
+    ino_t inode = 0;
+    bool is_block_device = false;
+  };
+
   LoopExtentBackend(std::string pool_name, std::string backing_path, UniqueFd backing_fd,
-                    uint64_t capacity_bytes);
+                    uint64_t capacity_bytes, BackingIdentity identity);
+
+  absl::Status CheckRange(uint64_t offset, uint64_t size) const;
+  absl::Status CheckState(const journal::LoopExtentState& state) const;
+  // OK if the bound device open as `fd` is this extent's inner device (kernel's view).
+  absl::Status VerifyInner(int fd, const journal::LoopExtentState& state) const;
+  // OK if the bound device open as `fd` is stacked on `inner_index`.
+  absl::Status VerifyOuter(int fd, int outer_index, int inner_index) const;
+  // Teardown, step 1: true once the outer device is gone (or provably not this extent's).
+  absl::StatusOr<bool> RemoveOuter(const journal::LoopExtentState& state, UniqueFd held);
+  // Zeroes [offset, offset+size) of the backing file or device directly.
+  absl::Status ScrubBackingRange(uint64_t offset, uint64_t size);
 
   const std::string pool_name_;
   const std::string backing_path_;
   UniqueFd backing_fd_;
   const uint64_t capacity_bytes_;
+  const BackingIdentity backing_;
   absl::Mutex mu_;
   // The broker's own descriptors to live outer devices, by outer index.
   absl::flat_hash_map<int, UniqueFd> held_outer_ ABSL_GUARDED_BY(mu_);

@@ -1,0 +1,740 @@
+// Tests of the loop_extent backend against real loop devices. Needs root and /dev/loop-control;
+// skips itself otherwise. Every device a test creates is removed in TearDown, even on failure.
+#include "broker/backends/loop_extent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "broker/backends/loop_device.h"
+#include "common/unique_fd.h"
+#include "gtest/gtest.h"
+
+namespace vfbroker {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr unsigned char kOutside = 0x5A;  // the pool's bytes around an extent
+constexpr unsigned char kTenant = 0xC3;   // what a tenant writes
+
+// A 4096-aligned buffer, as O_DIRECT needs.
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(size_t size) : size_(size) {
+    void* raw = nullptr;
+    if (::posix_memalign(&raw, 4096, size) != 0) std::abort();
+    data_.reset(static_cast<unsigned char*>(raw));
+  }
+  unsigned char* data() { return data_.get(); }
+  size_t size() const { return size_; }
+  void Fill(unsigned char value) { std::memset(data_.get(), value, size_); }
+  bool All(unsigned char value, size_t length) const {
+    return std::all_of(data_.get(), data_.get() + length,
+                       [value](unsigned char c) { return c == value; });
+  }
+  bool Contains(unsigned char value, size_t length) const {
+    return std::find(data_.get(), data_.get() + length, value) != data_.get() + length;
+  }
+
+ private:
+  struct Free {
+    void operator()(unsigned char* p) const { std::free(p); }
+  };
+  size_t size_;
+  std::unique_ptr<unsigned char, Free> data_;
+};
+
+bool DeviceExists(int index) {
+  struct stat st;
+  return ::stat(absl::StrCat("/sys/block/loop", index).c_str(), &st) == 0;
+}
+
+uint64_t DeviceSize(int fd) {
+  uint64_t size = 0;
+  if (::ioctl(fd, BLKGETSIZE64, &size) != 0) return 0;
+  return size;
+}
+
+class LoopExtentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0 || ::access("/dev/loop-control", F_OK) != 0) {
+      GTEST_SKIP() << "needs root and /dev/loop-control";
+    }
+    std::string templ = "/dev/shm/vfbroker_loop_test.XXXXXX";
+    if (::mkdtemp(templ.data()) == nullptr) {
+      templ = "/tmp/vfbroker_loop_test.XXXXXX";
+      ASSERT_NE(::mkdtemp(templ.data()), nullptr) << std::strerror(errno);
+    }
+    dir_ = templ;
+  }
+
+  void TearDown() override {
+    if (dir_.empty()) return;
+    backends_.clear();  // drop the broker's held descriptors first
+    RemoveDevicesUnder(dir_);
+    for (const std::string& file : files_) ::unlink(file.c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  // Removes every loop device backed by a file under `dir`, and every device stacked on those,
+  // deepest first.
+  static void RemoveDevicesUnder(const std::string& dir) {
+    for (int round = 0; round < 8; ++round) {
+      absl::StatusOr<std::vector<int>> devices = loopdev::ListDevices();
+      if (!devices.ok()) return;
+      std::set<std::string> ours;
+      std::vector<std::pair<int, std::string>> bound;
+      for (int index : *devices) {
+        absl::StatusOr<loopdev::DeviceState> state = loopdev::ReadState(index);
+        if (!state.ok() || !state->bound) continue;
+        bound.emplace_back(index, state->backing_file);
+        if (absl::StartsWith(state->backing_file, dir + "/")) {
+          ours.insert(loopdev::DevicePath(index));
+        }
+      }
+      for (bool grew = true; grew;) {
+        grew = false;
+        for (const auto& [index, backing] : bound) {
+          if (ours.count(backing) && !ours.count(loopdev::DevicePath(index))) {
+            ours.insert(loopdev::DevicePath(index));
+            grew = true;
+          }
+        }
+      }
+      if (ours.empty()) return;
+      // Leaves first: devices nothing else is stacked on.
+      for (const auto& [index, backing] : bound) {
+        const std::string path = loopdev::DevicePath(index);
+        if (!ours.count(path)) continue;
+        bool has_child = std::any_of(bound.begin(), bound.end(), [&](const auto& other) {
+          return other.second == path;
+        });
+        if (!has_child) (void)loopdev::DetachAndRemove(index, UniqueFd(), absl::Seconds(1));
+      }
+    }
+  }
+
+  // A pool file of `size` bytes under dir_, filled with kOutside.
+  std::string MakePoolFile(const std::string& name, uint64_t size) {
+    const std::string path = dir_ + "/" + name;
+    files_.push_back(path);
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    EXPECT_TRUE(fd.valid());
+    std::vector<unsigned char> chunk(kMiB, kOutside);
+    for (uint64_t at = 0; at < size; at += kMiB) {
+      EXPECT_EQ(::pwrite(fd.get(), chunk.data(), std::min<uint64_t>(kMiB, size - at), at),
+                static_cast<ssize_t>(std::min<uint64_t>(kMiB, size - at)));
+    }
+    return path;
+  }
+
+  LoopExtentBackend* OpenBackend(const std::string& pool, const std::string& path,
+                                 uint64_t size = 0) {
+    config::LoopExtentPool config;
+    config.set_backing_path(path);
+    config.set_size_bytes(size);
+    absl::StatusOr<std::unique_ptr<LoopExtentBackend>> backend =
+        LoopExtentBackend::Open(pool, config);
+    EXPECT_TRUE(backend.ok()) << backend.status();
+    if (!backend.ok()) return nullptr;
+    backends_.push_back(std::move(*backend));
+    return backends_.back().get();
+  }
+
+  // Reads [offset, offset+length) of a file with ordinary (cached) I/O.
+  static std::vector<unsigned char> ReadFileRange(const std::string& path, uint64_t offset,
+                                                  uint64_t length) {
+    std::vector<unsigned char> data(length);
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    EXPECT_TRUE(fd.valid());
+    EXPECT_EQ(::pread(fd.get(), data.data(), length, offset), static_cast<ssize_t>(length));
+    return data;
+  }
+
+  static bool RangeIs(const std::string& path, uint64_t offset, uint64_t length,
+                      unsigned char value) {
+    std::vector<unsigned char> data = ReadFileRange(path, offset, length);
+    return std::all_of(data.begin(), data.end(), [value](unsigned char c) { return c == value; });
+  }
+
+  // Fills the whole device behind `fd` with `value` through O_DIRECT writes.
+  static void FillDevice(int fd, unsigned char value) {
+    const uint64_t size = DeviceSize(fd);
+    AlignedBuffer buffer(kMiB);
+    buffer.Fill(value);
+    for (uint64_t at = 0; at < size; at += kMiB) {
+      const size_t n = std::min<uint64_t>(kMiB, size - at);
+      ASSERT_EQ(::pwrite(fd, buffer.data(), n, at), static_cast<ssize_t>(n));
+    }
+  }
+
+  std::string dir_;
+  std::vector<std::string> files_;
+  std::vector<std::unique_ptr<LoopExtentBackend>> backends_;
+};
+
+TEST_F(LoopExtentTest, ProvisionedExtentMapsOntoItsRangeOfTheBackingFile) {
+  const std::string pool = MakePoolFile("pool.img", 32 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  EXPECT_EQ(backend->capacity_bytes(), 32 * kMiB);
+  const uint64_t offset = 8 * kMiB, size = 4 * kMiB;
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
+  EXPECT_EQ(extent->device_path, loopdev::DevicePath(outer));
+  EXPECT_EQ(extent->state.offset_bytes(), offset);
+  EXPECT_EQ(extent->state.size_bytes(), size);
+  EXPECT_TRUE(extent->logical_block_size == 512 || extent->logical_block_size == 4096);
+  const int fd = extent->tenant_fd.get();
+  EXPECT_EQ(DeviceSize(fd), size);
+  EXPECT_NE(::fcntl(fd, F_GETFL) & O_DIRECT, 0);
+  EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+  EXPECT_EQ(::fcntl(fd, F_GETFL) & O_ACCMODE, O_RDWR);
+
+  absl::StatusOr<loopdev::DeviceState> inner_state = loopdev::ReadState(inner);
+  ASSERT_TRUE(inner_state.ok());
+  EXPECT_TRUE(inner_state->bound);
+  EXPECT_EQ(inner_state->offset_bytes, offset);
+  EXPECT_EQ(inner_state->size_limit_bytes, size);
+  absl::StatusOr<loopdev::DeviceState> outer_state = loopdev::ReadState(outer);
+  ASSERT_TRUE(outer_state.ok());
+  EXPECT_EQ(outer_state->backing_file, loopdev::DevicePath(inner));
+
+  AlignedBuffer block(4096);
+  block.Fill(0x11);
+  ASSERT_EQ(::pwrite(fd, block.data(), 4096, 0), 4096);
+  block.Fill(0x22);
+  ASSERT_EQ(::pwrite(fd, block.data(), 4096, size - 4096), 4096);
+  block.Fill(0);
+  ASSERT_EQ(::pread(fd, block.data(), 4096, 0), 4096);
+  EXPECT_TRUE(block.All(0x11, 4096));
+  ASSERT_EQ(::pread(fd, block.data(), 4096, size - 4096), 4096);
+  EXPECT_TRUE(block.All(0x22, 4096));
+
+  EXPECT_TRUE(RangeIs(pool, offset, 4096, 0x11));
+  EXPECT_TRUE(RangeIs(pool, offset + size - 4096, 4096, 0x22));
+  EXPECT_TRUE(RangeIs(pool, offset - 4096, 4096, kOutside));
+  EXPECT_TRUE(RangeIs(pool, offset + size, 4096, kOutside));
+
+  extent->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+}
+
+TEST_F(LoopExtentTest, TenantCannotReachOutsideItsExtent) {
+  const std::string pool = MakePoolFile("pool.img", 24 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  const uint64_t offset = 8 * kMiB, size = 8 * kMiB;
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  const int fd = extent->tenant_fd.get();
+  FillDevice(fd, kTenant);
+
+  // Past the end: reads return 0 bytes, writes fail or write nothing.
+  AlignedBuffer buffer(2 * 4096);
+  EXPECT_EQ(::pread(fd, buffer.data(), 4096, size), 0);
+  EXPECT_EQ(::pread(fd, buffer.data(), 8192, size - 4096), 4096);
+  EXPECT_TRUE(buffer.All(kTenant, 4096));
+  buffer.Fill(0xEE);
+  EXPECT_LE(::pwrite(fd, buffer.data(), 4096, size), 0);
+  EXPECT_LE(::pwrite(fd, buffer.data(), 4096, 64 * kMiB), 0);
+
+  // Re-aiming the outer device: whatever the kernel accepts, the device can show and change
+  // only bytes of the inner device, i.e. of the extent.
+  struct Aim {
+    uint64_t offset, size_limit;
+  };
+  const Aim aims[] = {{0, 1ull << 40},          {0, 0},
+                      {size - 4096, 0},         {size - 4096, 1ull << 30},
+                      {size, 0},                {size + 4096, 0},
+                      {~0ull - 4095, 0},        {1ull << 62, 1ull << 62},
+                      {4096, size + 16 * kMiB}};
+  AlignedBuffer whole(size + kMiB);
+  for (const Aim& aim : aims) {
+    SCOPED_TRACE(absl::StrCat("lo_offset=", aim.offset, " lo_sizelimit=", aim.size_limit));
+    struct loop_info64 info;
+    std::memset(&info, 0, sizeof(info));
+    info.lo_offset = aim.offset;
+    info.lo_sizelimit = aim.size_limit;
+    const int rc = ::ioctl(fd, LOOP_SET_STATUS64, &info);  // the tenant may re-aim, within
+    const uint64_t visible = DeviceSize(fd);
+    EXPECT_LE(visible, size);
+    if (aim.offset == size - 4096 && aim.size_limit == 0) {
+      // The re-aim really takes effect (so the checks here are not vacuous): 4 KiB are left.
+      EXPECT_EQ(rc, 0) << std::strerror(errno);
+      EXPECT_EQ(visible, 4096u);
+    }
+    const ssize_t n = ::pread(fd, whole.data(), whole.size(), 0);
+    EXPECT_LE(n, static_cast<ssize_t>(size));
+    if (n > 0) {
+      EXPECT_FALSE(whole.Contains(kOutside, n));
+    }
+    // Try to write a larger span than the extent, at its start and at offsets around its end.
+    whole.Fill(0xEE);
+    (void)::pwrite(fd, whole.data(), whole.size(), 0);
+    for (uint64_t at : {size - 4096, size, size + 4096, 2 * size}) {
+      (void)::pwrite(fd, whole.data(), 8192, at);
+    }
+    EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+    EXPECT_TRUE(RangeIs(pool, offset + size, 24 * kMiB - offset - size, kOutside));
+  }
+
+  // Other ways to re-point the outer device at the pool itself all fail while it is bound.
+  UniqueFd pool_fd(::open(pool.c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(pool_fd.valid());
+  EXPECT_NE(::ioctl(fd, LOOP_CHANGE_FD, pool_fd.get()), 0);
+  EXPECT_NE(::ioctl(fd, LOOP_SET_FD, pool_fd.get()), 0);
+  struct loop_config config;
+  std::memset(&config, 0, sizeof(config));
+  config.fd = pool_fd.get();
+  EXPECT_NE(::ioctl(fd, LOOP_CONFIGURE, &config), 0);
+  absl::StatusOr<loopdev::DeviceState> outer_state =
+      loopdev::ReadState(extent->state.outer_loop_index());
+  ASSERT_TRUE(outer_state.ok());
+  EXPECT_EQ(outer_state->backing_file,
+            loopdev::DevicePath(extent->state.inner_loop_index()));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+  EXPECT_TRUE(RangeIs(pool, offset + size, 24 * kMiB - offset - size, kOutside));
+
+  extent->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+  EXPECT_TRUE(RangeIs(pool, offset + size, 24 * kMiB - offset - size, kOutside));
+}
+
+TEST_F(LoopExtentTest, TenantClrFdDoesNotDetachWhileTheBrokerHoldsTheDevice) {
+  const std::string pool = MakePoolFile("pool.img", 8 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(2 * kMiB, 2 * kMiB);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  const int outer = extent->state.outer_loop_index();
+  EXPECT_EQ(::ioctl(extent->tenant_fd.get(), LOOP_CLR_FD, 0), 0);  // accepted, only deferred
+  AlignedBuffer block(4096);
+  block.Fill(kTenant);
+  EXPECT_EQ(::pwrite(extent->tenant_fd.get(), block.data(), 4096, 0), 4096);
+  extent->tenant_fd.reset();  // the tenant's last close: the broker's descriptor remains
+  absl::StatusOr<loopdev::DeviceState> state = loopdev::ReadState(outer);
+  ASSERT_TRUE(state.ok());
+  EXPECT_TRUE(state->bound);
+  EXPECT_EQ(state->backing_file, loopdev::DevicePath(extent->state.inner_loop_index()));
+  absl::StatusOr<UniqueFd> reopened = loopdev::Open(outer, O_RDWR | O_DIRECT);
+  ASSERT_TRUE(reopened.ok());
+  block.Fill(0);
+  EXPECT_EQ(::pread(reopened->get(), block.data(), 4096, 0), 4096);
+  EXPECT_TRUE(block.All(kTenant, 4096));
+  reopened->reset();
+
+  absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  EXPECT_FALSE(DeviceExists(outer));
+}
+
+TEST_F(LoopExtentTest, TeardownQuarantinesWhileTheTenantHoldsItsDescriptor) {
+  const uint64_t pool_size = 128 * kMiB, offset = 32 * kMiB, size = 64 * kMiB;
+  const std::string pool = MakePoolFile("pool.img", pool_size);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
+  FillDevice(extent->tenant_fd.get(), kTenant);
+
+  // Held open: nothing is scrubbed, the tenant still reaches its data, retries agree.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(*result, TeardownResult::kStillOpen);
+  }
+  EXPECT_TRUE(RangeIs(pool, offset, size, kTenant));
+  EXPECT_TRUE(DeviceExists(inner));
+  EXPECT_TRUE(DeviceExists(outer));
+  AlignedBuffer block(4096);
+  ASSERT_EQ(::pread(extent->tenant_fd.get(), block.data(), 4096, size - 4096), 4096);
+  EXPECT_TRUE(block.All(kTenant, 4096));
+
+  extent->tenant_fd.reset();
+  const absl::Time start = absl::Now();
+  absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  std::printf("teardown of a %llu MiB extent on %s: %lld ms\n",
+              static_cast<unsigned long long>(size / kMiB), dir_.c_str(),
+              static_cast<long long>(absl::ToInt64Milliseconds(took)));
+  RecordProperty("teardown_64MiB_ms", static_cast<int>(absl::ToInt64Milliseconds(took)));
+
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+  EXPECT_TRUE(RangeIs(pool, offset + size, pool_size - offset - size, kOutside));
+  EXPECT_FALSE(DeviceExists(inner));
+  EXPECT_FALSE(DeviceExists(outer));
+
+  // Idempotent.
+  result = backend->Teardown(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+  EXPECT_TRUE(RangeIs(pool, offset + size, pool_size - offset - size, kOutside));
+}
+
+TEST_F(LoopExtentTest, ScrubOfAFilePoolGivesTheSpaceBack) {
+  const std::string pool = dir_ + "/sparse.img";
+  files_.push_back(pool);
+  config::LoopExtentPool config;
+  config.set_backing_path(pool);
+  config.set_size_bytes(64 * kMiB);
+  config.set_create(true);
+  absl::StatusOr<std::unique_ptr<LoopExtentBackend>> backend =
+      LoopExtentBackend::Open("sparse", config);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  struct stat st;
+  ASSERT_EQ(::stat(pool.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(64 * kMiB));
+  EXPECT_EQ(st.st_blocks, 0);  // created sparse
+  absl::StatusOr<ProvisionedExtent> extent = (*backend)->Provision(0, 16 * kMiB);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  FillDevice(extent->tenant_fd.get(), kTenant);
+  ASSERT_EQ(::stat(pool.c_str(), &st), 0);
+  EXPECT_GE(st.st_blocks * 512, static_cast<blkcnt_t>(16 * kMiB));
+  extent->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = (*backend)->Teardown(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  ASSERT_EQ(::stat(pool.c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, static_cast<blkcnt_t>(kMiB));
+  EXPECT_TRUE(RangeIs(pool, 0, 16 * kMiB, 0));
+}
+
+TEST_F(LoopExtentTest, ReadoptOnAFreshBackendAfterARestart) {
+  const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
+  LoopExtentBackend* first = OpenBackend("p0", pool);
+  ASSERT_NE(first, nullptr);
+  absl::StatusOr<ProvisionedExtent> a = first->Provision(0, 4 * kMiB);
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<ProvisionedExtent> b = first->Provision(4 * kMiB, 4 * kMiB);
+  ASSERT_TRUE(b.ok()) << b.status();
+  b->tenant_fd.reset();
+  backends_.clear();  // the broker exits: its held descriptors close, the tenant keeps its own
+
+  // The devices outlive the broker.
+  absl::StatusOr<loopdev::DeviceState> outer_state =
+      loopdev::ReadState(a->state.outer_loop_index());
+  ASSERT_TRUE(outer_state.ok());
+  EXPECT_TRUE(outer_state->bound);
+
+  LoopExtentBackend* second = OpenBackend("p0", pool);
+  ASSERT_NE(second, nullptr);
+  EXPECT_TRUE(second->Readopt(a->state).ok());
+  EXPECT_TRUE(second->Readopt(a->state).ok());  // already held: no-op
+  EXPECT_TRUE(second->Readopt(b->state).ok());
+
+  // Journal states that do not match the devices.
+  journal::LoopExtentState wrong = a->state;
+  wrong.set_offset_bytes(8 * kMiB);
+  EXPECT_EQ(second->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
+  wrong = a->state;
+  wrong.set_size_bytes(8 * kMiB);
+  EXPECT_EQ(second->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
+  wrong = a->state;
+  wrong.set_inner_loop_index(b->state.inner_loop_index());
+  wrong.set_outer_loop_index(b->state.outer_loop_index() + 1000);
+  EXPECT_EQ(second->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
+  wrong = a->state;
+  wrong.set_inner_loop_index(b->state.inner_loop_index());  // a's outer is not over b's inner
+  wrong.set_outer_loop_index(a->state.outer_loop_index());
+  LoopExtentBackend* third = OpenBackend("p0", pool);
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(third->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
+  wrong = a->state;
+  wrong.set_inner_loop_index(wrong.outer_loop_index());
+  EXPECT_EQ(third->Readopt(wrong).code(), absl::StatusCode::kInvalidArgument);
+
+  // A device tampered with after the journal was written: the inner re-aimed by someone.
+  {
+    absl::StatusOr<UniqueFd> inner = loopdev::Open(b->state.inner_loop_index(), O_RDWR);
+    ASSERT_TRUE(inner.ok());
+    struct loop_info64 info;
+    std::memset(&info, 0, sizeof(info));
+    info.lo_offset = b->state.offset_bytes() + 4096;
+    info.lo_sizelimit = b->state.size_bytes();
+    ASSERT_EQ(::ioctl(inner->get(), LOOP_SET_STATUS64, &info), 0);
+    EXPECT_EQ(third->Readopt(b->state).code(), absl::StatusCode::kFailedPrecondition);
+    // Teardown refuses to free a range a re-aimed device of ours still reaches.
+    absl::StatusOr<TeardownResult> refused = second->Teardown(b->state);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+    info.lo_offset = b->state.offset_bytes();
+    ASSERT_EQ(::ioctl(inner->get(), LOOP_SET_STATUS64, &info), 0);
+  }
+  absl::StatusOr<TeardownResult> result = second->Teardown(b->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+
+  // The re-adopted hold works like the original one: the tenant's LOOP_CLR_FD stays deferred.
+  AlignedBuffer block(4096);
+  block.Fill(kTenant);
+  ASSERT_EQ(::pwrite(a->tenant_fd.get(), block.data(), 4096, 0), 4096);
+  EXPECT_EQ(::ioctl(a->tenant_fd.get(), LOOP_CLR_FD, 0), 0);
+  a->tenant_fd.reset();
+  outer_state = loopdev::ReadState(a->state.outer_loop_index());
+  ASSERT_TRUE(outer_state.ok());
+  EXPECT_TRUE(outer_state->bound);
+  EXPECT_TRUE(RangeIs(pool, 0, 4096, kTenant));
+  result = second->Teardown(a->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  EXPECT_TRUE(RangeIs(pool, 0, 8 * kMiB, 0));
+  EXPECT_TRUE(RangeIs(pool, 8 * kMiB, 8 * kMiB, kOutside));
+
+  // Gone devices cannot be re-adopted.
+  EXPECT_EQ(second->Readopt(a->state).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(LoopExtentTest, RemoveOrphansRemovesUnjournaledExtentsOnly) {
+  const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
+  const std::string other_pool = MakePoolFile("other.img", 4 * kMiB);
+  LoopExtentBackend* first = OpenBackend("p0", pool);
+  LoopExtentBackend* other = OpenBackend("p1", other_pool);
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(other, nullptr);
+  absl::StatusOr<ProvisionedExtent> kept = first->Provision(0, 4 * kMiB);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  absl::StatusOr<ProvisionedExtent> orphan = first->Provision(4 * kMiB, 4 * kMiB);
+  ASSERT_TRUE(orphan.ok()) << orphan.status();
+  absl::StatusOr<ProvisionedExtent> elsewhere = other->Provision(0, 4 * kMiB);
+  ASSERT_TRUE(elsewhere.ok()) << elsewhere.status();
+  FillDevice(kept->tenant_fd.get(), kTenant);
+  orphan->tenant_fd.reset();
+  // Restart of the broker that owns "p0".
+  backends_.erase(backends_.begin());
+  LoopExtentBackend* second = OpenBackend("p0", pool);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(second->Readopt(kept->state).ok());
+
+  absl::Status swept = second->RemoveOrphans({kept->state});
+  EXPECT_TRUE(swept.ok()) << swept;
+  EXPECT_FALSE(DeviceExists(orphan->state.inner_loop_index()));
+  EXPECT_FALSE(DeviceExists(orphan->state.outer_loop_index()));
+  EXPECT_TRUE(DeviceExists(kept->state.inner_loop_index()));
+  EXPECT_TRUE(DeviceExists(kept->state.outer_loop_index()));
+  EXPECT_TRUE(DeviceExists(elsewhere->state.inner_loop_index()));
+  EXPECT_TRUE(DeviceExists(elsewhere->state.outer_loop_index()));
+  AlignedBuffer block(4096);
+  ASSERT_EQ(::pread(kept->tenant_fd.get(), block.data(), 4096, 0), 4096);
+  EXPECT_TRUE(block.All(kTenant, 4096));
+  EXPECT_TRUE(second->RemoveOrphans({kept->state}).ok());  // nothing left to do
+
+  kept->tenant_fd.reset();
+  elsewhere->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = second->Teardown(kept->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  result = other->Teardown(elsewhere->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+}
+
+TEST_F(LoopExtentTest, NeighbouringExtentsDoNotSeeEachOther) {
+  const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> left = backend->Provision(4 * kMiB, 4 * kMiB);
+  ASSERT_TRUE(left.ok()) << left.status();
+  absl::StatusOr<ProvisionedExtent> right = backend->Provision(8 * kMiB, 4 * kMiB);
+  ASSERT_TRUE(right.ok()) << right.status();
+  FillDevice(left->tenant_fd.get(), 0x11);
+  FillDevice(right->tenant_fd.get(), 0x22);
+
+  AlignedBuffer whole(4 * kMiB);
+  ASSERT_EQ(::pread(left->tenant_fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
+  EXPECT_TRUE(whole.All(0x11, whole.size()));
+  ASSERT_EQ(::pread(right->tenant_fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
+  EXPECT_TRUE(whole.All(0x22, whole.size()));
+  // The left tenant re-aims its device as far right as it can: still only its own bytes.
+  struct loop_info64 info;
+  std::memset(&info, 0, sizeof(info));
+  info.lo_offset = 4 * kMiB - 4096;
+  info.lo_sizelimit = 8 * kMiB;
+  (void)::ioctl(left->tenant_fd.get(), LOOP_SET_STATUS64, &info);
+  const ssize_t n = ::pread(left->tenant_fd.get(), whole.data(), whole.size(), 0);
+  EXPECT_LE(n, 4096);
+  if (n > 0) {
+    EXPECT_TRUE(whole.All(0x11, n));
+  }
+
+  left->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = backend->Teardown(left->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  EXPECT_TRUE(RangeIs(pool, 4 * kMiB, 4 * kMiB, 0));
+  EXPECT_TRUE(RangeIs(pool, 8 * kMiB, 4 * kMiB, 0x22));
+  ASSERT_EQ(::pread(right->tenant_fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
+  EXPECT_TRUE(whole.All(0x22, whole.size()));
+  right->tenant_fd.reset();
+  result = backend->Teardown(right->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+}
+
+TEST_F(LoopExtentTest, BlockDevicePoolIsScrubbedWithZeroout) {
+  // The pool's backing is itself a (loop) block device.
+  const std::string file = MakePoolFile("disk.img", 16 * kMiB);
+  UniqueFd file_fd(::open(file.c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(file_fd.valid());
+  absl::StatusOr<int> disk = loopdev::CreateFresh();
+  ASSERT_TRUE(disk.ok()) << disk.status();
+  {
+    absl::StatusOr<UniqueFd> disk_fd = loopdev::Open(*disk, O_RDWR);
+    ASSERT_TRUE(disk_fd.ok());
+    ASSERT_TRUE(loopdev::Bind(disk_fd->get(), *disk, file_fd.get(), loopdev::BindOptions()).ok());
+  }
+  LoopExtentBackend* backend = OpenBackend("blk", loopdev::DevicePath(*disk), 12 * kMiB);
+  ASSERT_NE(backend, nullptr);
+  EXPECT_EQ(backend->capacity_bytes(), 12 * kMiB);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(4 * kMiB, 4 * kMiB);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  FillDevice(extent->tenant_fd.get(), kTenant);
+  extent->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  backends_.clear();
+  {
+    absl::StatusOr<UniqueFd> disk_fd = loopdev::Open(*disk, O_RDONLY);
+    ASSERT_TRUE(disk_fd.ok());
+    ASSERT_EQ(::fsync(disk_fd->get()), 0);
+  }
+  EXPECT_TRUE(RangeIs(file, 4 * kMiB, 4 * kMiB, 0));
+  EXPECT_TRUE(RangeIs(file, 0, 4 * kMiB, kOutside));
+  EXPECT_TRUE(RangeIs(file, 8 * kMiB, 8 * kMiB, kOutside));
+  absl::StatusOr<loopdev::RemoveOutcome> removed =
+      loopdev::DetachAndRemove(*disk, UniqueFd(), absl::Seconds(1));
+  EXPECT_TRUE(removed.ok() && *removed == loopdev::RemoveOutcome::kRemoved);
+}
+
+TEST_F(LoopExtentTest, ProvisionRejectsBadRanges) {
+  const std::string pool = MakePoolFile("pool.img", 8 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  for (auto [offset, size] : std::vector<std::pair<uint64_t, uint64_t>>{
+           {0, 0}, {100, 4096}, {0, 4097}, {8 * kMiB, 4096}, {4 * kMiB, 8 * kMiB},
+           {~0ull - 4095, 8192}}) {
+    EXPECT_EQ(backend->Provision(offset, size).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << offset << " +" << size;
+  }
+}
+
+// Configuration checks need neither root nor loop devices.
+class LoopExtentOpenTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* base = std::getenv("TEST_TMPDIR");
+    std::string templ = absl::StrCat(base ? base : "/tmp", "/loop_open.XXXXXX");
+    ASSERT_NE(::mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+  }
+  void TearDown() override {
+    ::unlink((dir_ + "/f").c_str());
+    ::rmdir(dir_.c_str());
+  }
+  absl::Status OpenStatus(const config::LoopExtentPool& config) {
+    return LoopExtentBackend::Open("cfg", config).status();
+  }
+  std::string dir_;
+};
+
+TEST_F(LoopExtentOpenTest, RejectsUnusableConfiguration) {
+  config::LoopExtentPool config;
+  EXPECT_EQ(OpenStatus(config).code(), absl::StatusCode::kInvalidArgument);  // no path
+  config.set_backing_path(dir_ + "/f");
+  absl::Status missing = OpenStatus(config);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(missing.message(), "backing_path")) << missing;
+  config.set_create(true);
+  EXPECT_EQ(OpenStatus(config).code(), absl::StatusCode::kInvalidArgument);  // no size
+  config.set_size_bytes(4 * kMiB);
+  config.set_alignment_bytes(3000);
+  absl::Status alignment = OpenStatus(config);
+  EXPECT_EQ(alignment.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(alignment.message(), "alignment_bytes")) << alignment;
+  config.set_alignment_bytes(12288);  // >= 4096 but not a power of two
+  EXPECT_EQ(OpenStatus(config).code(), absl::StatusCode::kInvalidArgument);
+  config.set_alignment_bytes(8 * kMiB);  // bigger than the pool: no extent fits
+  EXPECT_EQ(OpenStatus(config).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenStatus(config::LoopExtentPool()).code(), absl::StatusCode::kInvalidArgument);
+  config.set_backing_path(dir_);
+  config.set_alignment_bytes(0);
+  EXPECT_EQ(OpenStatus(config).code(), absl::StatusCode::kInvalidArgument);  // a directory
+}
+
+TEST_F(LoopExtentOpenTest, CreatesSparselyAndRoundsCapacityDown) {
+  config::LoopExtentPool config;
+  config.set_backing_path(dir_ + "/f");
+  config.set_create(true);
+  config.set_size_bytes(10 * kMiB + 4096);
+  absl::StatusOr<std::unique_ptr<LoopExtentBackend>> backend =
+      LoopExtentBackend::Open("cfg", config);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->capacity_bytes(), 10 * kMiB);  // default alignment 1 MiB
+  EXPECT_EQ((*backend)->backing_path(), dir_ + "/f");
+  struct stat st;
+  ASSERT_EQ(::stat((dir_ + "/f").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(10 * kMiB + 4096));
+  EXPECT_EQ(st.st_blocks, 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  backend->reset();
+
+  // Shorter than size_bytes without create: refused. With create: extended.
+  config.set_create(false);
+  config.set_size_bytes(20 * kMiB);
+  absl::Status shorter = OpenStatus(config);
+  EXPECT_EQ(shorter.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(shorter.message(), "size_bytes")) << shorter;
+  config.set_create(true);
+  config.set_alignment_bytes(4 * kMiB);
+  backend = LoopExtentBackend::Open("cfg", config);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->capacity_bytes(), 20 * kMiB);
+  ASSERT_EQ(::stat((dir_ + "/f").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(20 * kMiB));
+
+  // size_bytes 0: the file's own size. A larger file with a smaller size_bytes: size_bytes.
+  config.set_size_bytes(0);
+  config.set_alignment_bytes(0);
+  backend = LoopExtentBackend::Open("cfg", config);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->capacity_bytes(), 20 * kMiB);
+  config.set_size_bytes(5 * kMiB);
+  backend = LoopExtentBackend::Open("cfg", config);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_EQ((*backend)->capacity_bytes(), 5 * kMiB);
+}
+
+}  // namespace
+}  // namespace vfbroker
