@@ -44,57 +44,50 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "common/unique_fd.h"
+#include "broker/backends/extent_backend.h"
 #include "broker/config/config.pb.h"
 #include "broker/journal/journal.pb.h"
+#include "common/unique_fd.h"
 
 namespace vfbroker {
 
-struct ProvisionedExtent {
-  journal::LoopExtentState state;
-  UniqueFd tenant_fd;  // O_RDWR|O_DIRECT|O_CLOEXEC descriptor of the outer device
-  std::string device_path;  // "/dev/loopN" of the outer device
-  uint32_t logical_block_size = 512;
-};
-
-enum class TeardownResult {
-  kFreed,       // tenant cut off, range scrubbed (reads as zeroes), both devices removed
-  kStillOpen,   // someone still holds the outer device open; nothing scrubbed yet, retry later
-};
-
-class LoopExtentBackend {
+// ProvisionedExtent and TeardownResult come from extent_backend.h. Here, tenant_fd is an
+// O_RDWR|O_DIRECT|O_CLOEXEC descriptor of the outer device and device_path its "/dev/loopN";
+// kFreed means both devices are removed and the range reads as zeroes, kStillOpen that someone
+// still holds the outer (or, exceptionally, the inner) device open and nothing was freed.
+class LoopExtentBackend : public ExtentBackend {
  public:
   // Opens (and with `create`, creates or extends sparsely) the backing file or block device.
   // INVALID_ARGUMENT naming the field for unusable configuration; the pool's capacity is the
   // backing size rounded down to the alignment.
   static absl::StatusOr<std::unique_ptr<LoopExtentBackend>> Open(
       const std::string& pool_name, const config::LoopExtentPool& config);
-  ~LoopExtentBackend();
+  ~LoopExtentBackend() override;
 
-  uint64_t capacity_bytes() const { return capacity_bytes_; }
+  uint64_t capacity_bytes() const override { return capacity_bytes_; }
   const std::string& backing_path() const { return backing_path_; }
 
   // Creates the inner and outer devices for [offset, offset+size) (both multiples of 4096).
   // On failure nothing is left behind.
-  absl::StatusOr<ProvisionedExtent> Provision(uint64_t offset, uint64_t size);
+  absl::StatusOr<ProvisionedExtent> Provision(uint64_t offset, uint64_t size) override;
 
   // After a broker restart: checks that the devices named in `state` still are what the journal
   // says (outer backed by inner, inner backed by this pool at that offset and size) and takes
   // the broker's own descriptor to the outer device again. FAILED_PRECONDITION if they are not.
   // Verifies again, but takes no second descriptor, for an outer device already held.
-  absl::Status Readopt(const journal::LoopExtentState& state);
+  absl::Status Readopt(const journal::LoopExtentState& state) override;
 
   // Cuts the tenant off, scrubs and removes the devices; idempotent (devices already gone are
   // fine), so it can be retried after kStillOpen or after a restart mid-teardown. kStillOpen
   // also when the inner device cannot be removed (someone other than the outer holds it).
-  absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state);
+  absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state) override;
 
   // At start, after replay: removes loop devices stacked on this pool that no journaled lease
   // names (left by a crash between Provision and the journal write; no tenant ever got them).
   // Not scrubbed: their range was free, i.e. already scrubbed, before they were created. A crash
   // between LOOP_CTL_ADD and binding leaves an unbound device that cannot be told apart from
   // anyone else's; those are left alone.
-  absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known);
+  absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) override;
 
  private:
   struct BackingIdentity {
