@@ -162,12 +162,15 @@ absl::StatusOr<bool> Bind(int device_fd, int index, int backing_fd, const BindOp
   config.info.lo_offset = options.offset_bytes;
   config.info.lo_sizelimit = options.size_limit_bytes;
   config.info.lo_flags = options.direct_io ? LO_FLAGS_DIRECT_IO : 0;
-  if (::ioctl(device_fd, LOOP_CONFIGURE, &config) == 0) return direct_io_on();
-  int err = errno;
+  int err = ENOTTY;
+  if (options.use_loop_configure) {
+    if (::ioctl(device_fd, LOOP_CONFIGURE, &config) == 0) return direct_io_on();
+    err = errno;
+  }
   if (err == EBUSY) return absl::AlreadyExistsError(absl::StrCat(path, " is already bound"));
   // EINVAL: an old kernel's answer to an unknown loop ioctl, or a kernel that refuses
   // LO_FLAGS_DIRECT_IO for a backing file without O_DIRECT support. Retry without it.
-  if (options.direct_io && (err == EINVAL || err == ENOTTY)) {
+  if (options.use_loop_configure && options.direct_io && (err == EINVAL || err == ENOTTY)) {
     config.info.lo_flags = 0;
     if (::ioctl(device_fd, LOOP_CONFIGURE, &config) == 0) {
       (void)::ioctl(device_fd, LOOP_SET_DIRECT_IO, 1UL);  // best effort

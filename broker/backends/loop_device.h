@@ -50,6 +50,8 @@ struct BindOptions {
   uint64_t offset_bytes = 0;      // lo_offset: where in the backing file the device starts
   uint64_t size_limit_bytes = 0;  // lo_sizelimit: 0 = to the end of the backing file
   bool direct_io = true;          // LO_FLAGS_DIRECT_IO: bypass the backing file's page cache
+  // false: go straight to the pre-5.8 sequence (lets tests exercise it on a new kernel).
+  bool use_loop_configure = true;
 };
 
 // Binds the device open as `device_fd` to `backing_fd`. Uses LOOP_CONFIGURE (5.8+, one atomic

@@ -17,6 +17,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -635,6 +636,62 @@ TEST_F(LoopExtentTest, BlockDevicePoolIsScrubbedWithZeroout) {
   absl::StatusOr<loopdev::RemoveOutcome> removed =
       loopdev::DetachAndRemove(*disk, UniqueFd(), absl::Seconds(1));
   EXPECT_TRUE(removed.ok() && *removed == loopdev::RemoveOutcome::kRemoved);
+}
+
+TEST_F(LoopExtentTest, ConcurrentProvisionAndTeardownOfDistinctExtents) {
+  constexpr int kThreads = 4;
+  const std::string pool = MakePoolFile("pool.img", kThreads * 2 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 2; ++round) {
+        absl::StatusOr<ProvisionedExtent> extent = backend->Provision(t * 2 * kMiB, 2 * kMiB);
+        ASSERT_TRUE(extent.ok()) << extent.status();
+        FillDevice(extent->tenant_fd.get(), static_cast<unsigned char>(0x10 + t));
+        AlignedBuffer whole(2 * kMiB);
+        ASSERT_EQ(::pread(extent->tenant_fd.get(), whole.data(), whole.size(), 0), 2 * kMiB);
+        EXPECT_TRUE(whole.All(static_cast<unsigned char>(0x10 + t), whole.size()));
+        extent->tenant_fd.reset();
+        absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
+        ASSERT_TRUE(result.ok()) << result.status();
+        EXPECT_EQ(*result, TeardownResult::kFreed);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_TRUE(RangeIs(pool, 0, kThreads * 2 * kMiB, 0));
+}
+
+TEST_F(LoopExtentTest, LegacyBindSequenceBindsLikeLoopConfigure) {
+  const std::string pool = MakePoolFile("pool.img", 8 * kMiB);
+  UniqueFd pool_fd(::open(pool.c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(pool_fd.valid());
+  absl::StatusOr<int> index = loopdev::CreateFresh();
+  ASSERT_TRUE(index.ok()) << index.status();
+  absl::StatusOr<UniqueFd> fd = loopdev::Open(*index, O_RDWR);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  loopdev::BindOptions options;
+  options.offset_bytes = 4 * kMiB;
+  options.size_limit_bytes = 2 * kMiB;
+  options.use_loop_configure = false;
+  absl::StatusOr<bool> direct_io = loopdev::Bind(fd->get(), *index, pool_fd.get(), options);
+  ASSERT_TRUE(direct_io.ok()) << direct_io.status();
+  absl::StatusOr<loopdev::DeviceState> state = loopdev::ReadState(*index);
+  ASSERT_TRUE(state.ok());
+  EXPECT_TRUE(state->bound);
+  EXPECT_EQ(state->offset_bytes, 4 * kMiB);
+  EXPECT_EQ(state->size_limit_bytes, 2 * kMiB);
+  EXPECT_EQ(state->direct_io, *direct_io);
+  EXPECT_EQ(DeviceSize(fd->get()), 2 * kMiB);
+  // Binding a bound device again is reported as taken.
+  EXPECT_EQ(loopdev::Bind(fd->get(), *index, pool_fd.get(), loopdev::BindOptions()).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  absl::StatusOr<loopdev::RemoveOutcome> removed =
+      loopdev::DetachAndRemove(*index, std::move(*fd), absl::Seconds(1));
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(*removed, loopdev::RemoveOutcome::kRemoved);
 }
 
 TEST_F(LoopExtentTest, ProvisionRejectsBadRanges) {
