@@ -34,7 +34,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "spdlog/spdlog.h"
+#include "common/logging.h"
 
 ABSL_FLAG(std::string, config, "/etc/vfbroker/vfbroker.textproto",
           "Broker configuration (protobuf text format)");

@@ -11,7 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "common/process_identity.h"
 #include "common/random_id.h"
-#include "spdlog/spdlog.h"
+#include "common/logging.h"
 
 namespace vfbroker {
 namespace {
@@ -397,7 +397,7 @@ BrokerCore::PendingTeardown BrokerCore::TakeLeaseLocked(absl::string_view lease_
     if (session != sessions_.end()) session->second.lease_ids.erase(lease_id);
   }
   leases_.erase(it);
-  if (absl::Status ended = allocator_->EndLease(lease_id); !ended.ok()) {
+  if (absl::Status ended = allocator_->EndLease(std::string_view(lease_id.data(), lease_id.size())); !ended.ok()) {
     spdlog::error("lease={}: allocator disagrees: {}", lease_id, ended.message());
   }
   return pending;

@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/fd_passing.h"
 #include "common/process_identity.h"
-#include "spdlog/spdlog.h"
+#include "common/logging.h"
 #include "proto/vfbroker/v1/broker.pb.h"
 
 #ifndef SO_PEERPIDFD
