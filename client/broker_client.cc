@@ -17,6 +17,7 @@ namespace vfclient {
 namespace {
 
 constexpr char kSessionMetadataKey[] = "vfbroker-session";
+constexpr char kAnsweredByBrokerKey[] = "vfbroker-answered";  // see broker_service.h
 constexpr absl::Duration kHelloTimeout = absl::Seconds(5);
 constexpr absl::Duration kGrantTimeout = absl::Seconds(10);
 constexpr size_t kMaxEarlyGrants = 64;
@@ -131,13 +132,22 @@ absl::Status BrokerClient::Invoke(
     if (status.ok()) {
       grpc::ClientContext context;
       context.AddMetadata(kSessionMetadataKey, session_token());
-      context.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+      // Right after a broker restart the channel may still be backing off from the refused
+      // connection; wait for it (within the deadline) instead of failing fast.
+      context.set_wait_for_ready(true);
+      context.set_deadline(absl::ToChronoTime(
+          absl::Now() + std::min(options_.call_timeout,
+                                 std::max(give_up - absl::Now(), absl::Milliseconds(100)))));
       grpc::Status result = call(context);
       if (result.ok()) return absl::OkStatus();
       status = vfbroker::FromGrpcStatus(result);
-      const bool broker_gone = (result.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                                result.error_code() == grpc::StatusCode::UNAUTHENTICATED) &&
-                               !SessionAlive();
+      // Retry only what the broker did not answer itself: a connection to a broker that died
+      // (broken pipe, refused, timed out) or a session token a restarted broker does not know.
+      const bool answered = context.GetServerTrailingMetadata().count(kAnsweredByBrokerKey) > 0;
+      const bool broker_gone =
+          (!answered && (result.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                         result.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) ||
+          (result.error_code() == grpc::StatusCode::UNAUTHENTICATED && !SessionAlive());
       if (!broker_gone) return status;
     }
     if (absl::Now() + backoff > give_up) return status;
@@ -254,6 +264,7 @@ absl::Status BrokerClient::WatchEvents(const std::function<bool(const v1::Event&
   }
   grpc::ClientContext context;
   context.AddMetadata(kSessionMetadataKey, session_token());
+  context.set_wait_for_ready(true);
   if (duration != absl::InfiniteDuration()) {
     context.set_deadline(absl::ToChronoTime(absl::Now() + duration));
   }

@@ -16,8 +16,13 @@ std::string SessionToken(const grpc::ServerContext& context) {
 
 }  // namespace
 
-grpc::Status BrokerService::Finish(const absl::Status& status) {
-  if (!status.ok()) core_->CountDenied();
+grpc::Status BrokerService::Finish(grpc::ServerContext* context, const absl::Status& status) {
+  if (!status.ok()) {
+    core_->CountDenied();
+    // Tells the client this answer is the broker's own, not a transport failure: it must not
+    // be retried as if the broker were unreachable.
+    context->AddTrailingMetadata(kAnsweredByBrokerKey, "1");
+  }
   return ToGrpcStatus(status);
 }
 
@@ -25,7 +30,7 @@ grpc::Status BrokerService::ListPools(grpc::ServerContext* context,
                                       const v1::ListPoolsRequest* /*request*/,
                                       v1::ListPoolsResponse* response) {
   absl::StatusOr<std::vector<v1::Pool>> pools = core_->ListPools(SessionToken(*context));
-  if (!pools.ok()) return Finish(pools.status());
+  if (!pools.ok()) return Finish(context, pools.status());
   for (v1::Pool& pool : *pools) *response->add_pools() = std::move(pool);
   return grpc::Status::OK;
 }
@@ -34,40 +39,40 @@ grpc::Status BrokerService::AllocateExtent(grpc::ServerContext* context,
                                            const v1::AllocateExtentRequest* request,
                                            v1::AllocateExtentResponse* response) {
   absl::StatusOr<v1::Lease> lease = core_->AllocateExtent(SessionToken(*context), *request);
-  if (!lease.ok()) return Finish(lease.status());
+  if (!lease.ok()) return Finish(context, lease.status());
   *response->mutable_lease() = *std::move(lease);
   return grpc::Status::OK;
 }
 
-grpc::Status BrokerService::AllocateNic(grpc::ServerContext* /*context*/,
+grpc::Status BrokerService::AllocateNic(grpc::ServerContext* context,
                                         const v1::AllocateNicRequest* /*request*/,
                                         v1::AllocateNicResponse* /*response*/) {
-  return Finish(absl::UnimplementedError("no NIC backend is configured in this broker yet"));
+  return Finish(context, absl::UnimplementedError("no NIC backend is configured in this broker yet"));
 }
 
-grpc::Status BrokerService::AddFlowFilter(grpc::ServerContext* /*context*/,
+grpc::Status BrokerService::AddFlowFilter(grpc::ServerContext* context,
                                           const v1::AddFlowFilterRequest* /*request*/,
                                           v1::AddFlowFilterResponse* /*response*/) {
-  return Finish(absl::UnimplementedError("no NIC backend is configured in this broker yet"));
+  return Finish(context, absl::UnimplementedError("no NIC backend is configured in this broker yet"));
 }
 
-grpc::Status BrokerService::RemoveFlowFilter(grpc::ServerContext* /*context*/,
+grpc::Status BrokerService::RemoveFlowFilter(grpc::ServerContext* context,
                                              const v1::RemoveFlowFilterRequest* /*request*/,
                                              v1::RemoveFlowFilterResponse* /*response*/) {
-  return Finish(absl::UnimplementedError("no NIC backend is configured in this broker yet"));
+  return Finish(context, absl::UnimplementedError("no NIC backend is configured in this broker yet"));
 }
 
 grpc::Status BrokerService::Release(grpc::ServerContext* context,
                                     const v1::ReleaseRequest* request,
                                     v1::ReleaseResponse* /*response*/) {
-  return Finish(core_->Release(SessionToken(*context), request->lease_id()));
+  return Finish(context, core_->Release(SessionToken(*context), request->lease_id()));
 }
 
 grpc::Status BrokerService::ListLeases(grpc::ServerContext* context,
                                        const v1::ListLeasesRequest* /*request*/,
                                        v1::ListLeasesResponse* response) {
   absl::StatusOr<std::vector<v1::Lease>> leases = core_->ListLeases(SessionToken(*context));
-  if (!leases.ok()) return Finish(leases.status());
+  if (!leases.ok()) return Finish(context, leases.status());
   for (v1::Lease& lease : *leases) *response->add_leases() = std::move(lease);
   return grpc::Status::OK;
 }
@@ -77,7 +82,7 @@ grpc::Status BrokerService::WatchEvents(grpc::ServerContext* context,
                                         grpc::ServerWriter<v1::Event>* writer) {
   absl::StatusOr<std::shared_ptr<EventSubscription>> subscription =
       core_->Watch(SessionToken(*context));
-  if (!subscription.ok()) return Finish(subscription.status());
+  if (!subscription.ok()) return Finish(context, subscription.status());
   // Sends the initial metadata now, so a watcher knows it is subscribed before any event.
   writer->SendInitialMetadata();
   while (!context->IsCancelled() && !shutting_down_.load() && !(*subscription)->closed()) {
@@ -91,7 +96,7 @@ grpc::Status BrokerService::GetStats(grpc::ServerContext* context,
                                      const v1::GetStatsRequest* /*request*/,
                                      v1::GetStatsResponse* response) {
   absl::StatusOr<v1::GetStatsResponse> stats = core_->GetStats(SessionToken(*context));
-  if (!stats.ok()) return Finish(stats.status());
+  if (!stats.ok()) return Finish(context, stats.status());
   *response = *std::move(stats);
   return grpc::Status::OK;
 }

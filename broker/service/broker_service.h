@@ -13,6 +13,8 @@ namespace vfbroker {
 
 // Metadata key that carries the session token (see broker.proto).
 inline constexpr char kSessionMetadataKey[] = "vfbroker-session";
+// Trailing metadata key set on every error the broker itself returns (see the client's retry).
+inline constexpr char kAnsweredByBrokerKey[] = "vfbroker-answered";
 
 class BrokerService final : public v1::Broker::Service {
  public:
@@ -44,7 +46,7 @@ class BrokerService final : public v1::Broker::Service {
                         v1::GetStatsResponse* response) override;
 
  private:
-  grpc::Status Finish(const absl::Status& status);
+  grpc::Status Finish(grpc::ServerContext* context, const absl::Status& status);
 
   BrokerCore* const core_;
   std::atomic<bool> shutting_down_{false};

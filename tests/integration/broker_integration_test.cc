@@ -199,7 +199,7 @@ TEST_F(BrokerIntegrationTest, KilledBrokerRestartsWithLeasesIntactAndTenantIoUni
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ((*done)["errors"], "0");
   EXPECT_EQ((*done)["mismatches"], "0");
-  EXPECT_EQ((*done)["release"], "OK");
+  EXPECT_EQ((*done)["release"], "OK") << a->output();
   ASSERT_OK(broker_->WaitForIdle());
 }
 

@@ -156,6 +156,9 @@ int Hold(BrokerClient& client, char** argv) {
   absl::Status released = (*lease)->Release();
   std::printf("final ops=%" PRIu64 " errors=%" PRIu64 " mismatches=%" PRIu64 "\nrelease=%s\n",
               ops, errors, bad, CodeString(released).c_str());
+  if (!released.ok()) {
+    std::printf("release_message=%s\n", std::string(released.message()).c_str());
+  }
   return 0;
 }
 
