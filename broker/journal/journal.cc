@@ -227,35 +227,74 @@ absl::Status Journal::Append(journal::Record record) {
   absl::MutexLock lock(&mu_);
   if (!failed_.ok()) return failed_;
   record.set_sequence(next_sequence_);
-  std::string frame;
-  if (absl::Status encoded = EncodeFrame(record, &frame); !encoded.ok()) return encoded;
-
-  absl::Status written = WriteAllAt(fd_, frame, size_bytes_, path_);
-  if (!written.ok()) {
-    // Take back a partial frame so that the next append starts on a frame boundary.
-    if (::ftruncate(fd_, static_cast<off_t>(size_bytes_)) != 0) {
-      failed_ = absl::DataLossError(absl::StrCat(
-          written.message(), "; and cannot cut the partial frame (ftruncate: ",
-          std::strerror(errno), "): journal closed for appends"));
+  if (absl::Status encoded = EncodeFrame(record, &pending_); !encoded.ok()) return encoded;
+  ++next_sequence_;
+  ++pending_records_;
+  // Group commit: every record appended while a flush is under way joins the next batch, and
+  // one appender writes and fdatasyncs the whole batch for all of them. Under concurrency the
+  // cost of an fdatasync is shared instead of queued.
+  const uint64_t my_batch = open_batch_;
+  while (completed_batch_ < my_batch) {
+    if (flushing_) {
+      auto done_or_free = [this, my_batch]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return !flushing_ || completed_batch_ >= my_batch;
+      };
+      mu_.Await(absl::Condition(&done_or_free));
+      continue;
     }
-    return written;
+    FlushPendingLocked();
   }
-  if (::fdatasync(fd_) != 0) {
+  auto failure = failed_batches_.find(my_batch);
+  return failure == failed_batches_.end() ? absl::OkStatus() : failure->second;
+}
+
+void Journal::FlushPendingLocked() {
+  flushing_ = true;
+  const uint64_t batch = open_batch_++;
+  const std::string frames = std::move(pending_);
+  pending_.clear();
+  const uint64_t records = std::exchange(pending_records_, 0);
+  const uint64_t offset = size_bytes_;
+  mu_.Unlock();
+  absl::Status result = WriteAllAt(fd_, frames, offset, path_);
+  bool cut = true;
+  int sync_errno = 0;
+  if (!result.ok()) {
+    // Take back a partial batch so that the next append starts on a frame boundary.
+    cut = ::ftruncate(fd_, static_cast<off_t>(offset)) == 0;
+  } else if (::fdatasync(fd_) != 0) {
+    sync_errno = errno;
+  }
+  mu_.Lock();
+  if (!result.ok() && !cut) {
+    failed_ = absl::DataLossError(absl::StrCat(
+        result.message(), "; and cannot cut the partial frame (ftruncate: ",
+        std::strerror(errno), "): journal closed for appends"));
+  } else if (sync_errno != 0) {
     // After a failed fdatasync the kernel may have dropped the dirty pages and cleared the
     // error, so nothing more can be known about what reached the disk: stop appending
     // rather than acknowledge grants on top of a hole. A restart replays what is really there.
     failed_ = absl::DataLossError(absl::StrCat(
-        ErrnoStatus("fdatasync", path_, errno).message(), ": journal closed for appends"));
-    return failed_;
+        ErrnoStatus("fdatasync", path_, sync_errno).message(), ": journal closed for appends"));
+    result = failed_;
   }
-  size_bytes_ += frame.size();
-  ++next_sequence_;
-  ++appended_;
-  return absl::OkStatus();
+  if (result.ok()) {
+    size_bytes_ += frames.size();
+    appended_ += records;
+  } else {
+    failed_batches_[batch] = result;
+    // Waiters of old batches have long since read their result.
+    while (failed_batches_.size() > 64) failed_batches_.erase(failed_batches_.begin());
+  }
+  completed_batch_ = batch;
+  flushing_ = false;
 }
 
 absl::Status Journal::Compact(std::vector<journal::Record> records) {
   absl::MutexLock lock(&mu_);
+  // The flusher writes to fd_ without holding mu_: let it finish before fd_ changes.
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !flushing_ && pending_.empty(); };
+  mu_.Await(absl::Condition(&idle));
   if (!failed_.ok()) return failed_;
   std::string contents;
   uint64_t sequence = 1;

@@ -15,6 +15,7 @@
 #define VFBROKER_BROKER_JOURNAL_JOURNAL_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +46,7 @@ class Journal {
   ~Journal();
 
   // Assigns the next sequence number, appends, and returns once the record is durable.
+  // Concurrent appends share one write and one fdatasync (group commit).
   // A failed write is cut back off the file. A failed fdatasync leaves the file in an unknowable
   // state (the kernel may already have dropped the dirty pages), so it closes the journal:
   // every later Append and Compact returns DATA_LOSS, and the broker must restart and replay.
@@ -67,6 +69,16 @@ class Journal {
   uint64_t appended_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t size_bytes_ ABSL_GUARDED_BY(mu_);  // end of the last intact frame: where to append
   absl::Status failed_ ABSL_GUARDED_BY(mu_);  // set once an fdatasync failed; sticky
+
+  // Group commit (see Append). Frames wait in `pending_` for the batch `open_batch_`; one
+  // appender at a time flushes (`flushing_`, with mu_ released during the I/O).
+  void FlushPendingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string pending_ ABSL_GUARDED_BY(mu_);
+  uint64_t pending_records_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t open_batch_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t completed_batch_ ABSL_GUARDED_BY(mu_) = 0;
+  bool flushing_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<uint64_t, absl::Status> failed_batches_ ABSL_GUARDED_BY(mu_);
 };
 
 // What the journal says about one lease after folding all its records.

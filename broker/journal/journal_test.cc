@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -463,6 +464,43 @@ TEST_F(JournalTest, OversizeRecordIsRefusedAndTheJournalStaysUsable) {
 TEST_F(JournalTest, OpenFailsOnADirectory) {
   JournalReplay replay;
   EXPECT_FALSE(Journal::Open(dir_, &replay).ok());
+}
+
+}  // namespace
+}  // namespace vfbroker
+
+namespace vfbroker {
+namespace {
+
+TEST(JournalGroupCommitTest, ConcurrentAppendsAreAllDurableAndReplayInSequence) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/group_commit.journal";
+  std::remove(path.c_str());
+  constexpr int kThreads = 16;
+  constexpr int kPerThread = 50;
+  {
+    auto journal = Journal::Open(path, nullptr);
+    ASSERT_TRUE(journal.ok()) << journal.status();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < kPerThread; ++i) {
+          journal::Record record;
+          record.mutable_freed()->set_lease_id(absl::StrCat("lease-", t, "-", i));
+          ASSERT_TRUE((*journal)->Append(record).ok());
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
+    EXPECT_EQ((*journal)->records_appended(), uint64_t{kThreads * kPerThread});
+  }
+  JournalReplay replay;
+  auto reopened = Journal::Open(path, &replay);
+  ASSERT_TRUE(reopened.ok());
+  ASSERT_EQ(replay.records.size(), size_t{kThreads * kPerThread});
+  EXPECT_EQ(replay.truncated_bytes, 0u);
+  for (size_t i = 0; i < replay.records.size(); ++i) {
+    EXPECT_EQ(replay.records[i].sequence(), i + 1);
+  }
 }
 
 }  // namespace
