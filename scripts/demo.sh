@@ -34,7 +34,9 @@ pools {
 }
 CONF
 
+source bench/wait_idle.sh
 cleanup() {
+  [[ -n "${broker_pid:-}" ]] && wait_idle "$demo/vfctl" "$demo/run"
   [[ -n "${broker_pid:-}" ]] && kill "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null
   rm -f "$pool"
   rm -rf "$demo"

@@ -7,6 +7,7 @@
 // AllocateExtent call including the receipt of the extent's descriptor, exactly what a tenant
 // waits for. Each grant is released right away (its scrub is asynchronous and not timed).
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <fstream>
@@ -22,7 +23,7 @@
 ABSL_FLAG(std::string, socket_dir, "/run/vfbroker", "vfbrokerd's socket directory");
 ABSL_FLAG(std::string, pool, "scratch", "pool to allocate from");
 ABSL_FLAG(int, broker_pid, 0, "vfbrokerd's pid, for its memory (0: skip)");
-ABSL_FLAG(int, per_tenant, 40, "allocations per tenant per round");
+ABSL_FLAG(int, per_tenant, 5, "allocations per tenant per round (all held until its end)");
 ABSL_FLAG(int, leases_for_memory, 1000, "live leases for the memory measurement");
 
 namespace {
@@ -43,6 +44,19 @@ double Percentile(std::vector<double>& samples, double p) {
   return samples[index];
 }
 
+// Waits until the broker holds no lease and has nothing left to scrub.
+void WaitUntilIdle(vfclient::BrokerClient& watcher) {
+  while (true) {
+    auto stats = watcher.GetStats();
+    uint32_t busy = stats.ok() ? stats->leases() : 1;
+    if (stats.ok()) {
+      for (const auto& pool : stats->pools()) busy += pool.quarantined();
+    }
+    if (busy == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 std::shared_ptr<vfclient::BrokerClient> ConnectOrDie() {
   vfclient::ConnectOptions options;
   options.socket_dir = absl::GetFlag(FLAGS_socket_dir);
@@ -61,14 +75,20 @@ int main(int argc, char** argv) {
   const std::string pool = absl::GetFlag(FLAGS_pool);
   std::printf("| concurrent tenants | allocations | p50 (ms) | p99 (ms) | max (ms) |\n");
   std::printf("|---:|---:|---:|---:|---:|\n");
+  auto watcher = ConnectOrDie();  // root: sees every lease, waits for scrubs between rounds
   for (int tenants : {1, 10, 100}) {
     std::vector<std::shared_ptr<vfclient::BrokerClient>> clients;
     for (int i = 0; i < tenants; ++i) clients.push_back(ConnectOrDie());
     std::vector<std::vector<double>> per_thread(tenants);
+    std::vector<std::vector<std::unique_ptr<vfclient::ExtentLease>>> held(tenants);
     int failures = 0;
+    std::atomic<int> ready{0};
     std::vector<std::thread> threads;
     for (int t = 0; t < tenants; ++t) {
       threads.emplace_back([&, t] {
+        // Start together, so that the tenants really do ask at the same time.
+        ready.fetch_add(1);
+        while (ready.load() < tenants) std::this_thread::yield();
         for (int i = 0; i < absl::GetFlag(FLAGS_per_tenant); ++i) {
           const absl::Time start = absl::Now();
           auto lease = clients[t]->AllocateExtent(pool, 1 << 20);
@@ -78,6 +98,7 @@ int main(int argc, char** argv) {
             continue;
           }
           per_thread[t].push_back(ms);
+          held[t].push_back(*std::move(lease));
         }
       });
     }
@@ -89,6 +110,12 @@ int main(int argc, char** argv) {
                 all.empty() ? 0 : all.back(),
                 failures ? (" (" + std::to_string(failures) + " failed)").c_str() : "");
     std::fflush(stdout);
+    // Release everything (untimed) and let the broker scrub it all before the next round.
+    held.clear();
+    const absl::Time drain_start = absl::Now();
+    WaitUntilIdle(*watcher);
+    std::fprintf(stderr, "(released and scrubbed %zu extents in %.2f s)\n", all.size(),
+                 absl::ToDoubleSeconds(absl::Now() - drain_start));
   }
 
   const int broker_pid = absl::GetFlag(FLAGS_broker_pid);
@@ -111,6 +138,8 @@ int main(int argc, char** argv) {
                 "%.1f KiB per 1000 leases\n",
                 before, after, held.size(),
                 held.empty() ? 0.0 : (after - before) * 1000.0 / held.size());
+    held.clear();
   }
+  WaitUntilIdle(*watcher);  // leave the broker as we found it
   return 0;
 }

@@ -4,7 +4,7 @@
 # /dev/shm. Root required (loop devices). Prints a markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bazel build -c opt //broker:vfbrokerd //bench/control:alloc_bench >/dev/null 2>&1
+bazel build -c opt //broker:vfbrokerd //bench/control:alloc_bench //tools/vfctl >/dev/null 2>&1
 dir=$(mktemp -d /tmp/vfbench.XXXXXX)
 pool="/dev/shm/$(basename "$dir").img"
 cat >"$dir/config.textproto" <<CONF
@@ -15,12 +15,13 @@ default_quota { max_leases: 0 max_bytes: 0 }
 pools {
   name: "scratch"
   access { any_user: true }
-  loop_extent { backing_path: "$pool" size_bytes: 4294967296 create: true alignment_bytes: 1048576 }
+  loop_extent { backing_path: "$pool" size_bytes: 8589934592 create: true alignment_bytes: 1048576 }
 }
 CONF
 bazel-bin/broker/vfbrokerd --config="$dir/config.textproto" --log_level=warn >"$dir/broker.log" 2>&1 &
 broker=$!
-trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir" "$pool"' EXIT
+source bench/wait_idle.sh
+trap 'wait_idle bazel-bin/tools/vfctl/vfctl "$dir/run"; kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir" "$pool"' EXIT
 for _ in $(seq 100); do [[ -S "$dir/run/grpc.sock" ]] && break; sleep 0.1; done
 echo "journal on: $(df --output=source,fstype "$dir" | tail -n 1)"
 bazel-bin/bench/control/alloc_bench --socket_dir="$dir/run" --broker_pid=$broker "$@"
