@@ -2,6 +2,15 @@
 // pool: provision one, re-adopt it after a restart, tear it down (cut off, scrub, free), and
 // clean up what a crash left behind. loop_extent implements it today; nvme_sriov will.
 //
+// Teardown comes whole (Teardown) or in two halves, for backends whose last step is slow but
+// no longer protects anything (loop_extent: removing devices that already reach nothing costs
+// about 40 ms of kernel grace periods each):
+//   ScrubForReuse   cuts the tenant off and scrubs; kScrubbed means the range may be handed
+//                   out again at once, and some kernel objects, reaching nothing, remain;
+//   RemoveDevices   removes those objects, later and off the reclaim path, batched.
+// The core journals "freed" after the first half and a second "freed" after the second, so a
+// broker killed in between still knows, at its next start, which objects to remove.
+//
 // Implementations are thread-safe for distinct extents.
 #ifndef VFBROKER_BROKER_BACKENDS_EXTENT_BACKEND_H_
 #define VFBROKER_BROKER_BACKENDS_EXTENT_BACKEND_H_
@@ -26,7 +35,15 @@ struct ProvisionedExtent {
 
 enum class TeardownResult {
   kFreed,      // tenant cut off, range scrubbed (reads as zeroes), kernel objects gone
-  kStillOpen,  // someone still holds the slice open; nothing scrubbed yet, retry later
+  kStillOpen,  // someone still holds the slice open; nothing is free yet, retry later
+  // ScrubForReuse only: tenant provably cut off and range scrubbed, so the range may be reused
+  // now; kernel objects that reach nothing remain until RemoveDevices.
+  kScrubbed,
+};
+
+enum class RemovalResult {
+  kRemoved,    // nothing of the extent's is left (or what is left is no longer the extent's)
+  kStillHeld,  // an object is still held open somewhere; retry later
 };
 
 class ExtentBackend {
@@ -38,8 +55,19 @@ class ExtentBackend {
   virtual absl::StatusOr<ProvisionedExtent> Provision(uint64_t offset, uint64_t size) = 0;
   // After a broker restart: verifies the journaled extent still is what the journal says.
   virtual absl::Status Readopt(const journal::LoopExtentState& state) = 0;
-  // Idempotent; kStillOpen means "retry later".
+  // The whole teardown. Idempotent; kStillOpen means "retry later". Never kScrubbed.
   virtual absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state) = 0;
+  // The first half (see the top of this file). Idempotent; kStillOpen means "retry later";
+  // kFreed if nothing is left to remove. A backend without a second half tears down whole.
+  virtual absl::StatusOr<TeardownResult> ScrubForReuse(const journal::LoopExtentState& state) {
+    return Teardown(state);
+  }
+  // The second half, for extents ScrubForReuse answered kScrubbed for (in this process, or in
+  // an earlier one, as the journal says). Idempotent. One answer per state, in order.
+  virtual std::vector<absl::StatusOr<RemovalResult>> RemoveDevices(
+      const std::vector<journal::LoopExtentState>& states) {
+    return std::vector<absl::StatusOr<RemovalResult>>(states.size(), RemovalResult::kRemoved);
+  }
   // At start: removes provisioned extents no journal record names.
   virtual absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) = 0;
 };

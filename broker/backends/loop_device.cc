@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -235,6 +236,17 @@ absl::StatusOr<DeviceState> ReadState(int index) {
   return state;
 }
 
+absl::StatusOr<Binding> GetBinding(int index) {
+  struct stat st;
+  const std::string dir = SysfsDir(index);
+  const std::string group = dir + "/loop";
+  if (::stat(group.c_str(), &st) == 0) return Binding::kBound;
+  if (errno != ENOENT) return ErrnoError("stat", group, errno);
+  if (::stat(dir.c_str(), &st) == 0) return Binding::kUnbound;
+  if (errno != ENOENT) return ErrnoError("stat", dir, errno);
+  return Binding::kGone;
+}
+
 absl::StatusOr<std::vector<int>> ListDevices() {
   struct CloseDir {
     void operator()(DIR* dir) const { ::closedir(dir); }
@@ -297,6 +309,28 @@ absl::StatusOr<RemoveOutcome> RemoveIfUnused(int index, absl::Duration patience)
     absl::SleepFor(pause);
     pause = std::min(pause * 2, absl::Milliseconds(16));
   }
+}
+
+std::vector<absl::StatusOr<RemoveOutcome>> RemoveAllIfUnused(const std::vector<int>& indexes,
+                                                             absl::Duration patience) {
+  std::vector<absl::StatusOr<RemoveOutcome>> outcomes(
+      indexes.size(), absl::InternalError("not attempted"));
+  if (indexes.size() == 1) {
+    outcomes[0] = RemoveIfUnused(indexes[0], patience);
+    return outcomes;
+  }
+  // Bounded, so that a large batch does not start hundreds of threads.
+  constexpr size_t kMaxThreads = 32;
+  for (size_t begin = 0; begin < indexes.size(); begin += kMaxThreads) {
+    const size_t end = std::min(indexes.size(), begin + kMaxThreads);
+    std::vector<std::thread> threads;
+    threads.reserve(end - begin);
+    for (size_t i = begin; i < end; ++i) {
+      threads.emplace_back([&, i] { outcomes[i] = RemoveIfUnused(indexes[i], patience); });
+    }
+    for (std::thread& thread : threads) thread.join();
+  }
+  return outcomes;
 }
 
 absl::StatusOr<RemoveOutcome> DetachAndRemove(int index, UniqueFd fd, absl::Duration patience) {

@@ -383,33 +383,47 @@ absl::Status LoopExtentBackend::Readopt(const journal::LoopExtentState& state) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> LoopExtentBackend::RemoveOuter(const journal::LoopExtentState& state,
+absl::StatusOr<bool> LoopExtentBackend::CutOffOuter(const journal::LoopExtentState& state,
                                                     UniqueFd held) {
   const int inner = state.inner_loop_index(), outer = state.outer_loop_index();
   if (!held.valid()) {
-    absl::StatusOr<loopdev::DeviceState> outer_state = loopdev::ReadState(outer);
-    if (!outer_state.ok()) return outer_state.status();
-    if (!outer_state->exists) return true;
+    // A retry, or a teardown after a restart: take a descriptor of our own to detach through.
+    absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(outer);
+    if (!binding.ok()) return binding.status();
+    if (*binding != loopdev::Binding::kBound) return true;
     absl::StatusOr<UniqueFd> opened = loopdev::Open(outer, O_RDONLY);
-    if (absl::IsNotFound(opened.status())) return true;  // removed meanwhile
-    if (!opened.ok()) return opened.status();
-    held = std::move(*opened);
-    // Bound to anything but our inner device: the index was removed earlier and reused by
-    // someone else, who must be left alone. (Unbound is treated as ours: an unbound device
-    // reaches nothing, and removing it is how a retry after the tenant's close finishes.)
-    absl::Status stacked = VerifyOuter(held.get(), outer, inner);
-    if (!stacked.ok() && !absl::IsNotFound(stacked)) {
+    if (!opened.ok() && !absl::IsNotFound(opened.status())) return opened.status();
+    // ENXIO from open: gone, detached meanwhile, or (6.11+) in rundown, still held by the one
+    // who asked for the detach. Only sysfs tells them apart.
+    absl::Status stacked = opened.ok() ? VerifyOuter(opened->get(), outer, inner)
+                                       : opened.status();
+    if (absl::IsNotFound(stacked)) {
+      opened = UniqueFd();
+      absl::StatusOr<loopdev::Binding> again = loopdev::GetBinding(outer);
+      if (!again.ok()) return again.status();
+      return *again != loopdev::Binding::kBound;
+    }
+    if (!stacked.ok()) {
+      if (!absl::IsFailedPrecondition(stacked)) return stacked;
+      // Bound to anything but our inner device: it was unbound, then bound by someone to their
+      // own file (or the index was removed and reused); either way it no longer reaches this
+      // extent. Left alone.
       spdlog::warn("pool={}: outer loop{} is no longer this extent's ({}); leaving it",
                    pool_name_, outer, stacked.message());
       return true;
     }
+    held = std::move(*opened);
   }
-  // LOOP_CLR_FD only arms the detach for the last close (linux/loop.h semantics on 6.x); the
-  // LOOP_CTL_REMOVE that follows is what proves that no descriptor to the device remains.
-  absl::StatusOr<loopdev::RemoveOutcome> outcome =
-      loopdev::DetachAndRemove(outer, std::move(held), kRemovePatience);
-  if (!outcome.ok()) return outcome.status();
-  return *outcome != loopdev::RemoveOutcome::kBusy;
+  // Our descriptor now asks for the detach. If it is the last one, the detach happens in this
+  // LOOP_CLR_FD (6.1) or at our close (6.11+), before close() returns; if anyone else still
+  // holds the device, at their last close.
+  if (absl::Status detached = loopdev::Detach(held.get(), outer); !detached.ok()) {
+    return detached;
+  }
+  held.reset();
+  absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(outer);
+  if (!binding.ok()) return binding.status();
+  return *binding != loopdev::Binding::kBound;
 }
 
 absl::Status LoopExtentBackend::ScrubBackingRange(uint64_t offset, uint64_t size) {
@@ -421,6 +435,16 @@ absl::Status LoopExtentBackend::ScrubBackingRange(uint64_t offset, uint64_t size
 }
 
 absl::StatusOr<TeardownResult> LoopExtentBackend::Teardown(
+    const journal::LoopExtentState& state) {
+  absl::StatusOr<TeardownResult> scrubbed = ScrubForReuse(state);
+  if (!scrubbed.ok() || *scrubbed != TeardownResult::kScrubbed) return scrubbed;
+  std::vector<absl::StatusOr<RemovalResult>> removed = RemoveDevices({state});
+  if (!removed[0].ok()) return removed[0].status();
+  return *removed[0] == RemovalResult::kRemoved ? TeardownResult::kFreed
+                                                : TeardownResult::kStillOpen;
+}
+
+absl::StatusOr<TeardownResult> LoopExtentBackend::ScrubForReuse(
     const journal::LoopExtentState& state) {
   if (absl::Status valid = CheckState(state); !valid.ok()) return valid;
   const int inner = state.inner_loop_index(), outer = state.outer_loop_index();
@@ -437,117 +461,171 @@ absl::StatusOr<TeardownResult> LoopExtentBackend::Teardown(
     }
   }
 
-  // 1. Cut the tenant off: the outer device must be removed, which the kernel refuses while
-  //    any descriptor to it is open. Until then nothing is scrubbed.
-  absl::StatusOr<bool> outer_gone = RemoveOuter(state, std::move(held));
-  if (!outer_gone.ok()) {
+  // 1. Cut the tenant off: the outer device must be detached, which the kernel defers while
+  //    any other descriptor to it is open. Until then nothing is scrubbed.
+  absl::StatusOr<bool> cut_off = CutOffOuter(state, std::move(held));
+  if (!cut_off.ok()) {
     spdlog::error("pool={}: teardown inner=loop{} outer=loop{}: {}", pool_name_, inner, outer,
-                  outer_gone.status());
-    return outer_gone.status();
+                  cut_off.status());
+    return cut_off.status();
   }
-  if (!*outer_gone) {
+  if (!*cut_off) {
     spdlog::info("pool={}: teardown [{}, +{}) outer=loop{} still held open elsewhere; "
                  "quarantined, nothing scrubbed", pool_name_, offset, size, outer);
     return TeardownResult::kStillOpen;
   }
+  const absl::Time cut_off_at = absl::Now();
 
-  // 2. Nothing else may be stacked on the inner device (defensive: only the broker can open it).
-  absl::StatusOr<std::vector<int>> devices = loopdev::ListDevices();
-  if (!devices.ok()) return devices.status();
-  for (int index : *devices) {
-    if (index == inner) continue;
-    absl::StatusOr<loopdev::DeviceState> other = loopdev::ReadState(index);
-    if (other.ok() && other->bound && other->backing_file == loopdev::DevicePath(inner)) {
-      spdlog::warn("pool={}: teardown [{}, +{}): loop{} is stacked on inner loop{}; "
-                   "quarantined, nothing scrubbed", pool_name_, offset, size, index, inner);
-      return TeardownResult::kStillOpen;
-    }
-  }
-
-  // 3. Scrub through the inner device while it is still ours, then remove it.
+  // 2. Scrub through the inner device while it is still ours, then detach it. Anything else
+  //    holding the inner device (a device stacked on it counts: its binding holds the inner
+  //    open) keeps it bound past our close, which the check after the scrub catches. (No scan
+  //    of every loop device for one stacked on it: with thousands of devices on a host that
+  //    alone took 400 ms.)
+  const std::string inner_path = loopdev::DevicePath(inner);
+  auto inner_still_held = [&](absl::string_view when) {
+    spdlog::warn("pool={}: teardown [{}, +{}): inner loop{} held open elsewhere {}; "
+                 "quarantined", pool_name_, offset, size, inner, when);
+    return TeardownResult::kStillOpen;
+  };
   absl::StatusOr<UniqueFd> inner_fd = loopdev::Open(inner, O_RDWR);
   if (!inner_fd.ok() && !absl::IsNotFound(inner_fd.status())) return inner_fd.status();
-  if (inner_fd.ok()) {
-    absl::Status ours = VerifyInner(inner_fd->get(), state);
-    if (ours.ok()) {
-      const std::string path = loopdev::DevicePath(inner);
-      absl::StatusOr<uint64_t> device_size = loopdev::SizeBytes(inner_fd->get(), path);
-      if (!device_size.ok()) return device_size.status();
-      // Over a file, a discard is fallocate(PUNCH_HOLE) in the backing file: zeroes, no space.
-      absl::Status scrubbed = loopdev::ZeroRange(inner_fd->get(), path, 0, *device_size,
-                                                 /*discard_zeroes=*/!backing_.is_block_device);
-      if (!scrubbed.ok()) {
-        spdlog::error("pool={}: scrubbing [{}, +{}) through inner loop{} failed: {}", pool_name_,
-                      offset, size, inner, scrubbed);
-        return scrubbed;
-      }
-      absl::StatusOr<loopdev::RemoveOutcome> removed =
-          loopdev::DetachAndRemove(inner, std::move(*inner_fd), kRemovePatience);
-      if (!removed.ok()) return removed.status();
-      if (*removed == loopdev::RemoveOutcome::kBusy) {
-        // Held by someone other than our outer. The detach is armed for their close; the next
-        // attempt finds the device unbound and zeroes the range again after removing it.
-        spdlog::warn("pool={}: teardown [{}, +{}): inner loop{} held open elsewhere after "
-                     "scrub; quarantined", pool_name_, offset, size, inner);
-        return TeardownResult::kStillOpen;
-      }
-      spdlog::info("pool={}: tore down [{}, +{}) inner=loop{} outer=loop{}: scrubbed, removed "
-                   "in {} ms", pool_name_, offset, size, inner, outer,
-                   Millis(absl::Now() - start));
-      return TeardownResult::kFreed;
+  absl::Status ours = inner_fd.ok() ? VerifyInner(inner_fd->get(), state) : inner_fd.status();
+  if (ours.ok()) {
+    const absl::Time scrub_start = absl::Now();
+    absl::StatusOr<uint64_t> device_size = loopdev::SizeBytes(inner_fd->get(), inner_path);
+    if (!device_size.ok()) return device_size.status();
+    // Over a file, a discard is fallocate(PUNCH_HOLE) in the backing file: zeroes, no space.
+    absl::Status scrubbed = loopdev::ZeroRange(inner_fd->get(), inner_path, 0, *device_size,
+                                               /*discard_zeroes=*/!backing_.is_block_device);
+    if (!scrubbed.ok()) {
+      spdlog::error("pool={}: scrubbing [{}, +{}) through inner loop{} failed: {}", pool_name_,
+                    offset, size, inner, scrubbed);
+      return scrubbed;
+    }
+    const absl::Time scrubbed_at = absl::Now();
+    // Detached at our close only if ours is the inner's last descriptor: then nobody else held
+    // it across the scrub. Otherwise the detach waits for their close, and the next attempt,
+    // finding the device unbound, zeroes the range again directly.
+    if (absl::Status detached = loopdev::Detach(inner_fd->get(), inner); !detached.ok()) {
+      return detached;
     }
     inner_fd->reset();
-    if (absl::IsNotFound(ours)) {
-      // Unbound: reaches nothing any more. It is ours (a retry after a crash or after someone's
-      // late close); it must go before the range is zeroed below.
-      absl::StatusOr<loopdev::RemoveOutcome> removed =
-          loopdev::RemoveIfUnused(inner, kRemovePatience);
-      if (!removed.ok()) return removed.status();
-      if (*removed == loopdev::RemoveOutcome::kBusy) {
-        spdlog::warn("pool={}: teardown [{}, +{}): unbound inner loop{} held open elsewhere; "
-                     "quarantined", pool_name_, offset, size, inner);
-        return TeardownResult::kStillOpen;
+    absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(inner);
+    if (!binding.ok()) return binding.status();
+    if (*binding == loopdev::Binding::kBound) return inner_still_held("after the scrub");
+    spdlog::info("pool={}: scrubbed [{}, +{}) inner=loop{} outer=loop{} for reuse in {} ms "
+                 "(cut off {:.2f} ms, scrub {:.2f} ms); devices to remove",
+                 pool_name_, offset, size, inner, outer, Millis(absl::Now() - start),
+                 absl::ToDoubleMilliseconds(cut_off_at - start),
+                 absl::ToDoubleMilliseconds(scrubbed_at - scrub_start));
+    return TeardownResult::kScrubbed;
+  }
+  if (inner_fd.ok()) inner_fd->reset();
+  if (absl::IsNotFound(ours)) {
+    // ENXIO: gone, unbound, or (6.11+) in rundown, still held by whoever asked for its detach.
+    absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(inner);
+    if (!binding.ok()) return binding.status();
+    if (*binding == loopdev::Binding::kBound) return inner_still_held("while detaching");
+    // Unbound or gone: it reaches nothing any more. Ours (a retry after a crash or after
+    // someone's late close); the range is zeroed directly below.
+  } else if (absl::IsFailedPrecondition(ours)) {
+    // Bound to something else. If that is still a window onto this extent's range (same
+    // backing file, overlapping bytes: only a privileged process re-aiming our device can do
+    // that), freeing the range would hand it over with a reader attached. Refuse instead.
+    absl::StatusOr<UniqueFd> again = loopdev::Open(inner, O_RDONLY);
+    absl::StatusOr<loop_info64> info =
+        again.ok() ? loopdev::GetInfo(again->get(), inner) : again.status();
+    if (info.ok() && info->lo_device == EncodeDev(backing_.device) &&
+        info->lo_inode == backing_.inode) {
+      const uint64_t begin = info->lo_offset;
+      const bool overlaps =
+          begin < offset + size &&
+          (info->lo_sizelimit == 0 || begin + info->lo_sizelimit > offset);
+      if (overlaps) {
+        spdlog::error("pool={}: teardown [{}, +{}): inner loop{} was re-aimed to [{}, +{}) of "
+                      "the pool; refusing to free the range", pool_name_, offset, size, inner,
+                      info->lo_offset, info->lo_sizelimit);
+        return absl::FailedPreconditionError(absl::StrCat(
+            "pool=", pool_name_, ": inner loop", inner, " was re-aimed within the pool (",
+            ours.message(), "); the range stays quarantined"));
       }
-    } else if (absl::IsFailedPrecondition(ours)) {
-      // Bound to something else. If that is still a window onto this extent's range (same
-      // backing file, overlapping bytes: only a privileged process re-aiming our device can do
-      // that), freeing the range would hand it over with a reader attached. Refuse instead.
-      absl::StatusOr<UniqueFd> again = loopdev::Open(inner, O_RDONLY);
-      absl::StatusOr<loop_info64> info =
-          again.ok() ? loopdev::GetInfo(again->get(), inner) : again.status();
-      if (info.ok() && info->lo_device == EncodeDev(backing_.device) &&
-          info->lo_inode == backing_.inode) {
-        const uint64_t begin = info->lo_offset;
-        const bool overlaps =
-            begin < offset + size &&
-            (info->lo_sizelimit == 0 || begin + info->lo_sizelimit > offset);
-        if (overlaps) {
-          spdlog::error("pool={}: teardown [{}, +{}): inner loop{} was re-aimed to [{}, +{}) of "
-                        "the pool; refusing to free the range", pool_name_, offset, size, inner,
-                        info->lo_offset, info->lo_sizelimit);
-          return absl::FailedPreconditionError(absl::StrCat(
-              "pool=", pool_name_, ": inner loop", inner, " was re-aimed within the pool (",
-              ours.message(), "); the range stays quarantined"));
-        }
-      }
-      spdlog::warn("pool={}: inner loop{} is no longer this extent's ({}); leaving it",
-                   pool_name_, inner, ours.message());
-    } else {
-      return ours;
     }
+    spdlog::warn("pool={}: inner loop{} is no longer this extent's ({}); leaving it",
+                 pool_name_, inner, ours.message());
+  } else {
+    return ours;
   }
 
-  // 4. No device of ours reaches the range any more, but whether it was scrubbed before the
+  // 3. No device of ours reaches the range any more, but whether it was scrubbed before the
   //    device went away is not known here (a crash between steps): zero it directly.
   if (absl::Status scrubbed = ScrubBackingRange(offset, size); !scrubbed.ok()) {
     spdlog::error("pool={}: scrubbing [{}, +{}) in {} failed: {}", pool_name_, offset, size,
                   backing_path_, scrubbed);
     return scrubbed;
   }
-  spdlog::info("pool={}: tore down [{}, +{}) inner=loop{} outer=loop{}: devices already gone, "
-               "range zeroed in the backing, {} ms", pool_name_, offset, size, inner, outer,
-               Millis(absl::Now() - start));
-  return TeardownResult::kFreed;
+  absl::StatusOr<loopdev::Binding> outer_left = loopdev::GetBinding(outer);
+  absl::StatusOr<loopdev::Binding> inner_left = loopdev::GetBinding(inner);
+  const bool all_gone = outer_left.ok() && *outer_left == loopdev::Binding::kGone &&
+                        inner_left.ok() && *inner_left == loopdev::Binding::kGone;
+  spdlog::info("pool={}: scrubbed [{}, +{}) inner=loop{} outer=loop{}: inner device already "
+               "unbound or gone, range zeroed in the backing, {} ms{}", pool_name_, offset, size,
+               inner, outer, Millis(absl::Now() - start),
+               all_gone ? "" : "; devices to remove");
+  return all_gone ? TeardownResult::kFreed : TeardownResult::kScrubbed;
+}
+
+std::vector<absl::StatusOr<RemovalResult>> LoopExtentBackend::RemoveDevices(
+    const std::vector<journal::LoopExtentState>& states) {
+  std::vector<absl::StatusOr<RemovalResult>> results(states.size(), RemovalResult::kRemoved);
+  std::vector<int> indexes;
+  std::vector<size_t> owner;  // indexes[i] belongs to states[owner[i]]
+  for (size_t i = 0; i < states.size(); ++i) {
+    // A negative index names no device (the core passes one for a device a later grant shows
+    // was removed already).
+    for (int index : {states[i].outer_loop_index(), states[i].inner_loop_index()}) {
+      if (index < 0) continue;
+      indexes.push_back(index);
+      owner.push_back(i);
+    }
+  }
+  const absl::Time start = absl::Now();
+  // The kernel refuses (EBUSY) to remove a device that is bound or open, so nothing that is
+  // someone's, or still reachable, can go; in parallel, the removals share grace periods.
+  std::vector<absl::StatusOr<loopdev::RemoveOutcome>> outcomes =
+      loopdev::RemoveAllIfUnused(indexes, kRemovePatience);
+  int removed = 0;
+  for (size_t k = 0; k < indexes.size(); ++k) {
+    absl::StatusOr<RemovalResult>& result = results[owner[k]];
+    const int index = indexes[k];
+    if (!outcomes[k].ok()) {
+      spdlog::error("pool={}: removing loop{} failed: {}", pool_name_, index,
+                    outcomes[k].status());
+      if (result.ok()) result = outcomes[k].status();
+      continue;
+    }
+    if (*outcomes[k] == loopdev::RemoveOutcome::kRemoved) ++removed;
+    if (*outcomes[k] != loopdev::RemoveOutcome::kBusy) continue;
+    absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(index);
+    if (!binding.ok()) {
+      if (result.ok()) result = binding.status();
+    } else if (*binding == loopdev::Binding::kBound) {
+      // We left it unbound; someone has bound it since. Theirs now: left alone.
+      spdlog::warn("pool={}: loop{} (extent [{}, +{})) was bound again by someone else after "
+                   "its scrub; left to them", pool_name_, index, states[owner[k]].offset_bytes(),
+                   states[owner[k]].size_bytes());
+    } else if (*binding == loopdev::Binding::kUnbound) {
+      spdlog::info("pool={}: unbound loop{} (extent [{}, +{})) is still held open; removal "
+                   "deferred", pool_name_, index, states[owner[k]].offset_bytes(),
+                   states[owner[k]].size_bytes());
+      if (result.ok()) result = RemovalResult::kStillHeld;
+    }
+  }
+  if (!indexes.empty()) {
+    spdlog::info("pool={}: removed {} of {} loop devices of {} torn-down extents in {} ms",
+                 pool_name_, removed, indexes.size(), states.size(),
+                 Millis(absl::Now() - start));
+  }
+  return results;
 }
 
 absl::Status LoopExtentBackend::RemoveOrphans(

@@ -9,27 +9,53 @@
 //          within the extent. The broker keeps its own descriptor to the outer device open for the
 //          lease's lifetime so that a tenant's LOOP_CLR_FD is deferred, not effective.
 //
-// Teardown cuts the tenant off before it scrubs: the outer device is detached and *removed*
-// (LOOP_CTL_REMOVE), which the kernel refuses while anyone still has it open. A descriptor the
-// tenant kept (or passed to another process) therefore keeps the slice quarantined: its range is
-// not scrubbed or reused until that descriptor is gone, so no stale descriptor can ever reach the
-// next tenant's data. Device indexes are never reused while a descriptor may still refer to them
-// because a device is only ever created with LOOP_CTL_ADD (brand new) and removed when unopened.
+// Teardown cuts the tenant off before it scrubs, and scrubs before the range is reused:
+//  1. Cut off. The broker detaches the outer device through its own descriptor (LOOP_CLR_FD,
+//     then close). The kernel detaches a loop device that others hold open only when the last
+//     of them closes it, so while the tenant (or anyone it passed its descriptor to) holds the
+//     outer device, it stays bound and the slice stays quarantined: nothing is scrubbed or
+//     reused. The cut-off is proven by sysfs reporting the outer device unbound (the detach
+//     removes its loop/ group after clearing its backing file, the inner device): it then
+//     reaches nothing, and as the broker never binds a device twice, nothing will make it reach
+//     the pool again.
+//     Not by an ENXIO from LOOP_GET_STATUS64 or open: since 6.11 those also answer for a device
+//     whose only opener asked for the detach and still holds it.
+//  2. Scrub through the inner device (below), then detach it the same way. It goes unbound
+//     only if the broker's descriptor was its last one, which proves nobody else (only root
+//     could) held it across the scrub; otherwise the slice stays quarantined and, once the
+//     inner device is unbound, the range is zeroed again directly in the backing.
+//  3. The range may now be reused (ScrubForReuse answers kScrubbed): ~5 ms for 32 MiB on tmpfs.
+//  4. Later, off the reclaim path, RemoveDevices removes the two unbound devices with
+//     LOOP_CTL_REMOVE, in parallel (each waits ~40 ms for RCU/SRCU grace periods on 6.18; in
+//     parallel they share them). It refuses nothing but devices that are bound (someone else
+//     bound them since: no longer ours) or open (retried later).
+// Teardown does all four at once.
+//
+// One difference between kernels: on 6.1 a process that is the *only* holder of the outer
+// device may detach it itself (LOOP_CLR_FD acts at once for a sole opener) and keep its
+// descriptor. The outer device is then unbound while still open; the slice is freed, since that
+// descriptor reaches a device that reaches nothing and is never bound again by the broker (its
+// holder can bind it to files it can open itself, no more), and only the device's removal
+// waits for the close. Since 6.11 that LOOP_CLR_FD, too, waits for the
+// close, and the slice stays quarantined until then.
 //
 // Scrubbing: over a regular file the inner device is discarded (the loop driver turns that into
 // fallocate(PUNCH_HOLE), which reads back as zeroes and gives the space back: BLKZEROOUT would
 // allocate the whole range, i.e. RAM for a pool on tmpfs); over a block device it is zeroed
 // with BLKZEROOUT. If a retry finds the inner device already unbound or gone, the range is
-// zeroed directly in the backing file instead, after the device is removed, so a crash between
-// any two steps never frees an unscrubbed range.
+// zeroed directly in the backing file instead, so a crash between any two steps never frees an
+// unscrubbed range.
 //
 // Identity: a device index from the journal is only trusted after the kernel confirms it
 // (LOOP_GET_STATUS64: the inner's backing device/inode, offset and size limit; the outer's
 // backing rdev is the inner device), so a stale index that now belongs to someone else is
-// never scrubbed or removed as if it were ours.
+// never scrubbed or detached as if it were ours. An *unbound* device carries nothing the kernel
+// could confirm; RemoveDevices therefore only removes unbound devices at indexes the journal
+// says the broker scrubbed but had not yet removed (the core journals "freed" after step 3 and
+// again after step 4), and LOOP_CTL_REMOVE itself refuses any that is bound or open.
 //
 // Thread-safe: distinct extents may be provisioned and torn down concurrently. Calls for one
-// extent (Readopt, Teardown) must not overlap each other.
+// extent (Readopt, Teardown, ScrubForReuse, RemoveDevices) must not overlap each other.
 #ifndef VFBROKER_BROKER_BACKENDS_LOOP_EXTENT_H_
 #define VFBROKER_BROKER_BACKENDS_LOOP_EXTENT_H_
 
@@ -53,8 +79,9 @@ namespace vfbroker {
 
 // ProvisionedExtent and TeardownResult come from extent_backend.h. Here, tenant_fd is an
 // O_RDWR|O_DIRECT|O_CLOEXEC descriptor of the outer device and device_path its "/dev/loopN";
-// kFreed means both devices are removed and the range reads as zeroes, kStillOpen that someone
-// still holds the outer (or, exceptionally, the inner) device open and nothing was freed.
+// kFreed means both devices are removed and the range reads as zeroes, kScrubbed that the range
+// reads as zeroes and both devices are unbound (or gone), kStillOpen that someone still holds
+// the outer (or, exceptionally, the inner) device open and nothing was freed.
 class LoopExtentBackend : public ExtentBackend {
  public:
   // Opens (and with `create`, creates or extends sparsely) the backing file or block device.
@@ -77,10 +104,22 @@ class LoopExtentBackend : public ExtentBackend {
   // Verifies again, but takes no second descriptor, for an outer device already held.
   absl::Status Readopt(const journal::LoopExtentState& state) override;
 
-  // Cuts the tenant off, scrubs and removes the devices; idempotent (devices already gone are
-  // fine), so it can be retried after kStillOpen or after a restart mid-teardown. kStillOpen
-  // also when the inner device cannot be removed (someone other than the outer holds it).
+  // Cuts the tenant off, scrubs and removes the devices: ScrubForReuse, then RemoveDevices.
+  // Idempotent (devices already gone are fine), so it can be retried after kStillOpen or after
+  // a restart mid-teardown. kStillOpen also when the inner device is held by someone other than
+  // the outer, or a device cannot be removed yet.
   absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state) override;
+
+  // Steps 1-3 above: cut off and scrub. kScrubbed: the range may be reused now, and the two
+  // devices, unbound, wait for RemoveDevices; kFreed if both are already gone. Idempotent.
+  absl::StatusOr<TeardownResult> ScrubForReuse(const journal::LoopExtentState& state) override;
+
+  // Step 4, for a batch of extents at once: removes their devices if unbound and unopened, all
+  // in parallel. kStillHeld while one is unbound but still open (see the 6.1 note above); a
+  // device found bound again has been taken by someone else since and is left to them. A
+  // negative index names no device (the core's way of saying "already gone").
+  std::vector<absl::StatusOr<RemovalResult>> RemoveDevices(
+      const std::vector<journal::LoopExtentState>& states) override;
 
   // At start, after replay: removes loop devices stacked on this pool that no journaled lease
   // names (left by a crash between Provision and the journal write; no tenant ever got them).
@@ -106,8 +145,10 @@ class LoopExtentBackend : public ExtentBackend {
   absl::Status VerifyInner(int fd, const journal::LoopExtentState& state) const;
   // OK if the bound device open as `fd` is stacked on `inner_index`.
   absl::Status VerifyOuter(int fd, int outer_index, int inner_index) const;
-  // Teardown, step 1: true once the outer device is gone (or provably not this extent's).
-  absl::StatusOr<bool> RemoveOuter(const journal::LoopExtentState& state, UniqueFd held);
+  // Step 1: true once the outer device is unbound or gone (or provably not stacked on this
+  // extent's inner device any more). Detaches through `held`, or through a descriptor of its
+  // own if `held` is invalid.
+  absl::StatusOr<bool> CutOffOuter(const journal::LoopExtentState& state, UniqueFd held);
   // Zeroes [offset, offset+size) of the backing file or device directly.
   absl::Status ScrubBackingRange(uint64_t offset, uint64_t size);
 

@@ -91,6 +91,14 @@ class LoopExtentTest : public ::testing::Test {
     if (dir_.empty()) return;
     backends_.clear();  // drop the broker's held descriptors first
     RemoveDevicesUnder(dir_);
+    // Devices a test left unbound (scrubbed, not yet removed) or created itself. The kernel
+    // refuses to remove any that is bound or open, so nobody else's can go.
+    for (int index : unbound_) {
+      absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(index);
+      if (binding.ok() && *binding == loopdev::Binding::kUnbound) {
+        (void)loopdev::RemoveIfUnused(index, absl::Seconds(1));
+      }
+    }
     for (const std::string& file : files_) ::unlink(file.c_str());
     ::rmdir(dir_.c_str());
   }
@@ -187,9 +195,22 @@ class LoopExtentTest : public ::testing::Test {
     }
   }
 
+  // Remembers an extent's devices for TearDown, should the test stop between scrub and removal.
+  void Track(const ProvisionedExtent& extent) {
+    unbound_.push_back(extent.state.inner_loop_index());
+    unbound_.push_back(extent.state.outer_loop_index());
+  }
+
+  static loopdev::Binding BindingOf(int index) {
+    absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(index);
+    EXPECT_TRUE(binding.ok()) << binding.status();
+    return binding.ok() ? *binding : loopdev::Binding::kGone;
+  }
+
   std::string dir_;
   std::vector<std::string> files_;
   std::vector<std::unique_ptr<LoopExtentBackend>> backends_;
+  std::vector<int> unbound_;
 };
 
 TEST_F(LoopExtentTest, ProvisionedExtentMapsOntoItsRangeOfTheBackingFile) {
@@ -402,6 +423,251 @@ TEST_F(LoopExtentTest, TeardownQuarantinesWhileTheTenantHoldsItsDescriptor) {
   EXPECT_EQ(*result, TeardownResult::kFreed);
   EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
   EXPECT_TRUE(RangeIs(pool, offset + size, pool_size - offset - size, kOutside));
+}
+
+TEST_F(LoopExtentTest, ScrubForReuseFreesTheRangeAtOnceAndLeavesOnlyUnboundDevices) {
+  const uint64_t pool_size = 64 * kMiB, offset = 16 * kMiB, size = 32 * kMiB;
+  const std::string pool = MakePoolFile("pool.img", pool_size);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  Track(*extent);
+  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
+  FillDevice(extent->tenant_fd.get(), kTenant);
+  extent->tenant_fd.reset();
+
+  absl::Time start = absl::Now();
+  absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
+  const absl::Duration scrub_took = absl::Now() - start;
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kScrubbed);
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+  EXPECT_TRUE(RangeIs(pool, offset + size, pool_size - offset - size, kOutside));
+  // Both devices are still there, but unbound: they reach nothing.
+  EXPECT_EQ(BindingOf(inner), loopdev::Binding::kUnbound);
+  EXPECT_EQ(BindingOf(outer), loopdev::Binding::kUnbound);
+  // Idempotent before the removal, too.
+  result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kScrubbed);
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+
+  start = absl::Now();
+  std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
+  const absl::Duration remove_took = absl::Now() - start;
+  ASSERT_EQ(removed.size(), 1u);
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+  EXPECT_FALSE(DeviceExists(inner));
+  EXPECT_FALSE(DeviceExists(outer));
+  std::printf("32 MiB extent on %s: cut off + scrub %lld ms, then device removal %lld ms\n",
+              dir_.c_str(), static_cast<long long>(absl::ToInt64Milliseconds(scrub_took)),
+              static_cast<long long>(absl::ToInt64Milliseconds(remove_took)));
+  RecordProperty("scrub_for_reuse_32MiB_ms",
+                 static_cast<int>(absl::ToInt64Milliseconds(scrub_took)));
+  RecordProperty("remove_devices_ms", static_cast<int>(absl::ToInt64Milliseconds(remove_took)));
+
+  // Idempotent after it.
+  removed = backend->RemoveDevices({extent->state});
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+  result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+}
+
+TEST_F(LoopExtentTest, HeldDescriptorKeepsTheSliceQuarantinedUntilItsLastClose) {
+  const uint64_t offset = 4 * kMiB, size = 8 * kMiB;
+  const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  Track(*extent);
+  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
+  FillDevice(extent->tenant_fd.get(), kTenant);
+  // The descriptor lives on in another process (here: a dup, as SCM_RIGHTS would make one).
+  UniqueFd passed(::dup(extent->tenant_fd.get()));
+  ASSERT_TRUE(passed.valid());
+  extent->tenant_fd.reset();
+
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(*result, TeardownResult::kStillOpen);
+  }
+  EXPECT_TRUE(RangeIs(pool, offset, size, kTenant)) << "nothing may be scrubbed yet";
+  EXPECT_EQ(BindingOf(outer), loopdev::Binding::kBound);
+  EXPECT_EQ(BindingOf(inner), loopdev::Binding::kBound);
+  AlignedBuffer block(4096);
+  ASSERT_EQ(::pread(passed.get(), block.data(), 4096, size - 4096), 4096);
+  EXPECT_TRUE(block.All(kTenant, 4096));
+
+  passed.reset();  // the last descriptor: the outer device detaches in this close
+  EXPECT_EQ(BindingOf(outer), loopdev::Binding::kUnbound);
+  absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kScrubbed);
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+  std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+  EXPECT_FALSE(DeviceExists(inner));
+  EXPECT_FALSE(DeviceExists(outer));
+}
+
+TEST_F(LoopExtentTest, HolderWhoDetachesTheOuterItselfNeverReachesTheScrubbedRange) {
+  const uint64_t offset = 4 * kMiB, size = 4 * kMiB;
+  const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  Track(*extent);
+  const int outer = extent->state.outer_loop_index();
+  FillDevice(extent->tenant_fd.get(), kTenant);
+  // First attempt: the tenant holds on, the broker lets go of its own descriptor.
+  absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(*result, TeardownResult::kStillOpen);
+  // Now the only holder, the tenant asks for the detach itself and keeps its descriptor.
+  EXPECT_EQ(::ioctl(extent->tenant_fd.get(), LOOP_CLR_FD, 0), 0);
+  AlignedBuffer block(4096);
+  block.Fill(0xEE);
+  result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  if (*result == TeardownResult::kStillOpen) {
+    // 6.11+: the detach waits for the tenant's close ("rundown"); sysfs still says bound.
+    std::printf("kernel defers a sole opener's LOOP_CLR_FD to its close\n");
+    EXPECT_EQ(BindingOf(outer), loopdev::Binding::kBound);
+    EXPECT_TRUE(RangeIs(pool, offset, size, kTenant)) << "nothing may be scrubbed yet";
+    (void)!::pwrite(extent->tenant_fd.get(), block.data(), 4096, 0);
+    extent->tenant_fd.reset();
+    result = backend->ScrubForReuse(extent->state);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(*result, TeardownResult::kScrubbed);
+    EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  } else {
+    // 6.1: detached at once, while the tenant still holds a descriptor to the (now unbound)
+    // outer device. The slice is free; that descriptor reaches nothing.
+    std::printf("kernel detaches at once for a sole opener's LOOP_CLR_FD\n");
+    ASSERT_EQ(*result, TeardownResult::kScrubbed);
+    EXPECT_EQ(BindingOf(outer), loopdev::Binding::kUnbound);
+    EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+    EXPECT_LE(::pwrite(extent->tenant_fd.get(), block.data(), 4096, 0), 0);
+    EXPECT_LE(::pread(extent->tenant_fd.get(), block.data(), 4096, 0), 0);
+    EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+    std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
+    ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+    EXPECT_EQ(*removed[0], RemovalResult::kStillHeld) << "its removal waits for the close";
+    EXPECT_TRUE(DeviceExists(outer));
+    extent->tenant_fd.reset();
+  }
+  std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+  EXPECT_FALSE(DeviceExists(outer));
+  EXPECT_FALSE(DeviceExists(extent->state.inner_loop_index()));
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+}
+
+TEST_F(LoopExtentTest, CrashBetweenScrubAndRemovalLeavesNothingBehindAfterRestart) {
+  const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
+  LoopExtentBackend* first = OpenBackend("p0", pool);
+  ASSERT_NE(first, nullptr);
+  absl::StatusOr<ProvisionedExtent> dead = first->Provision(0, 4 * kMiB);
+  ASSERT_TRUE(dead.ok()) << dead.status();
+  Track(*dead);
+  absl::StatusOr<ProvisionedExtent> live = first->Provision(4 * kMiB, 4 * kMiB);
+  ASSERT_TRUE(live.ok()) << live.status();
+  FillDevice(dead->tenant_fd.get(), kTenant);
+  FillDevice(live->tenant_fd.get(), 0x77);
+  dead->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = first->ScrubForReuse(dead->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(*result, TeardownResult::kScrubbed);
+  // Someone else's unbound device, which nothing below may touch.
+  absl::StatusOr<int> foreign = loopdev::CreateFresh();
+  ASSERT_TRUE(foreign.ok()) << foreign.status();
+  unbound_.push_back(*foreign);
+
+  backends_.clear();  // the broker dies before removing the dead slice's devices
+  LoopExtentBackend* second = OpenBackend("p0", pool);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(second->Readopt(live->state).ok());
+  // The orphan sweep only knows bound devices: the dead slice's unbound ones cannot be told
+  // apart from anyone else's by the kernel, so it leaves them.
+  EXPECT_TRUE(second->RemoveOrphans({live->state}).ok());
+  EXPECT_EQ(BindingOf(dead->state.inner_loop_index()), loopdev::Binding::kUnbound);
+  EXPECT_EQ(BindingOf(dead->state.outer_loop_index()), loopdev::Binding::kUnbound);
+  // The journal names them (freed once, not twice): removed at start.
+  std::vector<absl::StatusOr<RemovalResult>> removed = second->RemoveDevices({dead->state});
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+  EXPECT_FALSE(DeviceExists(dead->state.inner_loop_index()));
+  EXPECT_FALSE(DeviceExists(dead->state.outer_loop_index()));
+  EXPECT_TRUE(DeviceExists(*foreign));
+  EXPECT_TRUE(RangeIs(pool, 0, 4 * kMiB, 0));
+  // The live extent is untouched and still works.
+  AlignedBuffer block(4096);
+  ASSERT_EQ(::pread(live->tenant_fd.get(), block.data(), 4096, 0), 4096);
+  EXPECT_TRUE(block.All(0x77, 4096));
+  EXPECT_TRUE(RangeIs(pool, 4 * kMiB, 4 * kMiB, 0x77));
+
+  // A state with only one device left to remove (the core passes -1 for the other).
+  journal::LoopExtentState half = dead->state;
+  half.set_inner_loop_index(-1);
+  removed = second->RemoveDevices({half});
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+
+  live->tenant_fd.reset();
+  result = second->Teardown(live->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kFreed);
+  EXPECT_TRUE(DeviceExists(*foreign));
+}
+
+TEST_F(LoopExtentTest, DeadDeviceSomeoneBindsAgainIsLeftToThem) {
+  const std::string pool = MakePoolFile("pool.img", 8 * kMiB);
+  const std::string theirs = MakePoolFile("theirs.img", kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(0, 4 * kMiB);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  Track(*extent);
+  const int outer = extent->state.outer_loop_index();
+  extent->tenant_fd.reset();
+  absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(*result, TeardownResult::kScrubbed);
+  // Like losetup -f (LOOP_CTL_GET_FREE picks unbound devices), someone binds the dead outer.
+  UniqueFd their_file(::open(theirs.c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(their_file.valid());
+  {
+    absl::StatusOr<UniqueFd> fd = loopdev::Open(outer, O_RDWR);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    ASSERT_TRUE(loopdev::Bind(fd->get(), outer, their_file.get(), loopdev::BindOptions()).ok());
+  }
+  std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+  EXPECT_EQ(BindingOf(outer), loopdev::Binding::kBound) << "theirs now: left alone";
+  EXPECT_FALSE(DeviceExists(extent->state.inner_loop_index()));
+  // A retry of the teardown does not touch it either, and the range stays zero.
+  result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(BindingOf(outer), loopdev::Binding::kBound);
+  EXPECT_TRUE(RangeIs(pool, 0, 4 * kMiB, 0));
+  absl::StatusOr<loopdev::RemoveOutcome> gone =
+      loopdev::DetachAndRemove(outer, UniqueFd(), absl::Seconds(1));
+  EXPECT_TRUE(gone.ok() && *gone == loopdev::RemoveOutcome::kRemoved);
 }
 
 TEST_F(LoopExtentTest, ScrubOfAFilePoolGivesTheSpaceBack) {

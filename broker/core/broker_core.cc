@@ -20,6 +20,10 @@ constexpr size_t kMaxNameBytes = 64;
 constexpr size_t kMaxLeaseIdBytes = 64;
 constexpr absl::Duration kFirstRetry = absl::Milliseconds(2);
 constexpr absl::Duration kMaxRetry = absl::Seconds(1);
+// Dead devices still held open (rare: see loop_extent.h on 6.1): no slice waits for them, and
+// each attempt may wait out the backend's own patience, so retry less eagerly.
+constexpr absl::Duration kFirstRemovalRetry = absl::Milliseconds(50);
+constexpr absl::Duration kMaxRemovalRetry = absl::Seconds(10);
 
 std::string TenantLabel(const PeerCredentials& peer) {
   return absl::StrFormat("uid:%d/pid:%d", peer.tenant.uid, peer.pid);
@@ -29,10 +33,11 @@ std::string OwnerLabel(const v1::Lease& lease) {
   return absl::StrFormat("uid:%d/pid:%d", lease.owner_uid(), lease.owner_pid());
 }
 
-absl::Duration RetryDelay(int attempts) {
-  absl::Duration delay = kFirstRetry;
-  for (int i = 1; i < attempts && delay < kMaxRetry; ++i) delay *= 2;
-  return std::min(delay, kMaxRetry);
+absl::Duration RetryDelay(int attempts, absl::Duration first = kFirstRetry,
+                          absl::Duration max = kMaxRetry) {
+  absl::Duration delay = first;
+  for (int i = 1; i < attempts && delay < max; ++i) delay *= 2;
+  return std::min(delay, max);
 }
 
 v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block_size,
@@ -188,6 +193,40 @@ absl::Status BrokerCore::Recover(const JournalReplay& replay) {
     }
   }
 
+  // Slices scrubbed and freed whose dead devices a crash kept from being removed: removed now,
+  // before anything new is provisioned; what is still held open goes to the remover thread.
+  std::vector<PendingRemoval> dead = DeadSlices(replay.records, journaled);
+  std::map<std::string, std::vector<PendingRemoval>> dead_by_pool;
+  for (PendingRemoval& removal : dead) dead_by_pool[removal.pool].push_back(std::move(removal));
+  std::vector<PendingRemoval> still_dead;
+  for (auto& [pool, slices] : dead_by_pool) {
+    auto backend_it = backends_.find(pool);
+    if (backend_it == backends_.end()) {
+      spdlog::error("pool={}: the journal names {} freed slices with devices left in a pool this "
+                    "configuration lacks; left as they are", pool, slices.size());
+      for (PendingRemoval& removal : slices) still_dead.push_back(std::move(removal));
+      continue;
+    }
+    std::vector<journal::LoopExtentState> states;
+    for (const PendingRemoval& removal : slices) states.push_back(removal.state);
+    std::vector<absl::StatusOr<RemovalResult>> results = backend_it->second->RemoveDevices(states);
+    for (size_t i = 0; i < slices.size(); ++i) {
+      if (i < results.size() && results[i].ok() && *results[i] == RemovalResult::kRemoved) {
+        spdlog::info("lease={} pool={}: dead devices left by a crash after its scrub removed",
+                     slices[i].lease_id, pool);
+        continue;
+      }
+      spdlog::warn("lease={} pool={}: dead devices left by a crash after its scrub not removed "
+                   "yet ({}); retrying", slices[i].lease_id, pool,
+                   i < results.size() && !results[i].ok() ? results[i].status().message()
+                                                          : "still held open");
+      slices[i].attempts = 1;
+      slices[i].next_attempt = absl::Now() + RetryDelay(1, kFirstRemovalRetry, kMaxRemovalRetry);
+      removals_.push_back(slices[i]);
+      still_dead.push_back(std::move(slices[i]));
+    }
+  }
+
   // Compact to what is known now: kept leases, plus ended ones still to be torn down.
   absl::flat_hash_map<std::string, JournaledLease> snapshot;
   for (const auto& [lease_id, lease] : leases_) snapshot[lease_id].granted = lease.granted;
@@ -202,11 +241,84 @@ absl::Status BrokerCore::Recover(const JournalReplay& replay) {
     entry.reclaimed = true;
   }
   for (PendingTeardown& pending : to_end) teardowns_.push_back(std::move(pending));
-  absl::Status compacted = journal_->Compact(SnapshotRecords(snapshot));
+  // Freed slices with devices still to remove stay in the journal as a grant naming just those
+  // devices, followed by one "freed": invisible to the fold, found again by DeadSlices.
+  std::vector<journal::Record> records = SnapshotRecords(snapshot);
+  for (const PendingRemoval& removal : still_dead) {
+    journal::Record granted;
+    granted.mutable_granted()->set_lease_id(removal.lease_id);
+    granted.mutable_granted()->set_pool(removal.pool);
+    *granted.mutable_granted()->mutable_loop_extent() = removal.state;
+    records.push_back(std::move(granted));
+    journal::Record freed;
+    freed.mutable_freed()->set_lease_id(removal.lease_id);
+    records.push_back(std::move(freed));
+  }
+  absl::Status compacted = journal_->Compact(std::move(records));
   spdlog::info("recovered from journal: {} records ({} torn bytes cut), {} leases kept for "
-               "their owners, {} slices to reclaim",
-               replay.records.size(), replay.truncated_bytes, kept, queued);
+               "their owners, {} slices to reclaim, {} freed slices with devices left ({} "
+               "still to remove)",
+               replay.records.size(), replay.truncated_bytes, kept, queued, dead.size(),
+               still_dead.size());
   return compacted;
+}
+
+std::vector<BrokerCore::PendingRemoval> BrokerCore::DeadSlices(
+    const std::vector<journal::Record>& records,
+    const absl::flat_hash_map<std::string, JournaledLease>& journaled) const {
+  // The core journals "freed" once when a slice is scrubbed (ScrubForReuse said kScrubbed) and
+  // once more when its dead devices are gone. Freed exactly once: devices may remain.
+  struct Seen {
+    journal::LeaseGranted granted;
+    int freed = 0;
+    size_t first_freed_at = 0;
+  };
+  absl::flat_hash_map<std::string, Seen> seen;
+  absl::flat_hash_map<int, size_t> last_named_at;  // device index -> last grant naming it
+  for (size_t n = 0; n < records.size(); ++n) {
+    const journal::Record& record = records[n];
+    if (record.has_granted()) {
+      const journal::LeaseGranted& granted = record.granted();
+      if (!granted.has_loop_extent()) continue;
+      last_named_at[granted.loop_extent().inner_loop_index()] = n;
+      last_named_at[granted.loop_extent().outer_loop_index()] = n;
+      seen.try_emplace(granted.lease_id(), Seen{granted});
+    } else if (record.has_freed()) {
+      auto it = seen.find(record.freed().lease_id());
+      if (it != seen.end() && it->second.freed++ == 0) it->second.first_freed_at = n;
+    }
+  }
+  absl::flat_hash_set<int> in_use;  // named by a lease not yet freed: that lease's device
+  for (const auto& [lease_id, lease] : journaled) {
+    if (!lease.granted.has_loop_extent()) continue;
+    in_use.insert(lease.granted.loop_extent().inner_loop_index());
+    in_use.insert(lease.granted.loop_extent().outer_loop_index());
+  }
+  std::vector<PendingRemoval> dead;
+  for (const auto& [lease_id, entry] : seen) {
+    if (entry.freed != 1 || journaled.contains(lease_id)) continue;
+    journal::LoopExtentState state = entry.granted.loop_extent();
+    // An index a later grant names was handed out fresh by LOOP_CTL_ADD after this slice was
+    // freed, so this slice's device there had been removed already: not ours to touch.
+    auto stale = [&](int index) {
+      if (index < 0 || in_use.contains(index)) return true;
+      auto named = last_named_at.find(index);
+      return named != last_named_at.end() && named->second > entry.first_freed_at;
+    };
+    if (stale(state.inner_loop_index())) state.set_inner_loop_index(-1);
+    if (stale(state.outer_loop_index())) state.set_outer_loop_index(-1);
+    if (state.inner_loop_index() < 0 && state.outer_loop_index() < 0) continue;
+    PendingRemoval removal;
+    removal.lease_id = lease_id;
+    removal.pool = entry.granted.pool();
+    removal.state = std::move(state);
+    removal.next_attempt = absl::Now();
+    dead.push_back(std::move(removal));
+  }
+  std::sort(dead.begin(), dead.end(), [](const PendingRemoval& a, const PendingRemoval& b) {
+    return a.lease_id < b.lease_id;
+  });
+  return dead;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,23 +646,31 @@ absl::StatusOr<std::shared_ptr<EventSubscription>> BrokerCore::Watch(absl::strin
 
 void BrokerCore::Start() {
   reaper_ = std::thread([this] { ReaperLoop(); });
+  remover_ = std::thread([this] { RemoverLoop(); });
 }
 
 void BrokerCore::Stop() {
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_ && !reaper_.joinable()) return;
+    if (stopping_ && !reaper_.joinable() && !remover_.joinable()) return;
     stopping_ = true;
   }
   WakeReaper();
   if (reaper_.joinable()) reaper_.join();
+  {
+    // Only now: the reaper's last teardowns may have queued removals.
+    absl::MutexLock lock(&mu_);
+    remover_stopping_ = true;
+  }
+  if (remover_.joinable()) remover_.join();
   events_.CloseAll();
 }
 
 bool BrokerCore::WaitForIdleReaper(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return teardowns_.empty() && teardowns_in_flight_ == 0;
+    return teardowns_.empty() && teardowns_in_flight_ == 0 && removals_.empty() &&
+           removals_in_flight_ == 0;
   };
   return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
 }
@@ -649,8 +769,12 @@ void BrokerCore::RunDueTeardowns() {
     teardowns_in_flight_ += static_cast<int>(due.size());
   }
   for (PendingTeardown& pending : due) {
-    absl::StatusOr<TeardownResult> result = backends_.at(pending.pool)->Teardown(pending.state);
-    if (result.ok() && *result == TeardownResult::kFreed) {
+    // Cut off and scrub only; removing what is left (about 40 ms per loop device, spent waiting
+    // for kernel grace periods) is the remover thread's, after the range is free again.
+    absl::StatusOr<TeardownResult> result =
+        backends_.at(pending.pool)->ScrubForReuse(pending.state);
+    if (result.ok() &&
+        (*result == TeardownResult::kFreed || *result == TeardownResult::kScrubbed)) {
       journal::Record record;
       record.mutable_freed()->set_lease_id(pending.lease_id);
       if (absl::Status durable = journal_->Append(record); !durable.ok()) {
@@ -671,6 +795,14 @@ void BrokerCore::RunDueTeardowns() {
                    pending.lease_id, OwnerLabel(pending.info), pending.pool, elapsed_ms);
       events_.Publish(MakeEvent(v1::Event::KIND_SCRUBBED, pending.info,
                                 absl::StrFormat("%.1f ms after it ended", elapsed_ms)));
+      if (*result == TeardownResult::kScrubbed) {
+        PendingRemoval removal;
+        removal.lease_id = pending.lease_id;
+        removal.pool = pending.pool;
+        removal.state = pending.state;
+        removal.next_attempt = absl::Now();
+        QueueRemoval(std::move(removal));
+      }
       continue;
     }
     ++pending.attempts;
@@ -688,6 +820,94 @@ void BrokerCore::RunDueTeardowns() {
   }
   absl::MutexLock lock(&mu_);
   teardowns_in_flight_ -= static_cast<int>(due.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The remover: dead devices of slices that are already free again.
+
+void BrokerCore::QueueRemoval(PendingRemoval removal) {
+  absl::MutexLock lock(&mu_);
+  removals_.push_back(std::move(removal));
+  remover_wakeup_ = true;
+}
+
+void BrokerCore::RemoverLoop() {
+  while (true) {
+    std::vector<PendingRemoval> due;
+    bool final_pass = false;
+    {
+      absl::MutexLock lock(&mu_);
+      absl::Time next = absl::InfiniteFuture();
+      for (const PendingRemoval& removal : removals_) {
+        next = std::min(next, removal.next_attempt);
+      }
+      auto woken = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return remover_stopping_ || remover_wakeup_;
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&woken), next);
+      remover_wakeup_ = false;
+      final_pass = remover_stopping_;
+      const absl::Time now = absl::Now();
+      for (auto it = removals_.begin(); it != removals_.end();) {
+        if (final_pass || it->next_attempt <= now) {
+          due.push_back(std::move(*it));
+          it = removals_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      removals_in_flight_ += static_cast<int>(due.size());
+    }
+    if (!due.empty()) RunRemovals(std::move(due), final_pass);
+    if (final_pass) return;
+  }
+}
+
+void BrokerCore::RunRemovals(std::vector<PendingRemoval> due, bool final_pass) {
+  const size_t count = due.size();
+  std::map<std::string, std::vector<PendingRemoval>> by_pool;
+  for (PendingRemoval& removal : due) by_pool[removal.pool].push_back(std::move(removal));
+  std::vector<PendingRemoval> retry;
+  for (auto& [pool, slices] : by_pool) {
+    std::vector<journal::LoopExtentState> states;
+    states.reserve(slices.size());
+    for (const PendingRemoval& removal : slices) states.push_back(removal.state);
+    std::vector<absl::StatusOr<RemovalResult>> results = backends_.at(pool)->RemoveDevices(states);
+    for (size_t i = 0; i < slices.size(); ++i) {
+      PendingRemoval& removal = slices[i];
+      absl::StatusOr<RemovalResult> result =
+          i < results.size() ? results[i] : absl::InternalError("backend gave no answer");
+      if (result.ok() && *result == RemovalResult::kRemoved) {
+        // The second "freed": its devices are gone too, so a restart does not look for them.
+        journal::Record record;
+        record.mutable_freed()->set_lease_id(removal.lease_id);
+        if (absl::Status durable = journal_->Append(record); !durable.ok()) {
+          spdlog::error("lease={}: journal write failed ({}); the next start will look for its "
+                        "(removed) devices again", removal.lease_id, durable.message());
+        }
+        continue;
+      }
+      ++removal.attempts;
+      removal.next_attempt =
+          absl::Now() + RetryDelay(removal.attempts, kFirstRemovalRetry, kMaxRemovalRetry);
+      if (!result.ok()) {
+        spdlog::error("lease={} pool={}: removing its dead devices failed (attempt {}): {}",
+                      removal.lease_id, pool, removal.attempts, result.status().message());
+      } else if (removal.attempts == 1 || removal.attempts % 64 == 0) {
+        spdlog::warn("lease={} pool={}: a dead device of its (unbound, reaching nothing) is still "
+                     "held open; removal retried (attempt {})",
+                     removal.lease_id, pool, removal.attempts);
+      }
+      retry.push_back(std::move(removal));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  if (final_pass && !retry.empty()) {
+    spdlog::warn("stopping with {} slices' dead devices not removed; the next start removes "
+                 "them", retry.size());
+  }
+  for (PendingRemoval& removal : retry) removals_.push_back(std::move(removal));
+  removals_in_flight_ -= static_cast<int>(count);
 }
 
 }  // namespace vfbroker

@@ -9,10 +9,14 @@
 //                   (durable) -> descriptors sent on the session -> answer
 //   Release / session end
 //                   allocator: live -> ending -> journal "ended" (durable) -> answer; the reaper
-//                   thread tears the slice down (cut off, scrub), retrying while a descriptor is
-//                   still held open somewhere -> journal "freed" -> range free
+//                   thread cuts the tenant off and scrubs (ExtentBackend::ScrubForReuse),
+//                   retrying while a descriptor is still held open somewhere -> journal "freed"
+//                   -> range free; then the remover thread removes the dead kernel objects
+//                   (ExtentBackend::RemoveDevices, batched, off the reclaim path) -> journal
+//                   "freed" a second time
 //   broker restart  Recover(): leases whose owner process (pid + start time) is alive are kept
-//                   and re-bound to that process's next session; all others are torn down
+//                   and re-bound to that process's next session; all others are torn down;
+//                   slices freed once but not twice get their dead objects removed
 //
 // Thread-safe. Device work and journal writes happen outside the core's lock.
 #ifndef VFBROKER_BROKER_CORE_BROKER_CORE_H_
@@ -76,7 +80,8 @@ class BrokerCore {
   // Rebuilds state from the journal: keeps leases whose owner is alive, tears down the rest,
   // removes devices no record names, and compacts the journal. Call once, before Start().
   absl::Status Recover(const JournalReplay& replay);
-  // Starts the reaper thread (teardowns, retries, orphan owners). Stop() joins it.
+  // Starts the reaper thread (teardowns, retries, orphan owners) and the remover thread (dead
+  // devices). Stop() joins both; the remover first makes one last attempt at what it still has.
   void Start();
   void Stop();
 
@@ -100,7 +105,8 @@ class BrokerCore {
   // Counts a refused request (the service calls this for every error it returns).
   void CountDenied() { denied_total_.fetch_add(1, std::memory_order_relaxed); }
 
-  // Waits until no slice is waiting for teardown, or `timeout` passes; true if drained.
+  // Waits until no slice is waiting for teardown and no dead device for removal, or `timeout`
+  // passes; true if drained.
   bool WaitForIdleReaper(absl::Duration timeout);
 
  private:
@@ -125,6 +131,14 @@ class BrokerCore {
     absl::Time next_attempt;
     int attempts = 0;
   };
+  // A slice that is free again but whose backend still has dead kernel objects to remove.
+  struct PendingRemoval {
+    std::string lease_id;
+    std::string pool;
+    journal::LoopExtentState state;
+    absl::Time next_attempt;
+    int attempts = 0;
+  };
   struct OrphanOwner {
     pid_t pid;
     uint64_t start_time;
@@ -142,6 +156,16 @@ class BrokerCore {
   void CommitEnded(std::vector<PendingTeardown> ended);
   void ReaperLoop();
   void RunDueTeardowns();
+  // Queues a slice's dead objects for the remover thread.
+  void QueueRemoval(PendingRemoval removal);
+  void RemoverLoop();
+  // One RemoveDevices batch per pool; journals the second "freed" of each slice done, requeues
+  // the rest with backoff (unless `final_pass`, when they are left to the next start).
+  void RunRemovals(std::vector<PendingRemoval> due, bool final_pass);
+  // Recover(): the slices `records` say were freed once but not twice, whose devices may remain.
+  std::vector<PendingRemoval> DeadSlices(
+      const std::vector<journal::Record>& records,
+      const absl::flat_hash_map<std::string, JournaledLease>& journaled) const;
   void ReclaimOrphansOf(pid_t pid, uint64_t start_time);
   void WakeReaper();
   v1::Event MakeEvent(v1::Event::Kind kind, const v1::Lease& lease, std::string detail) const;
@@ -159,6 +183,10 @@ class BrokerCore {
   std::deque<PendingTeardown> teardowns_ ABSL_GUARDED_BY(mu_);
   std::vector<OrphanOwner> orphan_owners_ ABSL_GUARDED_BY(mu_);
   int teardowns_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<PendingRemoval> removals_ ABSL_GUARDED_BY(mu_);
+  int removals_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool remover_wakeup_ ABSL_GUARDED_BY(mu_) = false;
+  bool remover_stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   double last_reclaim_ms_ ABSL_GUARDED_BY(mu_) = 0;
   double max_reclaim_ms_ ABSL_GUARDED_BY(mu_) = 0;
@@ -171,6 +199,7 @@ class BrokerCore {
 
   UniqueFd wake_fd_;  // eventfd: new teardown work, new orphan, or stop
   std::thread reaper_;
+  std::thread remover_;
 };
 
 }  // namespace vfbroker

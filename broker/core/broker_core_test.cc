@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <functional>
+#include <set>
 #include <string>
 
 #include "common/process_identity.h"
@@ -50,6 +52,32 @@ class FakeBackend : public ExtentBackend {
     torn_down.push_back(state.offset_bytes());
     return TeardownResult::kFreed;
   }
+  // With `split`, teardown comes in two halves like loop_extent's: the slice is scrubbed
+  // (kScrubbed) and its "devices" are removed later, after `held_rounds` refusals.
+  absl::StatusOr<TeardownResult> ScrubForReuse(const journal::LoopExtentState& state) override {
+    absl::StatusOr<TeardownResult> result = Teardown(state);
+    absl::MutexLock lock(&mu);
+    if (split && result.ok() && *result == TeardownResult::kFreed) {
+      return TeardownResult::kScrubbed;
+    }
+    return result;
+  }
+  std::vector<absl::StatusOr<RemovalResult>> RemoveDevices(
+      const std::vector<journal::LoopExtentState>& states) override {
+    absl::MutexLock lock(&mu);
+    ++removal_batches;
+    std::vector<absl::StatusOr<RemovalResult>> results;
+    for (const journal::LoopExtentState& state : states) {
+      if (held_rounds > 0) {
+        --held_rounds;
+        results.push_back(RemovalResult::kStillHeld);
+        continue;
+      }
+      removed.push_back(state);
+      results.push_back(RemovalResult::kRemoved);
+    }
+    return results;
+  }
   absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) override {
     absl::MutexLock lock(&mu);
     orphan_sweeps.push_back(known.size());
@@ -57,6 +85,10 @@ class FakeBackend : public ExtentBackend {
   }
 
   absl::Mutex mu;
+  bool split = false;
+  int held_rounds = 0;
+  int removal_batches = 0;
+  std::vector<journal::LoopExtentState> removed;
   absl::Status provision_error = absl::OkStatus();
   absl::Status readopt_result = absl::OkStatus();
   int still_open_rounds = 0;
@@ -108,6 +140,7 @@ class BrokerCoreTest : public ::testing::Test {
     ASSERT_TRUE(journal.ok()) << journal.status();
     auto backend = std::make_unique<FakeBackend>();
     backend_ = backend.get();
+    if (configure_backend_) configure_backend_(backend_);
     std::map<std::string, std::unique_ptr<ExtentBackend>> backends;
     backends.emplace("scratch", std::move(backend));
     BlockPoolSpec spec;
@@ -138,9 +171,29 @@ class BrokerCoreTest : public ::testing::Test {
     return core_->AllocateExtent(token, request);
   }
 
+  // Used pool bytes (live, ending and quarantined slices), as an operator sees them.
+  uint64_t UsedBytes() {
+    auto op = core_->OpenSession(Peer(0, 77), std::make_shared<FakeLink>());
+    EXPECT_TRUE(op.ok());
+    auto stats = core_->GetStats(op->token);
+    core_->CloseSession(op->token);
+    return stats.ok() ? stats->pools(0).used_bytes() : ~0ull;
+  }
+
+  bool WaitForUsedBytes(uint64_t want) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (UsedBytes() != want) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return true;
+  }
+
   std::string dir_;
   std::unique_ptr<BrokerCore> core_;
   FakeBackend* backend_ = nullptr;
+  // Applied to each new FakeBackend before the core recovers over it.
+  std::function<void(FakeBackend*)> configure_backend_;
 };
 
 TEST_F(BrokerCoreTest, GrantSendsDescriptorsBeforeAnsweringAndIsListed) {
@@ -324,6 +377,165 @@ TEST_F(BrokerCoreTest, RestartWithUnverifiableDevicesReclaims) {
   ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
   absl::MutexLock lock(&raw->mu);
   EXPECT_EQ(raw->torn_down.size(), 1u);
+}
+
+TEST_F(BrokerCoreTest, RangeIsFreeBeforeItsDevicesAreRemoved) {
+  MakeCore();
+  {
+    absl::MutexLock lock(&backend_->mu);
+    backend_->split = true;
+    backend_->held_rounds = 1000000;  // a dead device someone keeps open
+  }
+  const std::string token = Open(Peer(1000), std::make_shared<FakeLink>());
+  auto watch = core_->Watch(token);
+  ASSERT_TRUE(watch.ok());
+  auto lease = Allocate(token, 8 * kMiB);
+  ASSERT_TRUE(lease.ok());
+  ASSERT_TRUE(core_->Release(token, lease->id()).ok());
+  // Scrubbed and free while the removal is still being retried.
+  ASSERT_TRUE(WaitForUsedBytes(0));
+  EXPECT_FALSE(core_->WaitForIdleReaper(absl::Milliseconds(100)))
+      << "idle must wait for the dead devices' removal too";
+  auto again = Allocate(token, 8 * kMiB);
+  EXPECT_TRUE(again.ok()) << "the scrubbed range must be reusable before its devices are gone";
+  std::vector<v1::Event::Kind> kinds;
+  while (auto event = (*watch)->Next(absl::ZeroDuration())) kinds.push_back(event->kind());
+  ASSERT_GE(kinds.size(), 3u);
+  EXPECT_EQ(kinds[1], v1::Event::KIND_RELEASED);
+  EXPECT_EQ(kinds[2], v1::Event::KIND_SCRUBBED);
+  {
+    absl::MutexLock lock(&backend_->mu);
+    EXPECT_GE(backend_->removal_batches, 1);
+    EXPECT_TRUE(backend_->removed.empty());
+    backend_->held_rounds = 0;
+  }
+  ASSERT_TRUE(core_->Release(token, again->id()).ok());
+  ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(30)));
+  absl::MutexLock lock(&backend_->mu);
+  ASSERT_EQ(backend_->removed.size(), 2u);
+  std::set<int> outers = {backend_->removed[0].outer_loop_index(),
+                          backend_->removed[1].outer_loop_index()};
+  EXPECT_EQ(outers, (std::set<int>{101, 103}));
+}
+
+TEST_F(BrokerCoreTest, HeldSliceStaysQuarantinedAndIsNotScrubbedEarlier) {
+  MakeCore();
+  {
+    absl::MutexLock lock(&backend_->mu);
+    backend_->split = true;
+    backend_->still_open_rounds = 3;  // the tenant's descriptor is still open somewhere
+  }
+  const std::string token = Open(Peer(1000), std::make_shared<FakeLink>());
+  auto lease = Allocate(token, 8 * kMiB);
+  ASSERT_TRUE(lease.ok());
+  ASSERT_TRUE(core_->Release(token, lease->id()).ok());
+  EXPECT_EQ(Allocate(token, kMiB).status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
+  absl::MutexLock lock(&backend_->mu);
+  EXPECT_EQ(backend_->teardown_calls, 4);
+  EXPECT_EQ(backend_->removed.size(), 1u) << "removal only after the scrub";
+}
+
+TEST_F(BrokerCoreTest, CrashBetweenScrubAndRemovalIsFinishedAtTheNextStart) {
+  std::string dead_id;
+  {
+    MakeCore();
+    {
+      absl::MutexLock lock(&backend_->mu);
+      backend_->split = true;
+      backend_->held_rounds = 1000000;  // the removal never happens before the "crash"
+    }
+    const std::string token = Open(Peer(1000), std::make_shared<FakeLink>());
+    auto lease = Allocate(token, 4 * kMiB);
+    ASSERT_TRUE(lease.ok());
+    dead_id = lease->id();
+    ASSERT_TRUE(core_->Release(token, dead_id).ok());
+    ASSERT_TRUE(WaitForUsedBytes(0));
+    core_->Stop();  // the remover's last attempt is refused too
+    absl::MutexLock lock(&backend_->mu);
+    EXPECT_TRUE(backend_->removed.empty());
+  }
+
+  // Restart whose first removal attempt is refused again (still held): the slice stays in the
+  // journal, and the next start still knows about it.
+  configure_backend_ = [](FakeBackend* backend) { backend->held_rounds = 1000000; };
+  MakeCore();
+  {
+    absl::MutexLock lock(&backend_->mu);
+    EXPECT_GE(backend_->removal_batches, 1) << "a restart must look for the dead devices";
+    EXPECT_TRUE(backend_->removed.empty());
+  }
+  core_->Stop();
+
+  configure_backend_ = nullptr;
+  MakeCore();
+  {
+    absl::MutexLock lock(&backend_->mu);
+    ASSERT_EQ(backend_->removed.size(), 1u);
+    EXPECT_EQ(backend_->removed[0].offset_bytes(), 0u);
+    EXPECT_EQ(backend_->removed[0].size_bytes(), 4 * kMiB);
+    EXPECT_EQ(backend_->removed[0].inner_loop_index(), 100);
+    EXPECT_EQ(backend_->removed[0].outer_loop_index(), 101);
+  }
+  ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
+
+  // Done: no later start looks for them again.
+  MakeCore();
+  absl::MutexLock lock(&backend_->mu);
+  EXPECT_EQ(backend_->removal_batches, 0);
+  EXPECT_TRUE(backend_->removed.empty());
+}
+
+TEST_F(BrokerCoreTest, RemovedDevicesAreNotLookedForAgainAndReusedIndexesAreLeftAlone) {
+  {
+    MakeCore();
+    {
+      absl::MutexLock lock(&backend_->mu);
+      backend_->split = true;
+    }
+    const std::string token = Open(Peer(1000), std::make_shared<FakeLink>());
+    auto lease = Allocate(token, 4 * kMiB);
+    ASSERT_TRUE(lease.ok());
+    ASSERT_TRUE(core_->Release(token, lease->id()).ok());
+    ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
+    absl::MutexLock lock(&backend_->mu);
+    EXPECT_EQ(backend_->removed.size(), 1u);
+  }
+  MakeCore();
+  {
+    absl::MutexLock lock(&backend_->mu);
+    EXPECT_EQ(backend_->removal_batches, 0) << "the journal says its devices are gone";
+  }
+
+  // A slice whose removal a crash interrupted, and whose device indexes a later lease was
+  // given (LOOP_CTL_ADD hands out an index only once its device is gone): those indexes are the
+  // later lease's, never removed for the dead slice.
+  const pid_t self = ::getpid();
+  const uint64_t start = *ProcessStartTime(self);
+  {
+    MakeCore();
+    {
+      absl::MutexLock lock(&backend_->mu);
+      backend_->split = true;
+      backend_->held_rounds = 1000000;
+    }
+    const std::string token = Open(Peer(1000, self, start), std::make_shared<FakeLink>());
+    auto dead = Allocate(token, 4 * kMiB);  // inner 100, outer 101
+    ASSERT_TRUE(dead.ok());
+    ASSERT_TRUE(core_->Release(token, dead->id()).ok());
+    ASSERT_TRUE(WaitForUsedBytes(0));
+    {
+      absl::MutexLock lock(&backend_->mu);
+      backend_->next_index = 100;  // the dead slice's devices went after all; indexes reused
+    }
+    auto live = Allocate(token, 4 * kMiB);
+    ASSERT_TRUE(live.ok());
+    core_->Stop();
+  }
+  MakeCore();
+  absl::MutexLock lock(&backend_->mu);
+  EXPECT_TRUE(backend_->removed.empty()) << "indexes 100 and 101 belong to the live lease";
+  EXPECT_EQ(backend_->readopted.size(), 1u);
 }
 
 }  // namespace
