@@ -577,6 +577,42 @@ TEST_F(LoopExtentTest, HolderWhoDetachesTheOuterItselfNeverReachesTheScrubbedRan
   EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
 }
 
+TEST_F(LoopExtentTest, InnerDeviceHeldElsewhereKeepsTheSliceQuarantinedAndIsScrubbedAgain) {
+  const uint64_t offset = 4 * kMiB, size = 4 * kMiB;
+  const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
+  LoopExtentBackend* backend = OpenBackend("p0", pool);
+  ASSERT_NE(backend, nullptr);
+  absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
+  ASSERT_TRUE(extent.ok()) << extent.status();
+  Track(*extent);
+  const int inner = extent->state.inner_loop_index();
+  extent->tenant_fd.reset();
+  // A privileged process holds the inner device (only root can open it).
+  absl::StatusOr<UniqueFd> other = loopdev::Open(inner, O_RDWR | O_DIRECT);
+  ASSERT_TRUE(other.ok()) << other.status();
+
+  absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kStillOpen) << "nobody else may hold it across the scrub";
+  EXPECT_EQ(BindingOf(inner), loopdev::Binding::kBound);
+  // What it writes after the scrub ...
+  AlignedBuffer block(4096);
+  block.Fill(kTenant);
+  ASSERT_EQ(::pwrite(other->get(), block.data(), 4096, 0), 4096);
+  other->reset();  // ... and its close, the last one, detaches the inner device.
+  EXPECT_EQ(BindingOf(inner), loopdev::Binding::kUnbound);
+  // ... does not survive the retry, which zeroes the range directly.
+  result = backend->ScrubForReuse(extent->state);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(*result, TeardownResult::kScrubbed);
+  EXPECT_TRUE(RangeIs(pool, offset, size, 0));
+  EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
+  std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
+  ASSERT_TRUE(removed[0].ok()) << removed[0].status();
+  EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
+  EXPECT_FALSE(DeviceExists(inner));
+}
+
 TEST_F(LoopExtentTest, CrashBetweenScrubAndRemovalLeavesNothingBehindAfterRestart) {
   const std::string pool = MakePoolFile("pool.img", 16 * kMiB);
   LoopExtentBackend* first = OpenBackend("p0", pool);

@@ -802,6 +802,13 @@ void BrokerCore::RunDueTeardowns() {
         removal.state = pending.state;
         removal.next_attempt = absl::Now();
         QueueRemoval(std::move(removal));
+      } else {
+        // Nothing left to remove: the second "freed" at once, so that no later start goes
+        // looking for devices at indexes that may belong to someone else by then.
+        if (absl::Status durable = journal_->Append(record); !durable.ok()) {
+          spdlog::error("lease={}: journal write failed ({}); the next start will look for its "
+                        "(removed) devices again", pending.lease_id, durable.message());
+        }
       }
       continue;
     }

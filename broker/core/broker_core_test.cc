@@ -486,6 +486,18 @@ TEST_F(BrokerCoreTest, CrashBetweenScrubAndRemovalIsFinishedAtTheNextStart) {
   EXPECT_TRUE(backend_->removed.empty());
 }
 
+TEST_F(BrokerCoreTest, SliceTornDownWholeIsNotLookedForAfterARestart) {
+  MakeCore();  // the fake tears down whole (kFreed): nothing is left for RemoveDevices
+  const std::string token = Open(Peer(1000), std::make_shared<FakeLink>());
+  auto lease = Allocate(token, 4 * kMiB);
+  ASSERT_TRUE(lease.ok());
+  ASSERT_TRUE(core_->Release(token, lease->id()).ok());
+  ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
+  MakeCore();
+  absl::MutexLock lock(&backend_->mu);
+  EXPECT_EQ(backend_->removal_batches, 0);
+}
+
 TEST_F(BrokerCoreTest, RemovedDevicesAreNotLookedForAgainAndReusedIndexesAreLeftAlone) {
   {
     MakeCore();
