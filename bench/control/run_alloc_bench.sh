@@ -18,7 +18,7 @@ pools {
   loop_extent { backing_path: "$pool" size_bytes: 8589934592 create: true alignment_bytes: 1048576 }
 }
 CONF
-bazel-bin/broker/vfbrokerd --config="$dir/config.textproto" --log_level=warn >"$dir/broker.log" 2>&1 &
+bazel-bin/broker/vfbrokerd --config="$dir/config.textproto" --log_level=${BROKER_LOG_LEVEL:-warn} >"$dir/broker.log" 2>&1 &
 broker=$!
 source bench/wait_idle.sh
 trap 'wait_idle bazel-bin/tools/vfctl/vfctl "$dir/run"; kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir" "$pool"' EXIT

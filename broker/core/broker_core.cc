@@ -421,7 +421,9 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
   };
 
   ExtentBackend& backend = *backends_.at(record.pool);
+  const absl::Time provision_start = absl::Now();
   absl::StatusOr<ProvisionedExtent> provisioned = backend.Provision(record.offset, record.size);
+  const absl::Time provisioned_at = absl::Now();
   if (!provisioned.ok()) {
     release_reservation();
     spdlog::error("lease={} tenant={} pool={}: provisioning failed: {}", lease_id,
@@ -443,7 +445,9 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
   *granted->mutable_loop_extent() = provisioned->state;
   v1::Lease info = LeaseInfo(*granted, provisioned->logical_block_size, provisioned->device_path);
 
-  if (absl::Status durable = journal_->Append(journal_record); !durable.ok()) {
+  absl::Status durable = journal_->Append(journal_record);
+  const absl::Time journaled_at = absl::Now();
+  if (!durable.ok()) {
     // Nobody has the descriptor yet, so the slice can be taken apart at once.
     provisioned->tenant_fd.reset();
     absl::StatusOr<TeardownResult> undone = backend.Teardown(provisioned->state);
@@ -485,9 +489,14 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
         absl::StrCat("could not deliver the lease's descriptors: ", sent.message()));
   }
   grants_total_.fetch_add(1, std::memory_order_relaxed);
-  spdlog::info("lease={} tenant={} pool={} granted {} bytes at offset {} as {}", lease_id,
-               TenantLabel(peer), record.pool, record.size, record.offset,
-               info.extent().device_path());
+  const absl::Time handed_off_at = absl::Now();
+  spdlog::info("lease={} tenant={} pool={} granted {} bytes at offset {} as {} (provision {} us, "
+               "journal {} us, handoff {} us)",
+               lease_id, TenantLabel(peer), record.pool, record.size, record.offset,
+               info.extent().device_path(),
+               absl::ToInt64Microseconds(provisioned_at - provision_start),
+               absl::ToInt64Microseconds(journaled_at - provisioned_at),
+               absl::ToInt64Microseconds(handed_off_at - journaled_at));
   events_.Publish(MakeEvent(v1::Event::KIND_GRANTED, info,
                             absl::StrCat(record.size, " bytes")));
   return info;
