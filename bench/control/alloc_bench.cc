@@ -11,12 +11,14 @@
 #include <cinttypes>
 #include <cstdio>
 #include <fstream>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/broker_client.h"
 
@@ -24,6 +26,8 @@ ABSL_FLAG(std::string, socket_dir, "/run/vfbroker", "vfbrokerd's socket director
 ABSL_FLAG(std::string, pool, "scratch", "pool to allocate from");
 ABSL_FLAG(int, broker_pid, 0, "vfbrokerd's pid, for its memory (0: skip)");
 ABSL_FLAG(int, per_tenant, 5, "allocations per tenant per round (all held until its end)");
+ABSL_FLAG(double, paced_think_ms, 200,
+          "paced round: mean (exponential) pause before each allocation");
 ABSL_FLAG(int, leases_for_memory, 1000, "live leases for the memory measurement");
 
 namespace {
@@ -73,10 +77,19 @@ std::shared_ptr<vfclient::BrokerClient> ConnectOrDie() {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const std::string pool = absl::GetFlag(FLAGS_pool);
-  std::printf("| concurrent tenants | allocations | p50 (ms) | p99 (ms) | max (ms) |\n");
-  std::printf("|---:|---:|---:|---:|---:|\n");
+  std::printf("| tenants | load | allocations | p50 (ms) | p99 (ms) | max (ms) |\n");
+  std::printf("|---:|---|---:|---:|---:|---:|\n");
   auto watcher = ConnectOrDie();  // root: sees every lease, waits for scrubs between rounds
-  for (int tenants : {1, 10, 100}) {
+  struct Round {
+    int tenants;
+    int per_tenant;
+    double think_ms;  // 0: every tenant asks back to back, all starting together (a burst)
+  };
+  const int per_tenant = absl::GetFlag(FLAGS_per_tenant);
+  const double think = absl::GetFlag(FLAGS_paced_think_ms);
+  for (const Round& round : {Round{1, per_tenant, 0}, Round{10, per_tenant, 0},
+                             Round{100, per_tenant, 0}, Round{100, 2 * per_tenant, think}}) {
+    const int tenants = round.tenants;
     std::vector<std::shared_ptr<vfclient::BrokerClient>> clients;
     for (int i = 0; i < tenants; ++i) clients.push_back(ConnectOrDie());
     std::vector<std::vector<double>> per_thread(tenants);
@@ -86,10 +99,17 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (int t = 0; t < tenants; ++t) {
       threads.emplace_back([&, t] {
+        std::mt19937_64 rng(t + 1);
+        std::exponential_distribution<double> think_time(round.think_ms > 0 ? 1 / round.think_ms
+                                                                            : 1.0);
         // Start together, so that the tenants really do ask at the same time.
         ready.fetch_add(1);
         while (ready.load() < tenants) std::this_thread::yield();
-        for (int i = 0; i < absl::GetFlag(FLAGS_per_tenant); ++i) {
+        for (int i = 0; i < round.per_tenant; ++i) {
+          if (round.think_ms > 0) {
+            std::this_thread::sleep_for(
+                std::chrono::microseconds(static_cast<int64_t>(think_time(rng) * 1000)));
+          }
           const absl::Time start = absl::Now();
           auto lease = clients[t]->AllocateExtent(pool, 1 << 20);
           const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
@@ -106,8 +126,13 @@ int main(int argc, char** argv) {
     std::vector<double> all;
     for (auto& samples : per_thread) all.insert(all.end(), samples.begin(), samples.end());
     const double p50 = Percentile(all, 0.50), p99 = Percentile(all, 0.99);
-    std::printf("| %d | %zu | %.3f | %.3f | %.3f |%s\n", tenants, all.size(), p50, p99,
-                all.empty() ? 0 : all.back(),
+    const std::string load =
+        round.think_ms > 0
+            ? absl::StrFormat("paced: think %.0f ms (~%.0f/s)", round.think_ms,
+                              tenants * 1000.0 / round.think_ms)
+            : std::string("burst: all at once");
+    std::printf("| %d | %s | %zu | %.3f | %.3f | %.3f |%s\n", tenants, load.c_str(), all.size(),
+                p50, p99, all.empty() ? 0 : all.back(),
                 failures ? (" (" + std::to_string(failures) + " failed)").c_str() : "");
     std::fflush(stdout);
     // Release everything (untimed) and let the broker scrub it all before the next round.
