@@ -355,26 +355,12 @@ TEST_F(BrokerCoreTest, RestartWithUnverifiableDevicesReclaims) {
     core_->Stop();
   }
   // Build the next core with a backend that refuses to re-adopt.
-  core_.reset();
-  JournalReplay replay;
-  auto journal = Journal::Open(dir_ + "/journal", &replay);
-  ASSERT_TRUE(journal.ok());
-  auto backend = std::make_unique<FakeBackend>();
-  backend->readopt_result = absl::FailedPreconditionError("tampered");
-  FakeBackend* raw = backend.get();
-  std::map<std::string, std::unique_ptr<ExtentBackend>> backends;
-  backends.emplace("scratch", std::move(backend));
-  BlockPoolSpec spec;
-  spec.name = "scratch";
-  spec.capacity_bytes = 8 * kMiB;
-  spec.alignment_bytes = kMiB;
-  spec.access.any_user = true;
-  core_ = std::make_unique<BrokerCore>(
-      CoreOptions{}, std::make_unique<Allocator>(std::vector<BlockPoolSpec>{spec}, QuotaPolicy{}),
-      std::move(backends), *std::move(journal));
-  ASSERT_TRUE(core_->Recover(replay).ok());
-  core_->Start();
+  configure_backend_ = [](FakeBackend* backend) {
+    backend->readopt_result = absl::FailedPreconditionError("tampered");
+  };
+  MakeCore();
   ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
+  FakeBackend* raw = backend_;
   absl::MutexLock lock(&raw->mu);
   EXPECT_EQ(raw->torn_down.size(), 1u);
 }
