@@ -11,6 +11,8 @@
 //   tenant_probe SOCKET_DIR release LEASE_ID             try to release a lease
 //   tenant_probe SOCKET_DIR quota POOL SIZE              allocate until refused
 //   tenant_probe SOCKET_DIR bad-requests POOL            malformed and unauthorized calls
+//   tenant_probe SOCKET_DIR churn POOL SIZE              allocate, check zeroes, dirty, release,
+//                                                        until stdin closes
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
@@ -253,6 +255,43 @@ int Escape(BrokerClient& client, char** argv) {
   return 0;
 }
 
+// Allocates, checks the new extent reads as zeroes at both ends, dirties it, releases; again and
+// again until stdin closes. A slice handed out twice, or reused unscrubbed, shows up as "dirty".
+int Churn(BrokerClient& client, char** argv) {
+  AlignedBuffer block(kBlock), zero(kBlock), pattern(kBlock);
+  std::memset(pattern.data, 0xA5, kBlock);
+  uint64_t grants = 0, dirty = 0, refused = 0;
+  absl::Time last_report = absl::Now();
+  while (!StdinClosed(0)) {
+    auto lease = Allocate(client, argv[0], argv[1]);
+    if (!lease.ok()) {
+      ++refused;
+      continue;
+    }
+    ++grants;
+    const int fd = (*lease)->fd();
+    const off_t last = static_cast<off_t>((*lease)->size_bytes() - kBlock);
+    for (off_t at : {off_t{0}, last}) {
+      if (::pread(fd, block.data, kBlock, at) != kBlock ||
+          std::memcmp(block.data, zero.data, kBlock) != 0) {
+        ++dirty;
+      }
+      (void)!::pwrite(fd, pattern.data, kBlock, at);
+    }
+    ::fsync(fd);
+    (void)(*lease)->Release();
+    if (absl::Now() - last_report > absl::Milliseconds(50)) {
+      std::printf("progress grants=%" PRIu64 " dirty=%" PRIu64 " refused=%" PRIu64 "\n", grants,
+                  dirty, refused);
+      std::fflush(stdout);
+      last_report = absl::Now();
+    }
+  }
+  std::printf("final grants=%" PRIu64 " dirty=%" PRIu64 " refused=%" PRIu64 "\n", grants, dirty,
+              refused);
+  return 0;
+}
+
 int ReleaseForeign(BrokerClient& client, char** argv) {
   absl::Status status = client.Release(argv[0]);
   std::printf("release=%s\n", CodeString(status).c_str());
@@ -361,7 +400,7 @@ int main(int argc, char** argv) {
   static const Command kCommands[] = {
       {"alloc-io", 3, AllocIo}, {"hold", 3, Hold},       {"read-zeroes", 2, ReadZeroes},
       {"escape", 2, Escape},    {"release", 1, ReleaseForeign}, {"quota", 2, Quota},
-      {"bad-requests", 1, BadRequests},
+      {"bad-requests", 1, BadRequests}, {"churn", 2, Churn},
   };
   for (const Command& c : kCommands) {
     if (command == c.name && nargs == c.args) {
