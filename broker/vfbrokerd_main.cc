@@ -82,6 +82,7 @@ int Run(const config::BrokerConfig& config) {
 
   std::map<std::string, std::unique_ptr<ExtentBackend>> backends;
   std::vector<BlockPoolSpec> specs;
+  std::vector<LoopExtentBackend*> loop_backends;  // owned by the core, which outlives their use
   for (const config::PoolConfig& pool : config.pools()) {
     absl::StatusOr<std::unique_ptr<LoopExtentBackend>> backend =
         LoopExtentBackend::Open(pool.name(), pool.loop_extent());
@@ -98,6 +99,7 @@ int Run(const config::BrokerConfig& config) {
     specs.push_back(std::move(spec));
     spdlog::info("pool={} backend=loop_extent backing={} capacity={} bytes", pool.name(),
                  (*backend)->backing_path(), (*backend)->capacity_bytes());
+    loop_backends.push_back(backend->get());
     backends.emplace(pool.name(), *std::move(backend));
   }
 
@@ -119,6 +121,15 @@ int Run(const config::BrokerConfig& config) {
   if (absl::Status recovered = core.Recover(replay); !recovered.ok()) {
     spdlog::critical("recovery: {}", recovered.message());
     return 1;
+  }
+  // After recovery (its orphan sweep handles spares a crashed Provision had bound), before any
+  // grant: each pool's ledger of spare devices lives beside the journal.
+  for (LoopExtentBackend* backend : loop_backends) {
+    const std::string ledger = absl::StrCat(config.state_dir(), "/spares.", backend->pool_name());
+    if (absl::Status started = backend->StartSpares(ledger); !started.ok()) {
+      spdlog::warn("spare loop devices: {}; provisioning creates every device inline",
+                   started.message());
+    }
   }
   core.Start();
 

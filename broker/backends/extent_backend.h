@@ -70,6 +70,9 @@ class ExtentBackend {
   }
   // At start: removes provisioned extents no journal record names.
   virtual absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) = 0;
+  // At graceful shutdown, after the core's last teardown: stops the backend's own background
+  // work and releases what it keeps in reserve (loop_extent: its spare devices). Idempotent.
+  virtual void StopBackground() {}
 };
 
 }  // namespace vfbroker

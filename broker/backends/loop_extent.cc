@@ -8,6 +8,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,7 +18,9 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "broker/backends/loop_device.h"
@@ -46,22 +51,31 @@ int64_t Millis(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
 // makedev() encoding for every major < 4096 and minor < 2^20 (all loop devices).
 uint64_t EncodeDev(dev_t dev) { return static_cast<uint64_t>(dev); }
 
-// Creates a brand-new loop device and binds it to `backing_fd` with `options`.
-absl::StatusOr<BoundDevice> BindFreshDevice(const std::string& pool, absl::string_view role,
-                                            int backing_fd,
-                                            const loopdev::BindOptions& options) {
-  for (int attempt = 0; attempt < kBindAttempts; ++attempt) {
-    absl::StatusOr<int> index = loopdev::CreateFresh();
+// Takes a brand-new loop device from `next_device` (a spare, or one LOOP_CTL_ADD creates now)
+// and binds it to `backing_fd` with `options`.
+absl::StatusOr<BoundDevice> BindFreshDevice(
+    const std::string& pool, absl::string_view role, int backing_fd,
+    const loopdev::BindOptions& options,
+    const std::function<absl::StatusOr<int>(bool*)>& next_device) {
+  for (int attempt = 0; attempt < kBindAttempts;) {
+    bool from_stock = false;
+    absl::StatusOr<int> index = next_device(&from_stock);
     if (!index.ok()) return index.status();
+    // A spare someone else removed or took meanwhile costs no attempt: the stock is finite.
+    if (!from_stock) ++attempt;
     absl::StatusOr<UniqueFd> fd = loopdev::Open(*index, O_RDWR);
     if (!fd.ok()) {
+      if (from_stock && absl::IsNotFound(fd.status())) {
+        spdlog::warn("pool={}: spare loop{} is gone; taking another", pool, *index);
+        continue;
+      }
       (void)loopdev::RemoveIfUnused(*index, kRemovePatience);
       return fd.status();
     }
     absl::StatusOr<bool> direct_io = loopdev::Bind(fd->get(), *index, backing_fd, options);
     if (absl::IsAlreadyExists(direct_io.status())) {
-      spdlog::warn("pool={}: fresh loop{} was bound by another process before us; leaving it "
-                   "to them", pool, *index);
+      spdlog::warn("pool={}: {} loop{} was bound by another process before us; leaving it "
+                   "to them", pool, from_stock ? "spare" : "fresh", *index);
       continue;
     }
     if (!direct_io.ok()) {
@@ -194,7 +208,8 @@ LoopExtentBackend::LoopExtentBackend(std::string pool_name, std::string backing_
 
 // The held outer descriptors close with the map. After a broker exit the kernel keeps the
 // devices (and the tenant's descriptors) as they are; Readopt takes them back.
-LoopExtentBackend::~LoopExtentBackend() = default;
+// Spares, unlike extents, are removed.
+LoopExtentBackend::~LoopExtentBackend() { StopSpares(); }
 
 absl::Status LoopExtentBackend::CheckRange(uint64_t offset, uint64_t size) const {
   if (size == 0 || offset % kPageBytes != 0 || size % kPageBytes != 0 ||
@@ -261,8 +276,21 @@ absl::StatusOr<ProvisionedExtent> LoopExtentBackend::Provision(uint64_t offset, 
   loopdev::BindOptions inner_options;
   inner_options.offset_bytes = offset;
   inner_options.size_limit_bytes = size;
+  // Spares taken stay in the ledger until Provision is done with them (bound, or removed), so
+  // that a crash in between leaves nothing the next start does not know of.
+  std::vector<int> taken;
+  {
+    absl::MutexLock lock(&spare_mu_);
+    ++provisions_running_;
+  }
+  absl::Cleanup done_with_spares = [this, &taken] { DoneWithSpares(taken); };
+  auto next_device = [this, &taken](bool* spare) {
+    absl::StatusOr<int> index = NextDevice(spare);
+    if (*spare) taken.push_back(*index);
+    return index;
+  };
   absl::StatusOr<BoundDevice> inner =
-      BindFreshDevice(pool_name_, "inner", backing.get(), inner_options);
+      BindFreshDevice(pool_name_, "inner", backing.get(), inner_options, next_device);
   if (!inner.ok()) {
     spdlog::error("pool={}: provisioning [{}, +{}): inner device: {}", pool_name_, offset, size,
                   inner.status());
@@ -286,7 +314,7 @@ absl::StatusOr<ProvisionedExtent> LoopExtentBackend::Provision(uint64_t offset, 
   // The outer device's backing file is the inner device, so the tenant's LOOP_SET_STATUS64 on
   // the outer can only re-aim within the inner device's bytes, i.e. within the extent.
   absl::StatusOr<BoundDevice> outer =
-      BindFreshDevice(pool_name_, "outer", inner->fd.get(), loopdev::BindOptions());
+      BindFreshDevice(pool_name_, "outer", inner->fd.get(), loopdev::BindOptions(), next_device);
   if (!outer.ok()) {
     spdlog::error("pool={}: provisioning [{}, +{}): outer device over loop{}: {}", pool_name_,
                   offset, size, inner_index, outer.status());
@@ -323,9 +351,10 @@ absl::StatusOr<ProvisionedExtent> LoopExtentBackend::Provision(uint64_t offset, 
     held_outer_[outer_index] = std::move(outer->fd);
   }
   spdlog::info("pool={}: provisioned [{}, +{}) inner=loop{} outer=loop{} dio={}/{} "
-               "block={} in {} ms",
+               "block={} spares={} in {} us",
                pool_name_, offset, size, inner_index, outer_index, inner->direct_io,
-               outer->direct_io, extent.logical_block_size, Millis(absl::Now() - start));
+               outer->direct_io, extent.logical_block_size, taken.size(),
+               absl::ToInt64Microseconds(absl::Now() - start));
   return extent;
 }
 
@@ -703,6 +732,214 @@ absl::Status LoopExtentBackend::RemoveOrphans(
                                                absl::StrJoin(failures, "; ")));
   }
   return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spares
+
+absl::StatusOr<int> LoopExtentBackend::NextDevice(bool* from_stock) {
+  {
+    absl::MutexLock lock(&spare_mu_);
+    if (!spares_.empty()) {
+      const int index = spares_.front();
+      spares_.pop_front();
+      in_flight_.push_back(index);
+      *from_stock = true;
+      return index;
+    }
+  }
+  *from_stock = false;
+  return loopdev::CreateFresh();
+}
+
+void LoopExtentBackend::DoneWithSpares(const std::vector<int>& taken) {
+  absl::MutexLock lock(&spare_mu_);
+  --provisions_running_;
+  if (taken.empty()) return;
+  for (int index : taken) {
+    auto it = std::find(in_flight_.begin(), in_flight_.end(), index);
+    if (it != in_flight_.end()) in_flight_.erase(it);
+  }
+  ledger_stale_ = true;  // wakes the refill (its condition), which rewrites the ledger
+}
+
+std::vector<int> LoopExtentBackend::SpareDevices() {
+  absl::MutexLock lock(&spare_mu_);
+  return std::vector<int>(spares_.begin(), spares_.end());
+}
+
+absl::Status LoopExtentBackend::WriteLedgerLocked(const std::vector<int>& extra) {
+  std::vector<int> listed(spares_.begin(), spares_.end());
+  listed.insert(listed.end(), in_flight_.begin(), in_flight_.end());
+  listed.insert(listed.end(), extra.begin(), extra.end());
+  if (listed.empty()) {
+    if (::unlink(ledger_path_.c_str()) != 0 && errno != ENOENT) {
+      return loopdev::ErrnoError("unlink", ledger_path_, errno);
+    }
+    return absl::OkStatus();
+  }
+  const std::string text = absl::StrCat(absl::StrJoin(listed, "\n"), "\n");
+  const std::string temp = ledger_path_ + ".tmp";
+  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid()) return loopdev::ErrnoError("open", temp, errno);
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    return loopdev::ErrnoError("write", temp, errno);
+  }
+  fd.reset();
+  if (::rename(temp.c_str(), ledger_path_.c_str()) != 0) {
+    return loopdev::ErrnoError("rename", ledger_path_, errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoopExtentBackend::StartSpares(const std::string& ledger_path, int target_devices) {
+  // A previous run's spares: unbound devices only the ledger knows to be ours.
+  std::vector<int> leftover;
+  {
+    UniqueFd fd(::open(ledger_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid() && errno != ENOENT) return loopdev::ErrnoError("open", ledger_path, errno);
+    std::string text;
+    char buffer[4096];
+    while (fd.valid()) {
+      const ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return loopdev::ErrnoError("read", ledger_path, errno);
+      if (n == 0) break;
+      text.append(buffer, static_cast<size_t>(n));
+    }
+    for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) {
+      int index = -1;
+      if (absl::SimpleAtoi(line, &index) && index >= 0) leftover.push_back(index);
+    }
+  }
+  std::vector<int> kept;
+  if (!leftover.empty()) {
+    // LOOP_CTL_REMOVE refuses (EBUSY) a device that is bound or open: a spare a crashed
+    // Provision had bound, or a device that is someone else's by now, stays.
+    std::vector<absl::StatusOr<loopdev::RemoveOutcome>> outcomes =
+        loopdev::RemoveAllIfUnused(leftover, kRemovePatience);
+    int removed = 0;
+    for (size_t i = 0; i < leftover.size(); ++i) {
+      if (!outcomes[i].ok()) {
+        spdlog::error("pool={}: removing leftover spare loop{} failed: {}", pool_name_,
+                      leftover[i], outcomes[i].status());
+        kept.push_back(leftover[i]);
+      } else if (*outcomes[i] == loopdev::RemoveOutcome::kRemoved) {
+        ++removed;
+      } else if (*outcomes[i] == loopdev::RemoveOutcome::kBusy) {
+        absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(leftover[i]);
+        // Bound: provisioned (ours, RemoveOrphans' or a lease's) or someone else's; left alone
+        // and forgotten. Unbound but open: only root can have opened it; kept in the ledger
+        // for the next start.
+        if (binding.ok() && *binding == loopdev::Binding::kUnbound) {
+          spdlog::warn("pool={}: leftover spare loop{} is held open; kept for the next start",
+                       pool_name_, leftover[i]);
+          kept.push_back(leftover[i]);
+        }
+      }
+    }
+    spdlog::info("pool={}: removed {} of {} spare loop devices a previous run left", pool_name_,
+                 removed, leftover.size());
+  }
+  absl::MutexLock lock(&spare_mu_);
+  if (refill_.joinable() || spares_stopping_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("pool=", pool_name_, ": spares already started"));
+  }
+  ledger_path_ = ledger_path;
+  spare_target_ = std::max(0, target_devices);
+  if (absl::Status written = WriteLedgerLocked(kept); !written.ok()) return written;
+  kept_in_ledger_ = std::move(kept);
+  refill_ = std::thread([this] { RefillLoop(); });
+  return absl::OkStatus();
+}
+
+void LoopExtentBackend::RefillLoop() {
+  absl::Duration backoff = absl::ZeroDuration();
+  while (true) {
+    {
+      absl::MutexLock lock(&spare_mu_);
+      auto wanted = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) {
+        // Refills only while no Provision runs: during a burst its LOOP_CTL_ADDs would only
+        // compete with the grants' own (the kernel's loop_ctl_mutex, the CPUs).
+        return spares_stopping_ || ledger_stale_ ||
+               (static_cast<int>(spares_.size()) < spare_target_ && provisions_running_ == 0);
+      };
+      if (backoff > absl::ZeroDuration()) {
+        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) {
+          return spares_stopping_;
+        };
+        spare_mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
+      }
+      spare_mu_.Await(absl::Condition(&wanted));
+      if (spares_stopping_) return;
+      if (ledger_stale_) {
+        // Drop the spares Provision is done with: bound by now, or removed.
+        ledger_stale_ = false;
+        if (absl::Status written = WriteLedgerLocked(kept_in_ledger_); !written.ok()) {
+          spdlog::error("pool={}: spare ledger: {}", pool_name_, written);
+        }
+      }
+      if (static_cast<int>(spares_.size()) >= spare_target_ || provisions_running_ > 0) continue;
+    }
+    // The one window a crash can leak a device in: between this LOOP_CTL_ADD and the ledger
+    // write below (one device at most).
+    absl::StatusOr<int> index = loopdev::CreateFresh();
+    if (!index.ok()) {
+      spdlog::error("pool={}: creating a spare loop device: {}", pool_name_, index.status());
+      backoff = std::min(std::max(backoff * 2, absl::Milliseconds(100)), absl::Seconds(5));
+      continue;
+    }
+    backoff = absl::ZeroDuration();
+    absl::MutexLock lock(&spare_mu_);
+    spares_.push_back(*index);
+    if (absl::Status written = WriteLedgerLocked(kept_in_ledger_); !written.ok()) {
+      spdlog::error("pool={}: spare ledger: {}", pool_name_, written);
+    }
+  }
+}
+
+void LoopExtentBackend::StopSpares() {
+  {
+    absl::MutexLock lock(&spare_mu_);
+    spares_stopping_ = true;
+  }
+  if (refill_.joinable()) refill_.join();
+  std::vector<int> stock;
+  {
+    absl::MutexLock lock(&spare_mu_);
+    if (ledger_path_.empty()) return;  // never started, or stopped already
+    stock.assign(spares_.begin(), spares_.end());
+    spares_.clear();
+  }
+  std::vector<int> kept;
+  if (!stock.empty()) {
+    const absl::Time start = absl::Now();
+    std::vector<absl::StatusOr<loopdev::RemoveOutcome>> outcomes =
+        loopdev::RemoveAllIfUnused(stock, kRemovePatience);
+    int removed = 0;
+    for (size_t i = 0; i < stock.size(); ++i) {
+      if (outcomes[i].ok() && *outcomes[i] != loopdev::RemoveOutcome::kBusy) {
+        ++removed;
+        continue;
+      }
+      absl::StatusOr<loopdev::Binding> binding = loopdev::GetBinding(stock[i]);
+      if (binding.ok() && *binding == loopdev::Binding::kBound) continue;  // someone else's now
+      spdlog::warn("pool={}: spare loop{} could not be removed ({}); kept in the ledger",
+                   pool_name_, stock[i],
+                   outcomes[i].ok() ? "held open" : outcomes[i].status().ToString());
+      kept.push_back(stock[i]);
+    }
+    spdlog::info("pool={}: removed {} of {} spare loop devices in {} ms", pool_name_, removed,
+                 stock.size(), Millis(absl::Now() - start));
+  }
+  absl::MutexLock lock(&spare_mu_);
+  kept.insert(kept.end(), kept_in_ledger_.begin(), kept_in_ledger_.end());
+  if (absl::Status written = WriteLedgerLocked(kept); !written.ok()) {
+    spdlog::error("pool={}: spare ledger: {}", pool_name_, written);
+  }
+  kept_in_ledger_.clear();
+  ledger_path_.clear();
 }
 
 }  // namespace vfbroker

@@ -54,6 +54,30 @@
 // says the broker scrubbed but had not yet removed (the core journals "freed" after step 3 and
 // again after step 4), and LOOP_CTL_REMOVE itself refuses any that is bound or open.
 //
+// Spares: LOOP_CTL_ADD costs ~210 us per device on 6.18 and serialises on the kernel's
+// loop_ctl_mutex, so once StartSpares has run, a refill thread owned by the backend keeps a
+// stock of kDefaultSpareDevices (16: 8 extents' worth) fresh devices created with
+// LOOP_CTL_ADD(-1), and Provision takes its two devices from the stock (~2 us each) before
+// falling back to creating them inline; a grant never waits for the refill, and the refill
+// runs only while no Provision does (in a burst it would only compete for the kernel's
+// loop_ctl_mutex and the CPUs), i.e. the stock is rebuilt in the gaps between grants. A spare is still
+// "fresh" in the sense above: created by the broker, never bound, handed out at most once
+// (popped from the stock under a lock), and, being root:disk 0660 and unbound, opened by
+// nobody but root (udev's probe included) in between. If someone else binds or removes a spare
+// meanwhile, Provision sees EBUSY or ENOENT, leaves it and takes the next.
+// Crash: spares are unbound devices no journal record names, indistinguishable from anyone
+// else's, so the backend keeps a ledger file (in the broker's state directory, one per pool)
+// listing the stock and the spares a Provision under way has taken but not yet bound: rewritten
+// (temp file + rename) after each device the refill creates and after each Provision that took
+// spares, so it holds every unbound spare but one created in the instant before a crash (at
+// most one, the device being added; the same window as an inline LOOP_CTL_ADD before binding). No fsync: loop devices do not survive a reboot,
+// and a process crash loses nothing the page cache holds. At the next start StartSpares, before
+// creating anything, removes the listed devices with LOOP_CTL_REMOVE, which the kernel refuses
+// for any that is bound or open: a spare a crashed Provision had bound (RemoveOrphans' business
+// then, or a live lease's) or a device someone else has bound or holds since is never touched.
+// StopSpares (the core's Stop, or the destructor) stops the refill, removes every spare and
+// deletes the ledger (or leaves in it what could not be removed yet).
+//
 // Thread-safe: distinct extents may be provisioned and torn down concurrently. Calls for one
 // extent (Readopt, Teardown, ScrubForReuse, RemoveDevices) must not overlap each other.
 #ifndef VFBROKER_BROKER_BACKENDS_LOOP_EXTENT_H_
@@ -62,8 +86,10 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -93,6 +119,7 @@ class LoopExtentBackend : public ExtentBackend {
 
   uint64_t capacity_bytes() const override { return capacity_bytes_; }
   const std::string& backing_path() const { return backing_path_; }
+  const std::string& pool_name() const { return pool_name_; }
 
   // Creates the inner and outer devices for [offset, offset+size) (both multiples of 4096).
   // On failure nothing is left behind.
@@ -128,6 +155,23 @@ class LoopExtentBackend : public ExtentBackend {
   // anyone else's; those are left alone.
   absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) override;
 
+  // 8 extents' worth (inner + outer each): covers a burst of 8 grants, then the refill (one
+  // LOOP_CTL_ADD at a time, ~210 us) catches up while grants fall back to inline creation.
+  static constexpr int kDefaultSpareDevices = 16;
+
+  // Removes the unbound, unopened devices listed in the ledger at `ledger_path` (a previous
+  // run's spares), then starts the refill thread keeping `target_devices` spares, recorded in
+  // that ledger. Call once, after the core's recovery (RemoveOrphans) and before grants; without
+  // it Provision creates every device inline. An error reading the ledger is returned (nothing
+  // started); failures to remove listed devices are logged and kept in the ledger.
+  absl::Status StartSpares(const std::string& ledger_path,
+                           int target_devices = kDefaultSpareDevices);
+  // Stops the refill thread and removes every spare (in parallel). Idempotent.
+  void StopSpares();
+  void StopBackground() override { StopSpares(); }
+  // The spares in stock now (tests, benchmarks).
+  std::vector<int> SpareDevices();
+
  private:
   struct BackingIdentity {
     std::string kernel_path;  // the backing file's path as sysfs prints it (realpath)
@@ -160,6 +204,27 @@ class LoopExtentBackend : public ExtentBackend {
   absl::Mutex mu_;
   // The broker's own descriptors to live outer devices, by outer index.
   absl::flat_hash_map<int, UniqueFd> held_outer_ ABSL_GUARDED_BY(mu_);
+
+  // Next device for Provision: a spare from the stock if there is one (`from_stock` set), else
+  // a new one from LOOP_CTL_ADD.
+  absl::StatusOr<int> NextDevice(bool* from_stock);
+  // Provision is done with these spares (bound them, or removed them): out of the ledger.
+  void DoneWithSpares(const std::vector<int>& taken);
+  void RefillLoop();
+  // Writes the stock to the ledger (temp file + rename). Caller holds spare_mu_.
+  absl::Status WriteLedgerLocked(const std::vector<int>& extra) ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_);
+
+  absl::Mutex spare_mu_;
+  std::deque<int> spares_ ABSL_GUARDED_BY(spare_mu_);
+  std::vector<int> in_flight_ ABSL_GUARDED_BY(spare_mu_);  // taken by a Provision under way
+  int provisions_running_ ABSL_GUARDED_BY(spare_mu_) = 0;  // the refill waits for none
+  std::string ledger_path_ ABSL_GUARDED_BY(spare_mu_);
+  int spare_target_ ABSL_GUARDED_BY(spare_mu_) = 0;
+  bool spares_stopping_ ABSL_GUARDED_BY(spare_mu_) = false;
+  bool ledger_stale_ ABSL_GUARDED_BY(spare_mu_) = false;  // a Provision let go of spares
+  // Leftovers of a previous run that could not be removed at start; kept in the ledger.
+  std::vector<int> kept_in_ledger_ ABSL_GUARDED_BY(spare_mu_);
+  std::thread refill_;
 };
 
 }  // namespace vfbroker

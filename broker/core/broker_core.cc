@@ -672,6 +672,8 @@ void BrokerCore::Stop() {
     remover_stopping_ = true;
   }
   if (remover_.joinable()) remover_.join();
+  // Last: the backends' own background work (loop_extent's spare devices are removed).
+  for (auto& [pool, backend] : backends_) backend->StopBackground();
   events_.CloseAll();
 }
 
