@@ -20,6 +20,8 @@ constexpr size_t kMaxNameBytes = 64;
 constexpr size_t kMaxLeaseIdBytes = 64;
 constexpr absl::Duration kFirstRetry = absl::Milliseconds(2);
 constexpr absl::Duration kMaxRetry = absl::Seconds(1);
+// With the backoff above, ~0.5 s after the slice ended: long past a dying tenant's last close.
+constexpr int kQuarantineWarnAttempt = 8;
 // Dead devices still held open (rare: see loop_extent.h on 6.1): no slice waits for them, and
 // each attempt may wait out the backend's own patience, so retry less eagerly.
 constexpr absl::Duration kFirstRemovalRetry = absl::Milliseconds(50);
@@ -828,7 +830,12 @@ void BrokerCore::RunDueTeardowns() {
     if (!result.ok()) {
       spdlog::error("lease={} pool={}: teardown failed (attempt {}): {}", pending.lease_id,
                     pending.pool, pending.attempts, result.status().message());
-    } else if (pending.attempts == 1 || pending.attempts % 64 == 0) {
+    } else if (pending.attempts < kQuarantineWarnAttempt) {
+      // Usual right after a kill: the dying tenant's descriptors close a moment after its
+      // session socket does.
+      spdlog::debug("lease={}: device not closed yet (attempt {}); retrying", pending.lease_id,
+                    pending.attempts);
+    } else if (pending.attempts == kQuarantineWarnAttempt || pending.attempts % 64 == 0) {
       spdlog::warn("lease={} tenant={}: its device is still held open; quarantined until the "
                    "last descriptor closes (attempt {})",
                    pending.lease_id, OwnerLabel(pending.info), pending.attempts);
