@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds the guest's initramfs (a gzip'd newc cpio) for tests/vm:
+#   - busybox-static as /bin/busybox (the applets are linked by /init at boot),
+#   - the guest kernel's modules the harness needs, plus their dependencies, in load order
+#     (dependencies first, from the modules.dep that scripts/setup-vm.sh generated), listed in /modlist,
+#   - tests/vm/init.sh as /init,
+#   - tests/vm/nvme_vadmin (compiled here with gcc -static) as /bin/nvme_vadmin,
+#   - any extra binaries given as arguments, into /bin: static ones as they are; dynamic ones with the
+#     shared libraries `ldd` reports and the ELF interpreter, at the same paths as on the host.
+# usage: build_initramfs.sh OUTPUT.cpio.gz [BINARY...]
+# The guest kernel comes from $VFBROKER_VM_CACHE (default: <repo>/.cache/vm), filled by scripts/setup-vm.sh.
+set -euo pipefail
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${VFBROKER_VM_CACHE:-$REPO/.cache/vm}
+(($# >= 1)) || { echo "usage: $0 OUTPUT.cpio.gz [BINARY...]" >&2; exit 2; }
+OUT=$1; shift
+
+MODULES=(vfio vfio_iommu_type1 vfio-pci nvme igb igbvf)
+
+KV=$(ls "$CACHE/kernel/lib/modules" 2>/dev/null | head -1)
+MD=$CACHE/kernel/lib/modules/$KV
+[[ -n $KV && -f $MD/modules.dep ]] || { echo "build_initramfs: no guest kernel in $CACHE; run scripts/setup-vm.sh" >&2; exit 1; }
+[[ -x /bin/busybox ]] && /bin/busybox --list | grep -qx insmod ||
+  { echo "build_initramfs: need busybox-static (/bin/busybox)" >&2; exit 1; }
+
+ROOT=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-initramfs.XXXXXX")
+trap 'rm -rf "$ROOT"' EXIT
+mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,lib/modules/"$KV"}
+cp /bin/busybox "$ROOT/bin/busybox"
+install -m 0755 "$HERE/init.sh" "$ROOT/init"
+gcc -static -O2 -Wall -Wextra -Werror -o "$ROOT/bin/nvme_vadmin" "$HERE/nvme_vadmin.c"
+
+# Modules in dependency order.
+declare -A seen=()
+order=()
+add_module() {
+  local path=$1 dep
+  [[ -n ${seen[$path]:-} ]] && return
+  seen[$path]=1
+  for dep in $(grep -m1 "^$path:" "$MD/modules.dep" | cut -d: -f2); do add_module "$dep"; done
+  order+=("$path")
+}
+for m in "${MODULES[@]}"; do
+  path=$(grep -m1 -E "/$m\.ko(\.xz|\.zst)?:" "$MD/modules.dep" | cut -d: -f1 || true)
+  [[ -n $path ]] || { echo "build_initramfs: module $m not in $MD/modules.dep" >&2; exit 1; }
+  add_module "$path"
+done
+: > "$ROOT/modlist"
+for path in "${order[@]}"; do
+  dest=$ROOT/lib/modules/$KV/${path%.xz}; dest=${dest%.zst}
+  mkdir -p "$(dirname "$dest")"
+  case $path in  # busybox insmod wants plain .ko
+    *.xz) xz -dc "$MD/$path" > "$dest" ;;
+    *.zst) zstd -qdc "$MD/$path" > "$dest" ;;
+    *) cp "$MD/$path" "$dest" ;;
+  esac
+  echo "${dest#$ROOT/lib/modules/$KV/}" >> "$ROOT/modlist"
+done
+
+# Extra binaries.
+for bin in "$@"; do
+  [[ -f $bin && -x $bin ]] || { echo "build_initramfs: $bin is not an executable file" >&2; exit 1; }
+  cp -L "$bin" "$ROOT/bin/"
+  if ldd "$bin" >/dev/null 2>&1; then
+    for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'); do
+      mkdir -p "$ROOT$(dirname "$lib")"
+      [[ -e $ROOT$lib ]] || cp -L "$lib" "$ROOT$lib"
+    done
+  fi
+done
+
+mkdir -p "$(dirname "$OUT")"
+(cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 > "$OUT"
+echo "build_initramfs: $OUT ($(du -k "$OUT" | cut -f1) KiB, kernel $KV, ${#order[@]} modules, $# extra binaries)"

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Boots the tests/vm guest under QEMU's software emulation (TCG) and returns its test status.
+#   q35 + emulated Intel IOMMU (intel_iommu=on in the guest), each device behind its own PCIe root port:
+#   - an NVMe controller with SR-IOV (2 VFs) in an NVM subsystem, with private namespaces only:
+#     nsid 1 for the PF, nsids 2..4 created detached, for the secondary controllers (a shared namespace
+#     would be attached to every VF controller),
+#   - an Intel 82576 (igb) NIC with SR-IOV on a restricted user-mode network.
+# The guest console goes to LOG; the guest's /init prints "VM-RESULT: PASS|FAIL" and powers off.
+# Exit status: 0 on PASS, 1 on FAIL, timeout, or no result line (the log is printed then).
+# usage: run_vm.sh INITRAMFS [LOG]    env: VM_TIMEOUT (s, default 300), VFBROKER_VM_CACHE, VM_QEMU
+set -euo pipefail
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${VFBROKER_VM_CACHE:-$REPO/.cache/vm}
+QEMU=${VM_QEMU:-qemu-system-x86_64}
+TIMEOUT=${VM_TIMEOUT:-300}
+(($# >= 1)) || { echo "usage: $0 INITRAMFS [LOG]" >&2; exit 2; }
+INITRD=$1
+LOG=${2:-${TMPDIR:-/tmp}/vfbroker-vm.log}
+
+KERNEL=$(ls "$CACHE"/kernel/boot/vmlinuz-* 2>/dev/null | head -1)
+[[ -n $KERNEL ]] || { echo "run_vm: no guest kernel in $CACHE; run scripts/setup-vm.sh" >&2; exit 1; }
+[[ -f $INITRD ]] || { echo "run_vm: no initramfs $INITRD" >&2; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-vm.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+for n in 1 2 3 4; do truncate -s 64M "$WORK/nvm$n.img"; done  # sparse raw namespace images
+
+args=(
+  -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 2 -m 1G
+  -nographic -no-reboot
+  -device intel-iommu,intremap=on,caching-mode=on
+  -device pcie-root-port,id=rp1,chassis=1,slot=1
+  -device pcie-root-port,id=rp2,chassis=2,slot=2
+  -device nvme-subsys,id=subsys0,nqn=vfbroker-vm
+  -device nvme,id=nvme0,bus=rp1,serial=vfbvm0001,subsys=subsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2
+)
+for n in 1 2 3 4; do
+  args+=(-drive "file=$WORK/nvm$n.img,if=none,id=nvm$n,format=raw")
+  ns="nvme-ns,drive=nvm$n,bus=nvme0,nsid=$n,shared=off"
+  ((n == 1)) || ns+=",detached=on"
+  args+=(-device "$ns")
+done
+args+=(
+  -netdev user,id=net0,restrict=on
+  -device igb,netdev=net0,bus=rp2
+  -kernel "$KERNEL" -initrd "$INITRD"
+  -append "console=ttyS0 intel_iommu=on iommu=pt loglevel=4 panic=-1"
+)
+
+echo "run_vm: booting $(basename "$KERNEL") + $(basename "$INITRD") under TCG (timeout ${TIMEOUT}s, log $LOG)"
+start=$(date +%s.%N)
+status=0
+timeout -k 10 "$TIMEOUT" "$QEMU" "${args[@]}" < /dev/null > "$LOG" 2>&1 || status=$?
+secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+
+result=$(grep -a -o 'VM-RESULT: [A-Z]*' "$LOG" | tail -1 || true)
+if [[ $result == "VM-RESULT: PASS" && $status == 0 ]]; then
+  grep -a -o -E '(vm:|VM-).*' "$LOG" | tr -d '\r'
+  echo "run_vm: PASS in ${secs}s"
+  exit 0
+fi
+echo "===== guest console ($LOG) =====" >&2
+tr -d '\r' < "$LOG" >&2
+echo "===== end of guest console =====" >&2
+if ((status == 124 || status == 137)); then
+  echo "run_vm: FAIL: timed out after ${TIMEOUT}s" >&2
+elif [[ -z $result ]]; then
+  echo "run_vm: FAIL: no VM-RESULT line (QEMU exit status $status) after ${secs}s" >&2
+else
+  echo "run_vm: FAIL: ${result#VM-RESULT: } (QEMU exit status $status) after ${secs}s" >&2
+fi
+exit 1
