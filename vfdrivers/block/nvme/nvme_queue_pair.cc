@@ -1,0 +1,258 @@
+#include "vfdrivers/block/nvme/nvme_queue_pair.h"
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+
+namespace vfdrivers::block::nvme {
+namespace {
+
+size_t RoundUpPage(size_t n) { return (n + kPageSize - 1) & ~(kPageSize - 1); }
+
+// A transfer of up to this many bytes needs at most 1 + kMaxListEntries pages, and one PRP
+// list page holds 512 entries (§4.3), so lists never chain.
+constexpr uint32_t kMaxTransferBytes = 128 * 1024;
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<QueuePair>> QueuePair::Create(Transport* transport,
+                                                             const QueuePairConfig& config) {
+  if (transport == nullptr) return absl::InvalidArgumentError("QueuePair: null transport");
+  if (config.entries < 2 || config.entries > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("QueuePair: %u entries (need 2..65536)", config.entries));
+  }
+  std::unique_ptr<QueuePair> qp(new QueuePair(transport, config));
+  if (qp->config_.geometry.max_transfer_bytes == 0 ||
+      qp->config_.geometry.max_transfer_bytes > kMaxTransferBytes) {
+    qp->config_.geometry.max_transfer_bytes = kMaxTransferBytes;
+  }
+  const uint32_t slots = config.entries - 1;
+  const size_t sq_bytes = RoundUpPage(size_t{config.entries} * sizeof(Sqe));
+  const size_t cq_bytes = RoundUpPage(size_t{config.entries} * sizeof(Cqe));
+  const size_t total = sq_bytes + cq_bytes + size_t{slots} * kPageSize;
+  absl::StatusOr<memory::MemoryRegion> region =
+      memory::MemoryRegion::Allocate(total, {memory::HugePages::kNever});
+  if (!region.ok()) return region.status();
+  qp->memory_ = std::move(*region);
+  absl::StatusOr<uint64_t> iova = transport->MapDma(qp->memory_.base(), qp->memory_.size());
+  if (!iova.ok()) return iova.status();
+  qp->iova_ = *iova;
+  qp->cq_offset_ = sq_bytes;
+  uint8_t* base = static_cast<uint8_t*>(qp->memory_.base());
+  qp->sq_ = reinterpret_cast<Sqe*>(base);
+  qp->cq_ = reinterpret_cast<volatile Cqe*>(base + sq_bytes);
+  qp->slots_.resize(slots);
+  qp->free_.resize(slots);
+  for (uint32_t i = 0; i < slots; ++i) {
+    const size_t off = sq_bytes + cq_bytes + size_t{i} * kPageSize;
+    qp->slots_[i].prp_list = reinterpret_cast<uint64_t*>(base + off);
+    qp->slots_[i].prp_list_iova = qp->iova_ + off;
+    qp->free_[i] = static_cast<uint16_t>(slots - 1 - i);  // hand out cid 0 first
+  }
+  qp->free_top_ = slots;
+  absl::StatusOr<volatile uint32_t*> sqdb =
+      transport->Register32(SqTailDoorbell(config.qid, config.dstrd));
+  if (!sqdb.ok()) return sqdb.status();
+  absl::StatusOr<volatile uint32_t*> cqdb =
+      transport->Register32(CqHeadDoorbell(config.qid, config.dstrd));
+  if (!cqdb.ok()) return cqdb.status();
+  qp->sq_doorbell_ = *sqdb;
+  qp->cq_doorbell_ = *cqdb;
+  return qp;
+}
+
+absl::Status QueuePair::RegisterMemory(void* base, size_t length) {
+  if (base == nullptr || length == 0) {
+    return absl::InvalidArgumentError("RegisterMemory: empty region");
+  }
+  const uintptr_t start = reinterpret_cast<uintptr_t>(base) & ~uintptr_t{kPageSize - 1};
+  const uintptr_t end = RoundUpPage(reinterpret_cast<uintptr_t>(base) + length);
+  absl::StatusOr<uint64_t> iova = transport_->MapDma(reinterpret_cast<void*>(start), end - start);
+  if (!iova.ok()) return iova.status();
+  registered_.push_back({start, end - start, *iova});
+  return absl::OkStatus();
+}
+
+absl::Status QueuePair::CheckRoom() const {
+  if (!health_.ok()) return health_;
+  if (free_top_ == 0 || (sq_tail_ + 1) % config_.entries == sq_head_) {
+    return absl::FailedPreconditionError("NVMe queue full: poll first");
+  }
+  return absl::OkStatus();
+}
+
+void QueuePair::Push(Sqe& sqe, uint64_t tag, uint32_t length) {
+  const uint16_t cid = free_[--free_top_];
+  Slot& slot = slots_[cid];
+  slot.tag = tag;
+  slot.length = length;
+  slot.in_flight = true;
+  sqe.cid = cid;
+  std::memcpy(&sq_[sq_tail_], &sqe, sizeof(Sqe));
+  sq_tail_ = (sq_tail_ + 1) % config_.entries;
+  ++staged_;
+}
+
+absl::Status QueuePair::StageRaw(Sqe sqe, uint64_t tag) {
+  absl::Status room = CheckRoom();
+  if (!room.ok()) return room;
+  Push(sqe, tag, 0);
+  return absl::OkStatus();
+}
+
+absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buffer,
+                                uint32_t length, uint64_t tag) {
+  absl::Status room = CheckRoom();
+  if (!room.ok()) return room;
+  const Geometry& g = config_.geometry;
+  const uint32_t bs = g.logical_block_size;
+  if (length == 0 || length % bs != 0 || offset % bs != 0 || offset > g.size_bytes ||
+      length > g.size_bytes - offset || length > g.max_transfer_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "NVMe I/O: offset %u length %u outside the namespace or not block aligned", offset,
+        length));
+  }
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(buffer);
+  if (addr % 4 != 0) {
+    return absl::InvalidArgumentError("NVMe I/O: buffer not dword aligned (PRP1, §4.3)");
+  }
+  const Registered* region = nullptr;
+  for (const Registered& r : registered_) {
+    if (addr >= r.base && addr - r.base <= r.length && length <= r.length - (addr - r.base)) {
+      region = &r;
+      break;
+    }
+  }
+  if (region == nullptr) {
+    return absl::InvalidArgumentError("NVMe I/O: buffer outside registered memory");
+  }
+  const uint64_t iova = region->iova + (addr - region->base);
+  const uint16_t cid = free_[free_top_ - 1];  // the slot Push will take
+  Sqe sqe;
+  sqe.opcode = opcode;
+  sqe.nsid = config_.nsid;
+  // PRP entries (§4.3): the IOVA keeps the buffer's offset within its page (the mapping is
+  // page aligned), so iova + first is page aligned.
+  sqe.prp1 = iova;
+  const uint64_t first = std::min<uint64_t>(length, kPageSize - iova % kPageSize);
+  const uint64_t rest = length - first;
+  if (rest == 0) {
+    sqe.prp2 = 0;
+  } else if (rest <= kPageSize) {
+    sqe.prp2 = iova + first;
+  } else {
+    uint64_t* list = slots_[cid].prp_list;
+    const uint64_t pages = (rest + kPageSize - 1) / kPageSize;  // <= 32 by the cap
+    for (uint64_t i = 0; i < pages; ++i) list[i] = iova + first + i * kPageSize;
+    sqe.prp2 = slots_[cid].prp_list_iova;
+  }
+  const uint64_t slba = offset / bs;
+  sqe.cdw10 = static_cast<uint32_t>(slba);
+  sqe.cdw11 = static_cast<uint32_t>(slba >> 32);
+  sqe.cdw12 = length / bs - 1;  // NLB, 0-based (§6.9, §6.15)
+  Push(sqe, tag, length);
+  return absl::OkStatus();
+}
+
+absl::Status QueuePair::Read(uint64_t offset, void* buffer, uint32_t length, uint64_t tag) {
+  return StageIo(kNvmRead, offset, buffer, length, tag);
+}
+
+absl::Status QueuePair::Write(uint64_t offset, const void* buffer, uint32_t length,
+                              uint64_t tag) {
+  return StageIo(kNvmWrite, offset, buffer, length, tag);
+}
+
+absl::Status QueuePair::Flush(uint64_t tag) {
+  absl::Status room = CheckRoom();
+  if (!room.ok()) return room;
+  Sqe sqe;
+  sqe.opcode = kNvmFlush;  // §6.8
+  sqe.nsid = config_.nsid;
+  Push(sqe, tag, 0);
+  return absl::OkStatus();
+}
+
+absl::Status QueuePair::WriteZeroes(uint64_t offset, uint64_t length, uint64_t tag) {
+  absl::Status room = CheckRoom();
+  if (!room.ok()) return room;
+  const Geometry& g = config_.geometry;
+  const uint32_t bs = g.logical_block_size;
+  if (length == 0 || length % bs != 0 || offset % bs != 0 || offset > g.size_bytes ||
+      length > g.size_bytes - offset || length / bs > 0x10000) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "NVMe write zeroes: offset %u length %u outside the namespace, misaligned, or over "
+        "65536 blocks", offset, length));
+  }
+  Sqe sqe;
+  sqe.opcode = kNvmWriteZeroes;  // §6.16
+  sqe.nsid = config_.nsid;
+  const uint64_t slba = offset / bs;
+  sqe.cdw10 = static_cast<uint32_t>(slba);
+  sqe.cdw11 = static_cast<uint32_t>(slba >> 32);
+  sqe.cdw12 = static_cast<uint32_t>(length / bs - 1);
+  Push(sqe, tag, 0);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> QueuePair::Submit() {
+  if (staged_ == 0) return 0u;
+  // The SQEs must be visible before the doorbell store.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  *sq_doorbell_ = sq_tail_;
+  const uint32_t n = staged_;
+  staged_ = 0;
+  return n;
+}
+
+size_t QueuePair::Poll(absl::Span<Completion> out) {
+  size_t n = 0;
+  while (n < out.size()) {
+    volatile Cqe& cqe = cq_[cq_head_];
+    const uint16_t status = cqe.status;
+    if ((status & 1) != phase_) break;
+    std::atomic_thread_fence(std::memory_order_acquire);  // read the rest after the phase
+    const uint16_t cid = cqe.cid;
+    const uint16_t sq_head = cqe.sq_head;
+    if (++cq_head_ == config_.entries) {
+      cq_head_ = 0;
+      phase_ ^= 1;
+    }
+    Completion& c = out[n++];
+    const bool known = cid < slots_.size() && slots_[cid].in_flight;
+    c.tag = known ? slots_[cid].tag : kUnknownTag;
+    if (sq_head >= config_.entries) {
+      health_ = absl::DataLossError(absl::StrFormat(
+          "NVMe queue %u: completion reports SQ head %u of a %u-entry ring", config_.qid,
+          sq_head, config_.entries));
+      c.result = -EIO;
+      c.device_status = kStatusBadSqHead;
+    } else if (!known) {
+      health_ = absl::DataLossError(absl::StrFormat(
+          "NVMe queue %u: completion for command id %u, which is not in flight", config_.qid,
+          cid));
+      c.result = -EIO;
+      c.device_status = kStatusUnknownCid;
+    } else {
+      sq_head_ = sq_head;
+      c.device_status = DeviceStatus(status);
+      c.result = c.device_status == 0 ? static_cast<int32_t>(slots_[cid].length)
+                                      : NvmeStatusToErrno(c.device_status);
+    }
+    if (known) {
+      slots_[cid].in_flight = false;
+      free_[free_top_++] = cid;
+    }
+  }
+  if (n > 0) {
+    *cq_doorbell_ = cq_head_;
+  } else {
+    transport_->Idle();
+  }
+  return n;
+}
+
+}  // namespace vfdrivers::block::nvme

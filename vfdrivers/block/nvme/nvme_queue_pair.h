@@ -1,0 +1,122 @@
+// QueuePair: one NVMe submission/completion queue pair, polled, implementing block::Queue.
+//
+// The rings (SQ of 64-byte entries, CQ of 16-byte entries; Base spec §4.1, §4.2, §4.6) and one
+// PRP-list page per command slot live in one DMA-mapped MemoryRegion allocated at creation.
+// Staging writes the SQE straight into the ring; Submit() rings the SQ tail doorbell once per
+// batch; Poll() consumes CQEs whose phase tag matches the expected phase (§4.6: the phase
+// inverts on every pass through the ring) and rings the CQ head doorbell once per call.
+// Command ids are slot indices; nothing on the I/O path allocates or locks.
+//
+// The device is not trusted: a CQE naming a command id that is not in flight, or reporting an
+// SQ head pointer outside the ring, yields a Completion with tag kUnknownTag (or the named
+// command's tag), result -EIO and device_status kStatusUnknownCid / kStatusBadSqHead, and
+// poisons the queue: every later staging call returns DATA_LOSS (see health()).
+//
+// PRPs (§4.3): PRP1 holds the buffer's IOVA (dword aligned, any page offset); a transfer that
+// ends within the next page puts that page in PRP2; a longer one points PRP2 at the slot's PRP
+// list page. Transfers are capped (max_transfer_bytes) so one list page always suffices.
+//
+// This class does not create the queue on the controller; Controller does that (the admin
+// queue is a QueuePair too, qid 0). The Transport must outlive the queue pair.
+//
+// Thread safety: none. One queue, one thread.
+#ifndef VFBROKER_VFDRIVERS_BLOCK_NVME_NVME_QUEUE_PAIR_H_
+#define VFBROKER_VFDRIVERS_BLOCK_NVME_NVME_QUEUE_PAIR_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "vfdrivers/block/nvme/nvme_spec.h"
+#include "vfdrivers/block/nvme/nvme_transport.h"
+#include "vfdrivers/block/queue.h"
+#include "vfdrivers/memory/memory_region.h"
+
+namespace vfdrivers::block::nvme {
+
+struct QueuePairConfig {
+  uint16_t qid = 0;
+  uint32_t entries = 0;  // ring slots, 2..65536; depth() is entries - 1
+  uint32_t dstrd = 0;    // CAP.DSTRD
+  uint32_t nsid = 1;
+  Geometry geometry;     // of namespace `nsid` (unused by the admin queue)
+};
+
+class QueuePair : public Queue {
+ public:
+  static constexpr uint64_t kUnknownTag = ~uint64_t{0};
+
+  static absl::StatusOr<std::unique_ptr<QueuePair>> Create(Transport* transport,
+                                                           const QueuePairConfig& config);
+
+  uint16_t qid() const { return config_.qid; }
+  uint32_t entries() const { return config_.entries; }
+  uint64_t sq_iova() const { return iova_; }
+  uint64_t cq_iova() const { return iova_ + cq_offset_; }
+  // OK, or the DATA_LOSS that an untrustworthy completion left behind.
+  const absl::Status& health() const { return health_; }
+
+  // Stages a ready-made command (admin commands); the command id is filled in.
+  absl::Status StageRaw(Sqe sqe, uint64_t tag);
+
+  // block::Queue.
+  const Geometry& geometry() const override { return config_.geometry; }
+  uint32_t depth() const override { return config_.entries - 1; }
+  absl::Status RegisterMemory(void* base, size_t length) override;
+  absl::Status Read(uint64_t offset, void* buffer, uint32_t length, uint64_t tag) override;
+  absl::Status Write(uint64_t offset, const void* buffer, uint32_t length, uint64_t tag) override;
+  absl::Status Flush(uint64_t tag) override;
+  absl::Status WriteZeroes(uint64_t offset, uint64_t length, uint64_t tag) override;
+  absl::StatusOr<uint32_t> Submit() override;
+  size_t Poll(absl::Span<Completion> out) override;
+  uint32_t outstanding() const override { return depth() - free_top_; }
+
+ private:
+  struct Slot {
+    uint64_t tag = 0;
+    uint32_t length = 0;  // bytes a success reports
+    bool in_flight = false;
+    uint64_t* prp_list = nullptr;
+    uint64_t prp_list_iova = 0;
+  };
+  struct Registered {
+    uintptr_t base = 0;  // page aligned
+    size_t length = 0;
+    uint64_t iova = 0;
+  };
+
+  QueuePair(Transport* transport, const QueuePairConfig& config) :
+      transport_(transport), config_(config) {}
+  absl::Status CheckRoom() const;
+  absl::Status StageIo(uint8_t opcode, uint64_t offset, const void* buffer, uint32_t length,
+                       uint64_t tag);
+  void Push(Sqe& sqe, uint64_t tag, uint32_t length);
+
+  Transport* transport_;
+  QueuePairConfig config_;
+  memory::MemoryRegion memory_;
+  uint64_t iova_ = 0;
+  size_t cq_offset_ = 0;
+  Sqe* sq_ = nullptr;
+  volatile Cqe* cq_ = nullptr;
+  volatile uint32_t* sq_doorbell_ = nullptr;
+  volatile uint32_t* cq_doorbell_ = nullptr;
+  uint32_t sq_tail_ = 0;
+  uint32_t sq_head_ = 0;  // as the device last reported it
+  uint32_t cq_head_ = 0;
+  uint16_t phase_ = 1;    // the phase tag of new entries on this pass (§4.6: starts at 1)
+  uint32_t staged_ = 0;
+  std::vector<Slot> slots_;
+  std::vector<uint16_t> free_;  // stack of free slot indices (command ids)
+  uint32_t free_top_ = 0;
+  std::vector<Registered> registered_;
+  absl::Status health_;
+};
+
+}  // namespace vfdrivers::block::nvme
+
+#endif  // VFBROKER_VFDRIVERS_BLOCK_NVME_NVME_QUEUE_PAIR_H_

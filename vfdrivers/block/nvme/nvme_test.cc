@@ -1,0 +1,311 @@
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "absl/status/status.h"
+#include "vfdrivers/block/nvme/nvme_controller.h"
+#include "vfdrivers/block/nvme/nvme_device_model.h"
+#include "vfdrivers/block/nvme/nvme_queue_pair.h"
+#include "vfdrivers/block/queue_test_util.h"
+#include "vfdrivers/memory/memory_region.h"
+
+namespace vfdrivers::block::nvme {
+namespace {
+
+using testing::DeviceModelOptions;
+using testing::Hostile;
+using testing::NvmeDeviceModel;
+using vfdrivers::block::testing::RunOne;
+using vfdrivers::block::testing::SubmitAndWait;
+
+ControllerOptions FastOptions() {
+  ControllerOptions o;
+  o.admin_timeout = absl::Milliseconds(200);
+  return o;
+}
+
+struct Rig {
+  explicit Rig(const DeviceModelOptions& options = {}) : model(options) {}
+  absl::Status Start(uint32_t depth = 16) {
+    absl::StatusOr<std::unique_ptr<Controller>> c =
+        Controller::Create(model.MakeTransport(), FastOptions());
+    if (!c.ok()) return c.status();
+    controller = std::move(*c);
+    absl::StatusOr<std::unique_ptr<QueuePair>> q = controller->CreateIoQueuePair(depth);
+    if (!q.ok()) return q.status();
+    qp = std::move(*q);
+    absl::StatusOr<memory::MemoryRegion> r =
+        memory::MemoryRegion::Allocate(1 << 20, {memory::HugePages::kNever});
+    if (!r.ok()) return r.status();
+    buffers = std::move(*r);
+    return qp->RegisterMemory(buffers.base(), buffers.size());
+  }
+  uint8_t* buf(size_t offset = 0) { return static_cast<uint8_t*>(buffers.base()) + offset; }
+
+  NvmeDeviceModel model;
+  std::unique_ptr<Controller> controller;
+  std::unique_ptr<QueuePair> qp;   // destroyed before the controller
+  memory::MemoryRegion buffers;
+};
+
+void Fill(uint8_t* p, size_t n, uint32_t seed) {
+  for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>((i * 31 + seed * 7 + (i >> 9)) & 0xFF);
+}
+
+TEST(NvmeTest, BringUpAndIdentify) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  EXPECT_EQ(rig.controller->info().serial, "MODEL0001");
+  EXPECT_EQ(rig.controller->info().model, "vfbroker NVMe device model");
+  EXPECT_EQ(rig.controller->info().namespaces, 1u);
+  EXPECT_EQ(rig.qp->geometry().logical_block_size, 512u);
+  EXPECT_EQ(rig.qp->geometry().size_bytes, 4096u * 512);
+  EXPECT_EQ(rig.qp->geometry().max_transfer_bytes, 128u * 1024);
+  EXPECT_EQ(rig.qp->depth(), 16u);
+  EXPECT_TRUE(rig.model.csts() & kCstsRdy);
+}
+
+TEST(NvmeTest, ReEnableAfterControllerDestroyed) {
+  NvmeDeviceModel model;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<std::unique_ptr<Controller>> c =
+        Controller::Create(model.MakeTransport(), FastOptions());
+    ASSERT_TRUE(c.ok()) << c.status();
+  }
+  EXPECT_FALSE(model.csts() & kCstsRdy);  // the destructor disabled it
+}
+
+TEST(NvmeTest, DepthCappedByMqesAnd4KBlocksAndStride) {
+  DeviceModelOptions o;
+  o.mqes = 7;
+  o.dstrd = 2;
+  o.lbads = 12;
+  o.blocks = 256;
+  o.mdts = 2;  // 16 KiB
+  Rig rig(o);
+  ASSERT_TRUE(rig.Start(100).ok());
+  EXPECT_EQ(rig.qp->depth(), 7u);
+  EXPECT_EQ(rig.qp->geometry().logical_block_size, 4096u);
+  EXPECT_EQ(rig.qp->geometry().max_transfer_bytes, 16u * 1024);
+  Fill(rig.buf(), 16384, 3);
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Write(4096 * 10, rig.buf(), 16384, 1)).ok());
+  EXPECT_EQ(std::memcmp(rig.model.media().data() + 4096 * 10, rig.buf(), 16384), 0);
+  EXPECT_EQ(rig.qp->Write(0, rig.buf(), 20480, 1).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(NvmeTest, ReadWriteRoundTripsIncludingPrpLists) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  struct Case { size_t buf_off; uint32_t len; uint64_t dev_off; };
+  // One page, PRP2 as a page, PRP list, unaligned first page with list, the largest transfer.
+  const Case cases[] = {{0, 512, 0},          {0, 8192, 4096},    {0, 65536, 65536},
+                        {512, 65536, 262144}, {100 * 4, 12288, 1024}, {4096, 131072, 1048576}};
+  uint32_t seed = 1;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.len);
+    uint8_t* out = rig.buf(k.buf_off);
+    Fill(out, k.len, seed++);
+    ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Write(k.dev_off, out, k.len, 7)).ok());
+    ASSERT_EQ(std::memcmp(rig.model.media().data() + k.dev_off, out, k.len), 0);
+    uint8_t* in = rig.buf(512 * 1024 + k.buf_off);
+    std::memset(in, 0xEE, k.len);
+    ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Read(k.dev_off, in, k.len, 8)).ok());
+    ASSERT_EQ(std::memcmp(in, out, k.len), 0);
+  }
+  EXPECT_GE(rig.model.prp_list_commands(), 6u);
+  EXPECT_EQ(rig.qp->outstanding(), 0u);
+}
+
+TEST(NvmeTest, CompletionCarriesTagAndLength) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  ASSERT_TRUE(rig.qp->Write(0, rig.buf(), 4096, 42).ok());
+  absl::StatusOr<std::vector<Completion>> c = SubmitAndWait(*rig.qp, 1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)[0].tag, 42u);
+  EXPECT_EQ((*c)[0].result, 4096);
+  EXPECT_EQ((*c)[0].device_status, 0u);
+}
+
+TEST(NvmeTest, FlushAndWriteZeroes) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  Fill(rig.buf(), 8192, 9);
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Write(0, rig.buf(), 8192, 1)).ok());
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->WriteZeroes(1024, 2048, 2)).ok());
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Flush(3)).ok());
+  EXPECT_EQ(rig.model.flushes(), 1u);
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Read(0, rig.buf(65536), 8192, 4)).ok());
+  std::vector<uint8_t> expect(rig.buf(), rig.buf() + 8192);
+  std::memset(expect.data() + 1024, 0, 2048);
+  EXPECT_EQ(std::memcmp(rig.buf(65536), expect.data(), 8192), 0);
+  EXPECT_EQ(rig.qp->WriteZeroes(0, uint64_t{65537} * 512, 1).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(NvmeTest, QueueFullThenDrains) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start(4).ok());
+  rig.model.set_auto_step(false);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(rig.qp->Flush(i).ok());
+  EXPECT_EQ(rig.qp->Flush(9).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(rig.qp->outstanding(), 4u);
+  ASSERT_EQ(*rig.qp->Submit(), 4u);
+  Completion out[8];
+  EXPECT_EQ(rig.qp->Poll(absl::MakeSpan(out)), 0u);
+  rig.model.Step();
+  EXPECT_EQ(rig.qp->Poll(absl::MakeSpan(out)), 4u);
+  EXPECT_EQ(rig.qp->outstanding(), 0u);
+  // Wrap the rings several times (phase flips).
+  rig.model.set_auto_step(true);
+  for (int round = 0; round < 10; ++round) {
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(rig.qp->Flush(i).ok());
+    absl::StatusOr<std::vector<Completion>> c = SubmitAndWait(*rig.qp, 3);
+    ASSERT_TRUE(c.ok()) << c.status();
+  }
+}
+
+TEST(NvmeTest, RejectsBadArguments) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(rig.qp->Read(1, rig.buf(), 512, 0).code(), kInvalid);
+  EXPECT_EQ(rig.qp->Read(0, rig.buf(), 500, 0).code(), kInvalid);
+  EXPECT_EQ(rig.qp->Read(4096 * 512, rig.buf(), 512, 0).code(), kInvalid);
+  EXPECT_EQ(rig.qp->Read(~uint64_t{511}, rig.buf(), 512, 0).code(), kInvalid);
+  EXPECT_EQ(rig.qp->Read(0, rig.buf(2), 512, 0).code(), kInvalid);
+  std::vector<uint8_t> unregistered(4096);
+  EXPECT_EQ(rig.qp->Read(0, unregistered.data(), 512, 0).code(), kInvalid);
+  EXPECT_EQ(rig.qp->Read(0, rig.buf(rig.buffers.size() - 512), 1024, 0).code(), kInvalid);
+  EXPECT_EQ(rig.qp->Write(0, rig.buf(), 256 * 1024, 0).code(), kInvalid);
+  EXPECT_EQ(rig.qp->outstanding(), 0u);
+}
+
+TEST(NvmeTest, AdminStatusMapsToAbslStatus) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  Sqe bogus;
+  bogus.opcode = 0x7F;
+  EXPECT_EQ(rig.controller->AdminCommand(bogus, "bogus").code(),
+            absl::StatusCode::kUnimplemented);
+  Sqe dup;  // creating I/O CQ 1 again: command specific "invalid queue identifier"
+  dup.opcode = kAdminCreateIoCq;
+  dup.cdw10 = (3u << 16) | 1;
+  dup.cdw11 = 1;
+  EXPECT_EQ(rig.controller->AdminCommand(dup, "dup").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(NvmeStatusToStatus(0x0280, "x").code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(NvmeStatusToStatus(0x0080, "x").code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(NvmeStatusToStatus(0, "x").ok());
+}
+
+TEST(NvmeTest, ModelCheck) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start(16).ok());
+  absl::StatusOr<memory::BufferPool> pool =
+      memory::BufferPool::Allocate(8 * 512, 16, {memory::HugePages::kNever});
+  ASSERT_TRUE(pool.ok());
+  ASSERT_TRUE(rig.qp->RegisterMemory(pool->region().base(), pool->region().size()).ok());
+  vfdrivers::block::testing::ModelCheckOptions options;
+  options.ops = 3000;
+  ASSERT_NO_FATAL_FAILURE(vfdrivers::block::testing::CheckAgainstModel(*rig.qp, *pool, options));
+}
+
+// Hostile devices: every lie is a clean error status.
+
+TEST(NvmeHostileTest, BogusCommandIdIsDataLoss) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  rig.model.set_hostile(Hostile::kBogusCid);
+  ASSERT_TRUE(rig.qp->Flush(5).ok());
+  ASSERT_TRUE(rig.qp->Submit().ok());
+  Completion c;
+  while (rig.qp->Poll(absl::MakeSpan(&c, 1)) == 0) {}
+  EXPECT_EQ(c.tag, QueuePair::kUnknownTag);
+  EXPECT_EQ(c.device_status, kStatusUnknownCid);
+  EXPECT_FALSE(CompletionStatus(c).ok());
+  EXPECT_EQ(rig.qp->health().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(rig.qp->Flush(6).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(rig.qp->outstanding(), 1u);  // the real command never completed
+}
+
+TEST(NvmeHostileTest, SqHeadOutOfRangeIsDataLoss) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  rig.model.set_hostile(Hostile::kBadSqHead);
+  ASSERT_TRUE(rig.qp->Write(0, rig.buf(), 512, 5).ok());
+  absl::StatusOr<std::vector<Completion>> c = SubmitAndWait(*rig.qp, 1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)[0].tag, 5u);
+  EXPECT_EQ((*c)[0].result, -EIO);
+  EXPECT_EQ((*c)[0].device_status, kStatusBadSqHead);
+  EXPECT_EQ(rig.qp->health().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(rig.qp->Read(0, rig.buf(), 512, 6).code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(NvmeHostileTest, WrongPhaseTimesOut) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  rig.model.set_hostile(Hostile::kWrongPhase);
+  ASSERT_TRUE(rig.qp->Flush(1).ok());
+  absl::StatusOr<std::vector<Completion>> c =
+      SubmitAndWait(*rig.qp, 1, absl::Milliseconds(100));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(NvmeHostileTest, AdminLiesFailBringUp) {
+  const struct { Hostile mode; absl::StatusCode code; } cases[] = {
+      {Hostile::kBogusCid, absl::StatusCode::kDataLoss},
+      {Hostile::kBadSqHead, absl::StatusCode::kDataLoss},
+      {Hostile::kWrongPhase, absl::StatusCode::kDeadlineExceeded},
+      {Hostile::kNeverReady, absl::StatusCode::kDeadlineExceeded},
+  };
+  for (const auto& k : cases) {
+    SCOPED_TRACE(static_cast<int>(k.mode));
+    NvmeDeviceModel model;
+    model.set_hostile(k.mode, /*admin_too=*/true);
+    absl::StatusOr<std::unique_ptr<Controller>> c =
+        Controller::Create(model.MakeTransport(), FastOptions());
+    EXPECT_EQ(c.status().code(), k.code) << c.status();
+  }
+}
+
+TEST(NvmeHostileTest, BadIdentifyNamespaceRejected) {
+  for (Hostile mode :
+       {Hostile::kBadLbaFormat, Hostile::kBadLbaShift, Hostile::kZeroSizeNamespace}) {
+    SCOPED_TRACE(static_cast<int>(mode));
+    NvmeDeviceModel model;
+    model.set_hostile(mode);
+    absl::StatusOr<std::unique_ptr<Controller>> c =
+        Controller::Create(model.MakeTransport(), FastOptions());
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+  }
+}
+
+TEST(NvmeParseTest, IdentifyNamespaceBounds) {
+  std::vector<uint8_t> d(4096, 0);
+  EXPECT_FALSE(ParseIdentifyNamespace(absl::MakeSpan(d.data(), 100)).ok());
+  const uint64_t nsze = 8;
+  std::memcpy(d.data(), &nsze, 8);
+  d[25] = 15;
+  d[26] = 15;
+  const uint32_t lbaf = 12u << 16;
+  std::memcpy(&d[128 + 60], &lbaf, 4);
+  absl::StatusOr<NamespaceInfo> ns = ParseIdentifyNamespace(d);
+  ASSERT_TRUE(ns.ok()) << ns.status();
+  EXPECT_EQ(ns->block_size, 4096u);
+  d[25] = 16;  // beyond the 16-entry table
+  EXPECT_FALSE(ParseIdentifyNamespace(d).ok());
+  d[25] = 15;
+  const uint32_t with_metadata = (12u << 16) | 8;
+  std::memcpy(&d[128 + 60], &with_metadata, 4);
+  EXPECT_FALSE(ParseIdentifyNamespace(d).ok());
+  const uint64_t huge = ~uint64_t{0} >> 4;
+  std::memcpy(d.data(), &huge, 8);
+  std::memcpy(&d[128 + 60], &lbaf, 4);
+  EXPECT_FALSE(ParseIdentifyNamespace(d).ok());
+}
+
+}  // namespace
+}  // namespace vfdrivers::block::nvme
