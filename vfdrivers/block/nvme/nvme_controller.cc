@@ -220,7 +220,9 @@ absl::StatusOr<std::unique_ptr<QueuePair>> Controller::CreateIoQueuePair(uint32_
   if (depth == 0) return absl::InvalidArgumentError("CreateIoQueuePair: depth 0");
   const uint32_t entries = std::min<uint32_t>(depth, CapMqes(cap_)) + 1;
   if (entries < 2) return absl::FailedPreconditionError("NVMe CAP.MQES allows no I/O queue");
-  const uint16_t qid = next_qid_;
+  if (next_qid_ == 0xFFFF) return absl::ResourceExhaustedError("NVMe: out of queue ids");
+  // A queue id is never reused, even when creation fails half way (the CQ may exist).
+  const uint16_t qid = next_qid_++;
   QueuePairConfig config;
   config.qid = qid;
   config.entries = entries;
@@ -246,7 +248,6 @@ absl::StatusOr<std::unique_ptr<QueuePair>> Controller::CreateIoQueuePair(uint32_
   sq.cdw11 = uint32_t{qid} << 16 | 1;
   st = AdminCommand(sq, "create I/O SQ");
   if (!st.ok()) return st;
-  ++next_qid_;
   return qp;
 }
 

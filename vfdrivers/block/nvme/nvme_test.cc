@@ -212,6 +212,28 @@ TEST(NvmeTest, ModelCheck) {
   ASSERT_NO_FATAL_FAILURE(vfdrivers::block::testing::CheckAgainstModel(*rig.qp, *pool, options));
 }
 
+TEST(NvmeTest, TwoQueuePairsAndRefusedQueueCreation) {
+  DeviceModelOptions o;
+  o.max_queues = 3;  // I/O queue ids 1 and 2
+  Rig rig(o);
+  ASSERT_TRUE(rig.Start().ok());
+  absl::StatusOr<std::unique_ptr<QueuePair>> second = rig.controller->CreateIoQueuePair(8);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ((*second)->qid(), 2);
+  ASSERT_TRUE((*second)->RegisterMemory(rig.buffers.base(), rig.buffers.size()).ok());
+  Fill(rig.buf(), 4096, 5);
+  ASSERT_TRUE(RunOne(**second, (*second)->Write(8192, rig.buf(), 4096, 1)).ok());
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Read(8192, rig.buf(8192), 4096, 2)).ok());
+  EXPECT_EQ(std::memcmp(rig.buf(), rig.buf(8192), 4096), 0);
+  // The device refuses queue id 3: a clean command-specific error, twice.
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(rig.controller->CreateIoQueuePair(8).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  // The controller still works.
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Flush(3)).ok());
+}
+
 // Hostile devices: every lie is a clean error status.
 
 TEST(NvmeHostileTest, BogusCommandIdIsDataLoss) {
