@@ -12,12 +12,14 @@
 #include "common/fd_passing.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
+#include "common/session_metadata.h"
 
 namespace vfclient {
 namespace {
 
-constexpr char kSessionMetadataKey[] = "vfbroker-session";
-constexpr char kAnsweredByBrokerKey[] = "vfbroker-answered";  // see broker_service.h
+using vfbroker::kAnsweredByBrokerKey;
+using vfbroker::kSessionMetadataKey;
+
 constexpr absl::Duration kHelloTimeout = absl::Seconds(5);
 constexpr absl::Duration kGrantTimeout = absl::Seconds(10);
 constexpr size_t kMaxEarlyGrants = 64;

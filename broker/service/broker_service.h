@@ -7,14 +7,11 @@
 #include <atomic>
 
 #include "broker/core/broker_core.h"
+#include "common/session_metadata.h"
 #include "proto/vfbroker/v1/broker.grpc.pb.h"
 
 namespace vfbroker {
 
-// Metadata key that carries the session token (see broker.proto).
-inline constexpr char kSessionMetadataKey[] = "vfbroker-session";
-// Trailing metadata key set on every error the broker itself returns (see the client's retry).
-inline constexpr char kAnsweredByBrokerKey[] = "vfbroker-answered";
 
 class BrokerService final : public v1::Broker::Service {
  public:

@@ -34,6 +34,7 @@
 #include "absl/time/clock.h"
 #include "client/broker_client.h"
 #include "common/grpc_status.h"
+#include "common/session_metadata.h"
 
 namespace {
 
@@ -322,7 +323,7 @@ int BadRequests(BrokerClient& client, char** argv) {
   v1::Broker::Stub& stub = client.stub();
   auto call = [&](const char* name, const std::string& token, auto invoke) {
     grpc::ClientContext context;
-    if (!token.empty()) context.AddMetadata("vfbroker-session", token);
+    if (!token.empty()) context.AddMetadata(vfbroker::kSessionMetadataKey, token);
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     grpc::Status status = invoke(context);
     std::printf("%s=%s\n", name, CodeString(vfbroker::FromGrpcStatus(status)).c_str());
