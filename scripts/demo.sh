@@ -34,9 +34,9 @@ pools {
 }
 CONF
 
-source bench/wait_idle.sh
+source scripts/lib/broker_idle.sh
 cleanup() {
-  [[ -n "${broker_pid:-}" ]] && wait_idle "$demo/vfctl" "$demo/run"
+  [[ -n "${broker_pid:-}" ]] && wait_pools_whole "$demo/vfctl" "$demo/run" 3000
   [[ -n "${broker_pid:-}" ]] && kill "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null
   rm -f "$pool"
   rm -rf "$demo"

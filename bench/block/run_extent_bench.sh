@@ -29,10 +29,10 @@ CONF
 bazel-bin/broker/vfbrokerd --config="$dir/config.textproto" --log_level=warn >"$dir/broker.log" 2>&1 &
 broker=$!
 holder=""
-source bench/wait_idle.sh
+source scripts/lib/broker_idle.sh
 cleanup() {
   [[ -n "$holder" ]] && kill "$holder" 2>/dev/null && wait "$holder" 2>/dev/null
-  wait_idle bazel-bin/tools/vfctl/vfctl "$dir/run" || true
+  wait_pools_whole bazel-bin/tools/vfctl/vfctl "$dir/run" 3000 || true
   kill "$broker" 2>/dev/null; wait "$broker" 2>/dev/null
   rm -rf "$dir" "$pool"
 }

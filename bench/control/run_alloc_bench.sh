@@ -20,8 +20,8 @@ pools {
 CONF
 bazel-bin/broker/vfbrokerd --config="$dir/config.textproto" --log_level=${BROKER_LOG_LEVEL:-warn} >"$dir/broker.log" 2>&1 &
 broker=$!
-source bench/wait_idle.sh
-trap 'wait_idle bazel-bin/tools/vfctl/vfctl "$dir/run"; kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir" "$pool"' EXIT
+source scripts/lib/broker_idle.sh
+trap 'wait_pools_whole bazel-bin/tools/vfctl/vfctl "$dir/run" 3000; kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir" "$pool"' EXIT
 for _ in $(seq 100); do [[ -S "$dir/run/grpc.sock" ]] && break; sleep 0.1; done
 echo "journal on: $(df --output=source,fstype "$dir" | tail -n 1)"
 bazel-bin/bench/control/alloc_bench --socket_dir="$dir/run" --broker_pid=$broker "$@"

@@ -17,6 +17,8 @@
 #
 # Usage: unit_sandbox_test.sh UNIT_FILE VFBROKERD VFCTL AF_UNIX_ONLY
 set -uo pipefail
+# Run from the runfiles root (bazel test), where the shared helpers sit at their repo path.
+source scripts/lib/broker_idle.sh
 
 unit=$1
 broker_bin=$(readlink -f "$2")
@@ -127,12 +129,8 @@ cleanup() {
   [[ -n $holder ]] && kill -TERM "$holder" 2>/dev/null && wait "$holder" 2>/dev/null
   if [[ -n $broker_pid ]]; then
     # Give back whatever a failed check left behind, so no loop device outlives the test.
-    for id in $(vfctl --json leases 2>/dev/null | python3 -c \
-      'import json,sys; print(" ".join(l["id"] for l in json.load(sys.stdin)["leases"]))' \
-      2>/dev/null); do
-      vfctl release "$id" >/dev/null 2>&1
-    done
-    wait_until_pools_whole
+    release_all_leases "$vfctl_bin" "$work/run"
+    wait_pools_whole "$vfctl_bin" "$work/run"
   fi
   stop_broker TERM
   rm -rf "$work"
@@ -140,18 +138,6 @@ cleanup() {
 trap cleanup EXIT
 
 vfctl() { "$vfctl_bin" --socket_dir="$work/run" "$@"; }
-# Succeeds once every pool is entirely free again: each released slice scrubbed and returned.
-# Stopping the broker before that would leave a scrub unfinished and its loop devices behind.
-wait_until_pools_whole() {
-  for _ in $(seq 300); do
-    vfctl --json pools 2>/dev/null | python3 -c '
-import json, sys
-pools = json.load(sys.stdin)["pools"]
-sys.exit(0 if all(p["freeBytes"] == p["capacityBytes"] for p in pools) else 1)' && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 echo "== start (journal empty, pool file created)"
 start_broker "$work/trace.1"
@@ -171,7 +157,7 @@ echo "== allocate and release: provision, scrub, remove"
 vfctl allocate-extent scratch 64M >"$work/out" 2>&1 ||
   fail "allocate-extent failed with the unit's privileges: $(cat "$work/out")"
 grep -q "released lease" "$work/out" || fail "release failed: $(cat "$work/out")"
-wait_until_pools_whole || fail "the released extent was not scrubbed and freed within 30 s"
+wait_pools_whole "$vfctl_bin" "$work/run" || fail "the released extent was not scrubbed and freed within 30 s"
 
 echo "== hold a lease across a broker crash"
 # The binary itself, not the vfctl function, so that $! is vfctl's pid.
@@ -193,7 +179,7 @@ kill -TERM "$holder"
 wait "$holder" || fail "the holder could not release its re-adopted lease: $(cat "$work/held.err")"
 holder=
 vfctl leases | grep -qx "no leases" || fail "leases left after release: $(vfctl leases)"
-wait_until_pools_whole || fail "the re-adopted extent was not scrubbed and freed within 30 s"
+wait_pools_whole "$vfctl_bin" "$work/run" || fail "the re-adopted extent was not scrubbed and freed within 30 s"
 scrubs=$(vfctl --json stats | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["scrubsTotal"]))')
 [[ $scrubs -ge 1 ]] || fail "the pool is whole but no scrub was counted (scrubsTotal $scrubs)"
 echo "scrubbed and freed after the restart"

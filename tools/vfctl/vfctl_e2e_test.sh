@@ -6,6 +6,8 @@
 #
 # Usage: vfctl_e2e_test.sh VFCTL VFBROKERD
 set -uo pipefail
+# Run from the runfiles root (bazel test), where the shared helpers sit at their repo path.
+source scripts/lib/broker_idle.sh
 
 vfctl_bin=$(readlink -f "$1")
 broker_bin=$(readlink -f "$2")
@@ -31,12 +33,8 @@ cleanup() {
   [[ -n $holder ]] && kill -TERM "$holder" 2>/dev/null && wait "$holder" 2>/dev/null
   if [[ -n $broker_pid ]]; then
     # Give back whatever a failed check left behind, so no loop device outlives the test.
-    for id in $(vfctl --json leases 2>/dev/null | python3 -c \
-      'import json,sys; print(" ".join(l["id"] for l in json.load(sys.stdin)["leases"]))' \
-      2>/dev/null); do
-      vfctl release "$id" >/dev/null 2>&1
-    done
-    wait_until_pools_whole
+    release_all_leases "$vfctl_bin" "$work/run"
+    wait_pools_whole "$vfctl_bin" "$work/run"
     kill -TERM "$broker_pid" 2>/dev/null
     wait "$broker_pid" 2>/dev/null
   fi
@@ -65,18 +63,6 @@ CONF
 broker_pid=$!
 
 vfctl() { "$vfctl_bin" --socket_dir="$work/run" "$@"; }
-# Succeeds once every pool is entirely free again: each released slice scrubbed and returned.
-# Stopping the broker before that would leave a scrub unfinished and its loop devices behind.
-wait_until_pools_whole() {
-  for _ in $(seq 300); do
-    vfctl --json pools 2>/dev/null | python3 -c '
-import json, sys
-pools = json.load(sys.stdin)["pools"]
-sys.exit(0 if all(p["freeBytes"] == p["capacityBytes"] for p in pools) else 1)' && return 0
-    sleep 0.1
-  done
-  return 1
-}
 # Runs vfctl, keeping stdout and stderr in $out and $err and the exit status in $rc.
 run() {
   "$vfctl_bin" --socket_dir="$work/run" "$@" >"$work/out" 2>"$work/err"
@@ -204,7 +190,7 @@ check "health, no broker: exit 2" test $? -eq 2
 VFBROKER_SOCKET_DIR="$work/run" "$vfctl_bin" pools >/dev/null 2>&1
 check "\$VFBROKER_SOCKET_DIR is honoured" test $? -eq 0
 
-check "every pool whole again at the end" wait_until_pools_whole
+check "every pool whole again at the end" wait_pools_whole "$vfctl_bin" "$work/run"
 
 if ((failures > 0)); then
   echo "$failures check(s) failed; broker log:"
