@@ -3,11 +3,11 @@
 #   - busybox-static as /bin/busybox (the applets are linked by /init at boot),
 #   - the guest kernel's modules the harness needs, plus their dependencies, in load order
 #     (dependencies first, from the modules.dep that scripts/setup-vm.sh generated), listed in /modlist,
-#   - tests/vm/init.sh as /init,
+#   - tests/vm/init.sh as /init, vm_lib.sh as /lib/vm_lib.sh, the SCENARIO script as /scenario,
 #   - tests/vm/nvme_vadmin (compiled here with gcc -static) as /bin/nvme_vadmin,
 #   - any extra binaries given as arguments, into /bin: static ones as they are; dynamic ones with the
 #     shared libraries `ldd` reports and the ELF interpreter, at the same paths as on the host.
-# usage: build_initramfs.sh OUTPUT.cpio.gz [BINARY...]
+# usage: build_initramfs.sh OUTPUT.cpio.gz SCENARIO [BINARY...]
 # The guest kernel comes from $VFBROKER_VM_CACHE (default: <repo>/.cache/vm), filled by scripts/setup-vm.sh.
 set -euo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -15,8 +15,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${VFBROKER_VM_CACHE:-$REPO/.cache/vm}
-(($# >= 1)) || { echo "usage: $0 OUTPUT.cpio.gz [BINARY...]" >&2; exit 2; }
-OUT=$1; shift
+(($# >= 2)) || { echo "usage: $0 OUTPUT.cpio.gz SCENARIO [BINARY...]" >&2; exit 2; }
+OUT=$1; SCENARIO=$2; shift 2
+[[ -f $SCENARIO ]] || { echo "build_initramfs: no scenario $SCENARIO" >&2; exit 1; }
 
 MODULES=(vfio vfio_iommu_type1 vfio-pci nvme igb igbvf)
 
@@ -28,9 +29,11 @@ MD=$CACHE/kernel/lib/modules/$KV
 
 ROOT=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-initramfs.XXXXXX")
 trap 'rm -rf "$ROOT"' EXIT
-mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,lib/modules/"$KV"}
+mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,lib/modules/"$KV"}
 cp /bin/busybox "$ROOT/bin/busybox"
 install -m 0755 "$HERE/init.sh" "$ROOT/init"
+install -m 0644 "$HERE/vm_lib.sh" "$ROOT/lib/vm_lib.sh"
+install -m 0755 "$SCENARIO" "$ROOT/scenario"
 gcc -static -O2 -Wall -Wextra -Werror -o "$ROOT/bin/nvme_vadmin" "$HERE/nvme_vadmin.c"
 
 # Modules in dependency order.
@@ -74,4 +77,4 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 (cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 > "$OUT"
-echo "build_initramfs: $OUT ($(du -k "$OUT" | cut -f1) KiB, kernel $KV, ${#order[@]} modules, $# extra binaries)"
+echo "build_initramfs: $OUT ($(du -k "$OUT" | cut -f1) KiB, kernel $KV, ${#order[@]} modules, scenario $(basename "$SCENARIO"), $# extra binaries)"

@@ -1,0 +1,55 @@
+# Helpers for the tests/vm guest's /init and scenarios (busybox sh), installed as /lib/vm_lib.sh.
+# A scenario calls fail for each failed check and exits non-zero if any failed (check_failed).
+FAILED=0
+log() { echo "vm: $*"; }
+fail() { echo "VM-CHECK FAIL: $*"; FAILED=1; }
+check_failed() { [ "$FAILED" = 0 ]; }
+finish() {
+  log "done at uptime $(cut -d' ' -f1 /proc/uptime)s"
+  if [ "$FAILED" = 0 ]; then echo "VM-RESULT: PASS"; else echo "VM-RESULT: FAIL"; fi
+  sync
+  poweroff -f
+}
+find_dev() {  # vendor device -> first matching BDF
+  for p in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$p/vendor")" = "$1" ] && [ "$(cat "$p/device")" = "$2" ]; then basename "$p"; return; fi
+  done
+}
+wait_for() {  # tries(0.2 s each) command...
+  n=$1; shift
+  while ! "$@" 2>/dev/null; do
+    n=$((n - 1)); [ $n -gt 0 ] || return 1
+    sleep 0.2
+  done
+}
+enable_vfs() {  # PF count
+  echo 0 > "/sys/bus/pci/devices/$1/sriov_drivers_autoprobe" || fail "$1: sriov_drivers_autoprobe"
+  echo "$2" > "/sys/bus/pci/devices/$1/sriov_numvfs" || fail "$1: sriov_numvfs=$2"
+  [ "$(cat "/sys/bus/pci/devices/$1/sriov_numvfs")" = "$2" ] || fail "$1: sriov_numvfs is not $2"
+}
+bind_vfio() {  # BDF: binds it to vfio-pci; prints its IOMMU group
+  p=/sys/bus/pci/devices/$1
+  echo vfio-pci > "$p/driver_override"
+  [ -e "$p/driver" ] && echo "$1" > "$p/driver/unbind"
+  echo "$1" > /sys/bus/pci/drivers_probe
+  basename "$(readlink "$p/iommu_group")"
+}
+# NVMe: gives secondary controller SCID 1 VI and 2 VQ and brings it online (Virtualization
+# Management, see nvme_vadmin.c); the primary's flexible resources must have been released.
+nvme_vf_online() {  # DEV SCID
+  nvme_vadmin "$1" virt "$2" 1 8 1 && nvme_vadmin "$1" virt "$2" 0 8 2 && nvme_vadmin "$1" virt "$2" 0 9 0
+}
+# Releases the flexible resources QEMU gives the primary controller at power-on (they take effect
+# at its next reset), so the secondaries can have them.
+nvme_release_primary_resources() {  # PF CTRL
+  caps=$(nvme_vadmin "/dev/$2" caps) || { fail "identify primary controller capabilities"; return 1; }
+  log "primary: $caps"
+  case "$caps" in
+    *"vqrfap=0 virfap=0"*) return 0 ;;
+  esac
+  pc=$(echo "$caps" | sed 's/.*cntlid=\([0-9]*\).*/\1/')
+  nvme_vadmin "/dev/$2" virt "$pc" 0 1 0 && nvme_vadmin "/dev/$2" virt "$pc" 1 1 0 ||
+    { fail "release primary flexible resources"; return 1; }
+  echo 1 > "/sys/bus/pci/devices/$1/reset" || { fail "reset $1"; return 1; }
+  wait_for 50 grep -qx live "/sys/class/nvme/$2/state" || { fail "$2 not live after reset"; return 1; }
+}
