@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything vfbroker needs to build, test and run its demo, from Debian's archive only.
 # Idempotent: when every package is already there it does nothing (and touches no network).
+# Ends with scripts/setup-vm.sh: QEMU 10 and the guest kernel the VFIO tests (tests/vm) boot.
 set -euo pipefail
 
 PACKAGES=(
@@ -20,16 +21,16 @@ for package in "${PACKAGES[@]}"; do
   fi
 done
 
-if ((${#missing[@]} == 0)); then
-  exit 0
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "setup: done"
 fi
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "setup: need root to install: ${missing[*]}" >&2
-  exit 1
-fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "setup: done"
+exec "$(dirname "${BASH_SOURCE[0]}")/setup-vm.sh"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of vfbroker: unit, host integration (real broker, tenants under other uids,
-# real loop devices; needs root), deployment checks. Ends with "N passed, N failed" counted over
+# real loop devices; needs root), deployment checks, and the QEMU guest tests of real VFIO
+# (tests/vm; VFBROKER_VM_REQUIRED=1 makes them fail rather than skip without QEMU). Ends with "N passed, N failed" counted over
 # individual test cases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 
-bazel test //... --test_output=errors "$@"
+VFBROKER_VM_REQUIRED=${VFBROKER_VM_REQUIRED:-1} bazel test //... --test_output=errors "$@"
 bazel_status=$?
 
 # Count test cases from the JUnit XML Bazel writes for each test target.
