@@ -24,7 +24,7 @@ MODULES=(vfio vfio_iommu_type1 vfio-pci nvme igb igbvf)
 KV=$(ls "$CACHE/kernel/lib/modules" 2>/dev/null | head -1)
 MD=$CACHE/kernel/lib/modules/$KV
 [[ -n $KV && -f $MD/modules.dep ]] || { echo "build_initramfs: no guest kernel in $CACHE; run scripts/setup-vm.sh" >&2; exit 1; }
-[[ -x /bin/busybox ]] && /bin/busybox --list | grep -qx insmod ||
+[[ -x /bin/busybox ]] && /bin/busybox --list | grep -x insmod >/dev/null ||
   { echo "build_initramfs: need busybox-static (/bin/busybox)" >&2; exit 1; }
 
 ROOT=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-initramfs.XXXXXX")
