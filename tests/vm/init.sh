@@ -25,15 +25,21 @@ printf 'root:x:0:0:root:/:/bin/sh\ntenant1:x:60001:60001::/tmp:/bin/sh\ntenant2:
 printf 'root:x:0:\ntenant1:x:60001:\ntenant2:x:60002:\n' > /etc/group
 hostname vfbroker-vm
 
-NVME_PF=$(find_dev 0x1b36 0x0010)
+# NVME_PF: the NVMe PF behind an ACS-capable root port (each VF alone in its IOMMU group);
+# NVME_NOACS_PF: the one behind a port without ACS (port, PF and VF share one group); see run_vm.sh.
+NVME_PF=$(find_devs 0x1b36 0x0010 | sed -n 1p)
+NVME_NOACS_PF=$(find_devs 0x1b36 0x0010 | sed -n 2p)
 IGB_PF=$(find_dev 0x8086 0x10c9)
-if [ -n "$NVME_PF" ]; then
-  wait_for 100 test -d "/sys/bus/pci/devices/$NVME_PF/nvme" || fail "nvme driver did not bind $NVME_PF"
-  NVME_CTRL=$(ls "/sys/bus/pci/devices/$NVME_PF/nvme" | head -1)
-  wait_for 100 test -c "/dev/$NVME_CTRL" || fail "no /dev/$NVME_CTRL"
-  wait_for 50 grep -qx live "/sys/class/nvme/$NVME_CTRL/state" || fail "$NVME_CTRL not live"
-fi
-export NVME_PF NVME_CTRL IGB_PF
+nvme_ctrl_of() {  # PF -> its nvme controller name once live
+  wait_for 100 test -d "/sys/bus/pci/devices/$1/nvme" || { fail "nvme driver did not bind $1"; return; }
+  c=$(ls "/sys/bus/pci/devices/$1/nvme" | head -1)
+  wait_for 100 test -c "/dev/$c" || fail "no /dev/$c"
+  wait_for 50 grep -qx live "/sys/class/nvme/$c/state" || fail "$c not live"
+  echo "$c"
+}
+[ -n "$NVME_PF" ] && NVME_CTRL=$(nvme_ctrl_of "$NVME_PF")
+[ -n "$NVME_NOACS_PF" ] && NVME_NOACS_CTRL=$(nvme_ctrl_of "$NVME_NOACS_PF")
+export NVME_PF NVME_CTRL NVME_NOACS_PF NVME_NOACS_CTRL IGB_PF
 
 if [ "$FAILED" = 0 ]; then
   log "scenario $(head -2 /scenario | tail -1 | sed 's/^# *//') at uptime $(cut -d' ' -f1 /proc/uptime)s"

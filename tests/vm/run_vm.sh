@@ -4,7 +4,10 @@
 #   - an NVMe controller with SR-IOV (2 VFs) in an NVM subsystem, with private namespaces only:
 #     nsid 1 for the PF, nsids 2..4 created detached, for the secondary controllers (a shared namespace
 #     would be attached to every VF controller),
-#   - an Intel 82576 (igb) NIC with SR-IOV on a restricted user-mode network.
+#   - an Intel 82576 (igb) NIC with SR-IOV on a restricted user-mode network,
+#   - a second NVMe controller with SR-IOV (1 VF, one detached private namespace) behind a root port
+#     without ACS (disable-acs=on): the kernel then puts the port, the PF and its VF in one IOMMU
+#     group, as on hardware without ACS, so a VF of it must never be handed to a tenant.
 # The guest console goes to LOG; the guest's /init prints "VM-RESULT: PASS|FAIL" and powers off.
 # Exit status: 0 on PASS, 1 on FAIL, timeout, or no result line (the log is printed then).
 # usage: run_vm.sh INITRAMFS [LOG]    env: VM_TIMEOUT (s, default 300), VFBROKER_VM_CACHE, VM_QEMU
@@ -26,7 +29,7 @@ KERNEL=$(ls "$CACHE"/kernel/boot/vmlinuz-* 2>/dev/null | head -1)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-vm.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-for n in 1 2 3 4; do truncate -s 64M "$WORK/nvm$n.img"; done  # sparse raw namespace images
+for n in 1 2 3 4 9; do truncate -s 64M "$WORK/nvm$n.img"; done  # sparse raw namespace images
 
 args=(
   -machine q35,kernel-irqchip=split -accel tcg -cpu max -smp 2 -m 1G
@@ -44,6 +47,11 @@ for n in 1 2 3 4; do
   args+=(-device "$ns")
 done
 args+=(
+  -device pcie-root-port,id=rp3,chassis=3,slot=3,disable-acs=on
+  -device nvme-subsys,id=subsys1,nqn=vfbroker-vm-noacs
+  -device nvme,id=nvme1,bus=rp3,serial=vfbvm0002,subsys=subsys1,sriov_max_vfs=1,sriov_vq_flexible=2,sriov_vi_flexible=1
+  -drive "file=$WORK/nvm9.img,if=none,id=nvm9,format=raw"
+  -device nvme-ns,drive=nvm9,bus=nvme1,nsid=1,shared=off,detached=on
   -netdev user,id=net0,restrict=on
   -device igb,netdev=net0,bus=rp2
   -kernel "$KERNEL" -initrd "$INITRD"

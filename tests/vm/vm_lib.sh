@@ -10,11 +10,12 @@ finish() {
   sync
   poweroff -f
 }
-find_dev() {  # vendor device -> first matching BDF
+find_devs() {  # vendor device -> every matching BDF, in bus order
   for p in /sys/bus/pci/devices/*; do
-    if [ "$(cat "$p/vendor")" = "$1" ] && [ "$(cat "$p/device")" = "$2" ]; then basename "$p"; return; fi
+    if [ "$(cat "$p/vendor")" = "$1" ] && [ "$(cat "$p/device")" = "$2" ]; then basename "$p"; fi
   done
 }
+find_dev() { find_devs "$@" | head -1; }  # vendor device -> first matching BDF
 wait_for() {  # tries(0.2 s each) command...
   n=$1; shift
   while ! "$@" 2>/dev/null; do

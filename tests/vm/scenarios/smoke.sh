@@ -3,7 +3,8 @@
 #   - NVMe: enable 2 VFs with driver autoprobe off, bring each secondary controller online and
 #     attach it its own private namespace, checking the namespace is attached to that controller only;
 #   - igb: enable 2 VFs with driver autoprobe off;
-#   - bind every VF to vfio-pci and check each is alone in its own IOMMU group with /dev/vfio/<group>.
+#   - bind every VF to vfio-pci and check each is alone in its own IOMMU group with /dev/vfio/<group>;
+#   - the NVMe PF behind the port without ACS: its VF shares a group with the PF (what the broker refuses).
 . /lib/vm_lib.sh
 NVME_VFS=2
 IGB_VFS=2
@@ -59,5 +60,17 @@ for pf in $NVME_PF $IGB_PF; do
 done
 [ $NVFS = $((NVME_VFS + IGB_VFS)) ] || fail "found $NVFS VFs, want $((NVME_VFS + IGB_VFS))"
 [ -c /dev/vfio/vfio ] || fail "/dev/vfio/vfio is missing"
+
+# The NVMe PF behind the port without ACS: its VF shares an IOMMU group with the port and the PF.
+if [ -z "$NVME_NOACS_PF" ]; then
+  fail "no second NVMe controller (behind the port without ACS)"
+else
+  enable_vfs "$NVME_NOACS_PF" 1
+  vf=$(basename "$(readlink "/sys/bus/pci/devices/$NVME_NOACS_PF/virtfn0")")
+  g=$(basename "$(readlink "/sys/bus/pci/devices/$vf/iommu_group")")
+  members=$(ls "/sys/kernel/iommu_groups/$g/devices" | tr '\n' ' ')
+  log "VF $vf of $NVME_NOACS_PF (no ACS): iommu_group=$g members: $members"
+  case " $members" in *" $NVME_NOACS_PF "*) ;; *) fail "$vf: group $g does not hold its PF $NVME_NOACS_PF" ;; esac
+fi
 log "/dev/vfio: $(ls /dev/vfio | tr '\n' ' ')"
 check_failed
