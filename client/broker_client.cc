@@ -158,10 +158,10 @@ absl::Status BrokerClient::Invoke(
   }
 }
 
-absl::StatusOr<std::vector<UniqueFd>> BrokerClient::ReceiveGrant(const std::string& lease_id) {
+absl::StatusOr<std::vector<LeaseFd>> BrokerClient::ReceiveGrant(const std::string& lease_id) {
   absl::MutexLock lock(&receive_mu_);
   if (auto early = early_grants_.find(lease_id); early != early_grants_.end()) {
-    std::vector<UniqueFd> fds = std::move(early->second);
+    std::vector<LeaseFd> fds = std::move(early->second);
     early_grants_.erase(early);
     return fds;
   }
@@ -183,9 +183,22 @@ absl::StatusOr<std::vector<UniqueFd>> BrokerClient::ReceiveGrant(const std::stri
     }
     v1::SessionGrant grant;
     if (!grant.ParseFromString(payload)) continue;
-    if (grant.lease_id() == lease_id) return fds;
+    // Each descriptor with the role the broker named; one without a role stays unspecified
+    // (and makes AllocateExtent refuse the grant).
+    std::vector<LeaseFd> with_roles;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      LeaseFd fd;
+      if (i < static_cast<size_t>(grant.fd_roles_size())) {
+        fd.role = grant.fd_roles(static_cast<int>(i));
+      }
+      fd.fd = std::move(fds[i]);
+      with_roles.push_back(std::move(fd));
+    }
+    if (grant.lease_id() == lease_id) return with_roles;
     // A grant for a concurrent allocation on another thread: keep it for that thread.
-    if (early_grants_.size() < kMaxEarlyGrants) early_grants_[grant.lease_id()] = std::move(fds);
+    if (early_grants_.size() < kMaxEarlyGrants) {
+      early_grants_[grant.lease_id()] = std::move(with_roles);
+    }
   }
 }
 
@@ -200,11 +213,22 @@ absl::StatusOr<std::unique_ptr<ExtentLease>> BrokerClient::AllocateExtent(
   });
   if (!status.ok()) return status;
   const std::string lease_id = response.lease().id();
-  absl::StatusOr<std::vector<UniqueFd>> fds = ReceiveGrant(lease_id);
-  if (!fds.ok() || fds->size() != 1) {
+  absl::StatusOr<std::vector<LeaseFd>> fds = ReceiveGrant(lease_id);
+  // A block extent comes as one block device; an NVMe VF as container, group and device.
+  std::vector<v1::FdRole> want = {v1::FD_ROLE_BLOCK_DEVICE};
+  if (!response.lease().extent().pci_address().empty()) {
+    want = {v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP, v1::FD_ROLE_VFIO_DEVICE};
+  }
+  bool as_expected = fds.ok() && fds->size() == want.size();
+  for (size_t i = 0; as_expected && i < want.size(); ++i) {
+    as_expected = (*fds)[i].role == want[i] && (*fds)[i].fd.get() >= 0;
+  }
+  if (!as_expected) {
+    if (fds.ok()) fds->clear();  // closed before the release, so the broker can scrub
     (void)Release(lease_id);
     if (!fds.ok()) return fds.status();
-    return absl::InternalError(absl::StrCat("lease ", lease_id, ": expected 1 descriptor, got ",
+    return absl::InternalError(absl::StrCat("lease ", lease_id, ": expected ", want.size(),
+                                            " descriptors with the roles of its kind, got ",
                                             fds->size()));
   }
   {
@@ -212,7 +236,7 @@ absl::StatusOr<std::unique_ptr<ExtentLease>> BrokerClient::AllocateExtent(
     my_leases_.insert(lease_id);
   }
   return std::unique_ptr<ExtentLease>(
-      new ExtentLease(shared_from_this(), response.lease(), std::move((*fds)[0])));
+      new ExtentLease(shared_from_this(), response.lease(), *std::move(fds)));
 }
 
 void BrokerClient::Forget(const std::string& lease_id) {
@@ -298,10 +322,33 @@ ExtentLease::~ExtentLease() {
   }
 }
 
+int ExtentLease::fd(v1::FdRole role) const {
+  for (const LeaseFd& fd : fds_) {
+    if (fd.role == role) return fd.fd.get();
+  }
+  return -1;
+}
+
+absl::StatusOr<VfioDescriptors> ExtentLease::TakeVfioDescriptors() {
+  VfioDescriptors out;
+  int found = 0;
+  for (LeaseFd& fd : fds_) {
+    if (!fd.fd) continue;
+    if (fd.role == v1::FD_ROLE_VFIO_CONTAINER) out.container = std::move(fd.fd), ++found;
+    if (fd.role == v1::FD_ROLE_VFIO_GROUP) out.group = std::move(fd.fd), ++found;
+    if (fd.role == v1::FD_ROLE_VFIO_DEVICE) out.device = std::move(fd.fd), ++found;
+  }
+  if (found != 3) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "lease ", id(), ": no VFIO descriptors (a block lease, or taken already)"));
+  }
+  return out;
+}
+
 absl::Status ExtentLease::Release() {
   if (released_) return absl::OkStatus();
   // Close first: the broker scrubs the extent only once no descriptor reaches it.
-  fd_.reset();
+  fds_.clear();
   absl::Status status = client_->Release(id());
   if (status.ok() || status.code() == absl::StatusCode::kNotFound) released_ = true;
   return status;

@@ -7,6 +7,11 @@
 //       (*client)->AllocateExtent("scratch", 64 << 20);
 //   // (*extent)->fd() is a block device covering exactly the extent, opened O_RDWR|O_DIRECT.
 //   // Drive it with vfdrivers::block::IoUringQueue; the lease is released when it is destroyed.
+//   // From an nvme_sriov pool the lease carries VFIO descriptors instead (fd() is -1):
+//   //   absl::StatusOr<vfclient::VfioDescriptors> vfio = (*extent)->TakeVfioDescriptors();
+//   //   vfdrivers::vfio::VfioDevice::Adopt(std::move(vfio->container), std::move(vfio->group),
+//   //                                      std::move(vfio->device));
+//   // and drive the VF with vfdrivers/block/nvme on namespace info().extent().nvme_namespace_id().
 //
 // Connect() opens the session (the broker learns who we are from the kernel) and the gRPC
 // channel; descriptors of grants arrive on the session socket and are matched to their lease.
@@ -50,6 +55,19 @@ struct ConnectOptions {
 
 class ExtentLease;
 
+// One descriptor of a grant and what it is.
+struct LeaseFd {
+  v1::FdRole role = v1::FD_ROLE_UNSPECIFIED;
+  UniqueFd fd;
+};
+
+// The VFIO descriptors of an nvme_sriov lease, for vfdrivers::vfio::VfioDevice::Adopt.
+struct VfioDescriptors {
+  UniqueFd container;
+  UniqueFd group;
+  UniqueFd device;
+};
+
 class BrokerClient : public std::enable_shared_from_this<BrokerClient> {
  public:
   static absl::StatusOr<std::shared_ptr<BrokerClient>> Connect(ConnectOptions options = {});
@@ -82,7 +100,7 @@ class BrokerClient : public std::enable_shared_from_this<BrokerClient> {
   bool SessionAlive() const;
   // Runs `call` with fresh metadata; if the broker went away, reopens the session and retries.
   absl::Status Invoke(const std::function<grpc::Status(grpc::ClientContext&)>& call);
-  absl::StatusOr<std::vector<UniqueFd>> ReceiveGrant(const std::string& lease_id);
+  absl::StatusOr<std::vector<LeaseFd>> ReceiveGrant(const std::string& lease_id);
   void Forget(const std::string& lease_id);
 
   const ConnectOptions options_;
@@ -95,7 +113,7 @@ class BrokerClient : public std::enable_shared_from_this<BrokerClient> {
   absl::flat_hash_set<std::string> my_leases_ ABSL_GUARDED_BY(session_mu_);
 
   absl::Mutex receive_mu_;  // one reader of the session socket at a time
-  absl::flat_hash_map<std::string, std::vector<UniqueFd>> early_grants_
+  absl::flat_hash_map<std::string, std::vector<LeaseFd>> early_grants_
       ABSL_GUARDED_BY(receive_mu_);
 };
 
@@ -108,23 +126,33 @@ class ExtentLease {
   ExtentLease& operator=(const ExtentLease&) = delete;
 
   const std::string& id() const { return info_.id(); }
-  // Block device covering exactly the extent, O_RDWR|O_DIRECT. Owned by the lease.
-  int fd() const { return fd_.get(); }
+  // Block device covering exactly the extent, O_RDWR|O_DIRECT. Owned by the lease. -1 for a
+  // lease that carries VFIO descriptors (nvme_sriov).
+  int fd() const { return fd(v1::FD_ROLE_BLOCK_DEVICE); }
+  // The lease's descriptor with `role`, or -1 (none, or taken).
+  int fd(v1::FdRole role) const;
+  bool is_vfio() const { return !info_.extent().pci_address().empty(); }
   uint64_t size_bytes() const { return info_.extent().size_bytes(); }
   uint32_t logical_block_size() const { return info_.extent().logical_block_size(); }
   const v1::Lease& info() const { return info_; }
 
-  // Closes the descriptor, then gives the extent back. Idempotent.
+  // Moves the container, group and device descriptors out of the lease (for
+  // vfdrivers::vfio::VfioDevice::Adopt). FAILED_PRECONDITION if the lease has none (a block
+  // lease) or they were taken already. The lease still releases the slice when destroyed, but
+  // the broker scrubs it only once every descriptor is closed: close the adopted device first.
+  absl::StatusOr<VfioDescriptors> TakeVfioDescriptors();
+
+  // Closes the descriptors it still holds, then gives the extent back. Idempotent.
   absl::Status Release();
 
  private:
   friend class BrokerClient;
-  ExtentLease(std::shared_ptr<BrokerClient> client, v1::Lease info, UniqueFd fd)
-      : client_(std::move(client)), info_(std::move(info)), fd_(std::move(fd)) {}
+  ExtentLease(std::shared_ptr<BrokerClient> client, v1::Lease info, std::vector<LeaseFd> fds)
+      : client_(std::move(client)), info_(std::move(info)), fds_(std::move(fds)) {}
 
   std::shared_ptr<BrokerClient> client_;
   v1::Lease info_;
-  UniqueFd fd_;
+  std::vector<LeaseFd> fds_;
   bool released_ = false;
 };
 

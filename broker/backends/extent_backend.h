@@ -1,6 +1,10 @@
 // ExtentBackend: what the broker core needs from a backend that carves disk extents out of a
 // pool: provision one, re-adopt it after a restart, tear it down (cut off, scrub, free), and
-// clean up what a crash left behind. loop_extent implements it today; nvme_sriov will.
+// clean up what a crash left behind. loop_extent and nvme_sriov implement it.
+//
+// Extents are described by journal::ExtentState, a oneof of each backend's own state message;
+// a backend handed another backend's state answers INVALID_ARGUMENT (Readopt, teardown) or
+// ignores it (RemoveOrphans).
 //
 // Teardown comes whole (Teardown) or in two halves, for backends whose last step is slow but
 // no longer protects anything (loop_extent: removing devices that already reach nothing costs
@@ -23,15 +27,48 @@
 #include "absl/status/statusor.h"
 #include "common/unique_fd.h"
 #include "broker/journal/journal.pb.h"
+#include "proto/vfbroker/v1/broker.pb.h"
 
 namespace vfbroker {
 
+// One descriptor for the tenant and what it is (sent in SessionGrant.fd_roles, in order).
+struct TenantFd {
+  v1::FdRole role = v1::FD_ROLE_UNSPECIFIED;
+  UniqueFd fd;
+};
+
 struct ProvisionedExtent {
-  journal::LoopExtentState state;
-  UniqueFd tenant_fd;       // O_RDWR|O_DIRECT|O_CLOEXEC descriptor for the tenant
-  std::string device_path;  // what tenant_fd refers to, for operators and benchmarks
+  journal::ExtentState state;
+  // What the tenant gets, in order. loop_extent: one FD_ROLE_BLOCK_DEVICE (O_RDWR|O_DIRECT);
+  // nvme_sriov: FD_ROLE_VFIO_CONTAINER, FD_ROLE_VFIO_GROUP, FD_ROLE_VFIO_DEVICE. The core
+  // closes them once they are sent.
+  std::vector<TenantFd> fds;
+  std::string device_path;        // loop_extent: the block device, for operators and benchmarks
+  std::string pci_address;        // nvme_sriov: the VF
+  uint32_t nvme_namespace_id = 0; // nvme_sriov: the namespace attached to the VF's controller
   uint32_t logical_block_size = 512;
 };
+
+// Offset and size of any backend's extent state (0 for an empty state).
+inline uint64_t ExtentOffset(const journal::ExtentState& state) {
+  if (state.has_nvme_sriov()) return state.nvme_sriov().offset_bytes();
+  return state.loop_extent().offset_bytes();
+}
+inline uint64_t ExtentSize(const journal::ExtentState& state) {
+  if (state.has_nvme_sriov()) return state.nvme_sriov().size_bytes();
+  return state.loop_extent().size_bytes();
+}
+// The extent state a grant record carries (kind unset if it carries none).
+inline journal::ExtentState ExtentStateOf(const journal::LeaseGranted& granted) {
+  journal::ExtentState state;
+  if (granted.has_loop_extent()) *state.mutable_loop_extent() = granted.loop_extent();
+  if (granted.has_nvme_sriov()) *state.mutable_nvme_sriov() = granted.nvme_sriov();
+  return state;
+}
+inline void SetExtentState(const journal::ExtentState& state, journal::LeaseGranted* granted) {
+  if (state.has_loop_extent()) *granted->mutable_loop_extent() = state.loop_extent();
+  if (state.has_nvme_sriov()) *granted->mutable_nvme_sriov() = state.nvme_sriov();
+}
 
 enum class TeardownResult {
   kFreed,      // tenant cut off, range scrubbed (reads as zeroes), kernel objects gone
@@ -50,26 +87,28 @@ class ExtentBackend {
  public:
   virtual ~ExtentBackend() = default;
 
+  // "loop_extent", "nvme_sriov" (v1::Pool.backend).
+  virtual std::string backend_name() const = 0;
   virtual uint64_t capacity_bytes() const = 0;
   // Makes [offset, offset+size) of the pool reachable through a fresh descriptor.
   virtual absl::StatusOr<ProvisionedExtent> Provision(uint64_t offset, uint64_t size) = 0;
   // After a broker restart: verifies the journaled extent still is what the journal says.
-  virtual absl::Status Readopt(const journal::LoopExtentState& state) = 0;
+  virtual absl::Status Readopt(const journal::ExtentState& state) = 0;
   // The whole teardown. Idempotent; kStillOpen means "retry later". Never kScrubbed.
-  virtual absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state) = 0;
+  virtual absl::StatusOr<TeardownResult> Teardown(const journal::ExtentState& state) = 0;
   // The first half (see the top of this file). Idempotent; kStillOpen means "retry later";
   // kFreed if nothing is left to remove. A backend without a second half tears down whole.
-  virtual absl::StatusOr<TeardownResult> ScrubForReuse(const journal::LoopExtentState& state) {
+  virtual absl::StatusOr<TeardownResult> ScrubForReuse(const journal::ExtentState& state) {
     return Teardown(state);
   }
   // The second half, for extents ScrubForReuse answered kScrubbed for (in this process, or in
   // an earlier one, as the journal says). Idempotent. One answer per state, in order.
   virtual std::vector<absl::StatusOr<RemovalResult>> RemoveDevices(
-      const std::vector<journal::LoopExtentState>& states) {
+      const std::vector<journal::ExtentState>& states) {
     return std::vector<absl::StatusOr<RemovalResult>>(states.size(), RemovalResult::kRemoved);
   }
   // At start: removes provisioned extents no journal record names.
-  virtual absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) = 0;
+  virtual absl::Status RemoveOrphans(const std::vector<journal::ExtentState>& known) = 0;
   // At graceful shutdown, after the core's last teardown: stops the backend's own background
   // work and releases what it keeps in reserve (loop_extent: its spare devices). Idempotent.
   virtual void StopBackground() {}

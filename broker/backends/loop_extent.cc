@@ -329,16 +329,16 @@ absl::StatusOr<ProvisionedExtent> LoopExtentBackend::Provision(uint64_t offset, 
   ProvisionedExtent extent;
   absl::StatusOr<UniqueFd> tenant = loopdev::Open(outer_index, O_RDWR | O_DIRECT);
   if (!tenant.ok()) return tenant.status();
-  extent.tenant_fd = std::move(*tenant);
   extent.device_path = loopdev::DevicePath(outer_index);
-  absl::StatusOr<uint32_t> block_size =
-      loopdev::LogicalBlockSize(extent.tenant_fd.get(), extent.device_path);
+  absl::StatusOr<uint32_t> block_size = loopdev::LogicalBlockSize(tenant->get(), extent.device_path);
   if (!block_size.ok()) return block_size.status();
+  extent.fds.push_back(TenantFd{v1::FD_ROLE_BLOCK_DEVICE, std::move(*tenant)});
   extent.logical_block_size = *block_size;
-  extent.state.set_offset_bytes(offset);
-  extent.state.set_size_bytes(size);
-  extent.state.set_inner_loop_index(inner_index);
-  extent.state.set_outer_loop_index(outer_index);
+  journal::LoopExtentState* state = extent.state.mutable_loop_extent();
+  state->set_offset_bytes(offset);
+  state->set_size_bytes(size);
+  state->set_inner_loop_index(inner_index);
+  state->set_outer_loop_index(outer_index);
 
   // Success: the broker keeps the descriptor the outer was bound through (so a tenant's
   // LOOP_CLR_FD can only ever be deferred) and needs none of the inner's (the outer's binding
@@ -356,6 +356,58 @@ absl::StatusOr<ProvisionedExtent> LoopExtentBackend::Provision(uint64_t offset, 
                outer->direct_io, extent.logical_block_size, taken.size(),
                absl::ToInt64Microseconds(absl::Now() - start));
   return extent;
+}
+
+namespace {
+absl::StatusOr<const journal::LoopExtentState*> LoopState(const journal::ExtentState& state) {
+  if (!state.has_loop_extent()) {
+    return absl::InvalidArgumentError("not a loop_extent extent (the journal names another "
+                                      "backend's state for this pool)");
+  }
+  return &state.loop_extent();
+}
+}  // namespace
+
+absl::Status LoopExtentBackend::Readopt(const journal::ExtentState& state) {
+  absl::StatusOr<const journal::LoopExtentState*> loop = LoopState(state);
+  if (!loop.ok()) return loop.status();
+  return Readopt(**loop);
+}
+
+absl::StatusOr<TeardownResult> LoopExtentBackend::Teardown(const journal::ExtentState& state) {
+  absl::StatusOr<const journal::LoopExtentState*> loop = LoopState(state);
+  if (!loop.ok()) return loop.status();
+  return Teardown(**loop);
+}
+
+absl::StatusOr<TeardownResult> LoopExtentBackend::ScrubForReuse(
+    const journal::ExtentState& state) {
+  absl::StatusOr<const journal::LoopExtentState*> loop = LoopState(state);
+  if (!loop.ok()) return loop.status();
+  return ScrubForReuse(**loop);
+}
+
+std::vector<absl::StatusOr<RemovalResult>> LoopExtentBackend::RemoveDevices(
+    const std::vector<journal::ExtentState>& states) {
+  std::vector<journal::LoopExtentState> loops;
+  loops.reserve(states.size());
+  for (const journal::ExtentState& state : states) {
+    journal::LoopExtentState loop = state.loop_extent();
+    if (!state.has_loop_extent()) {  // names no device
+      loop.set_inner_loop_index(-1);
+      loop.set_outer_loop_index(-1);
+    }
+    loops.push_back(std::move(loop));
+  }
+  return RemoveDevices(loops);
+}
+
+absl::Status LoopExtentBackend::RemoveOrphans(const std::vector<journal::ExtentState>& known) {
+  std::vector<journal::LoopExtentState> loops;
+  for (const journal::ExtentState& state : known) {
+    if (state.has_loop_extent()) loops.push_back(state.loop_extent());
+  }
+  return RemoveOrphans(loops);
 }
 
 absl::Status LoopExtentBackend::Readopt(const journal::LoopExtentState& state) {

@@ -103,8 +103,8 @@
 
 namespace vfbroker {
 
-// ProvisionedExtent and TeardownResult come from extent_backend.h. Here, tenant_fd is an
-// O_RDWR|O_DIRECT|O_CLOEXEC descriptor of the outer device and device_path its "/dev/loopN";
+// ProvisionedExtent and TeardownResult come from extent_backend.h. Here, fds holds one
+// FD_ROLE_BLOCK_DEVICE, an O_RDWR|O_DIRECT|O_CLOEXEC descriptor of the outer device and device_path its "/dev/loopN";
 // kFreed means both devices are removed and the range reads as zeroes, kScrubbed that the range
 // reads as zeroes and both devices are unbound (or gone), kStillOpen that someone still holds
 // the outer (or, exceptionally, the inner) device open and nothing was freed.
@@ -117,6 +117,7 @@ class LoopExtentBackend : public ExtentBackend {
       const std::string& pool_name, const config::LoopExtentPool& config);
   ~LoopExtentBackend() override;
 
+  std::string backend_name() const override { return "loop_extent"; }
   uint64_t capacity_bytes() const override { return capacity_bytes_; }
   const std::string& backing_path() const { return backing_path_; }
   const std::string& pool_name() const { return pool_name_; }
@@ -129,31 +130,40 @@ class LoopExtentBackend : public ExtentBackend {
   // says (outer backed by inner, inner backed by this pool at that offset and size) and takes
   // the broker's own descriptor to the outer device again. FAILED_PRECONDITION if they are not.
   // Verifies again, but takes no second descriptor, for an outer device already held.
-  absl::Status Readopt(const journal::LoopExtentState& state) override;
+  absl::Status Readopt(const journal::LoopExtentState& state);
 
   // Cuts the tenant off, scrubs and removes the devices: ScrubForReuse, then RemoveDevices.
   // Idempotent (devices already gone are fine), so it can be retried after kStillOpen or after
   // a restart mid-teardown. kStillOpen also when the inner device is held by someone other than
   // the outer, or a device cannot be removed yet.
-  absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state) override;
+  absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state);
 
   // Steps 1-3 above: cut off and scrub. kScrubbed: the range may be reused now, and the two
   // devices, unbound, wait for RemoveDevices; kFreed if both are already gone. Idempotent.
-  absl::StatusOr<TeardownResult> ScrubForReuse(const journal::LoopExtentState& state) override;
+  absl::StatusOr<TeardownResult> ScrubForReuse(const journal::LoopExtentState& state);
 
   // Step 4, for a batch of extents at once: removes their devices if unbound and unopened, all
   // in parallel. kStillHeld while one is unbound but still open (see the 6.1 note above); a
   // device found bound again has been taken by someone else since and is left to them. A
   // negative index names no device (the core's way of saying "already gone").
   std::vector<absl::StatusOr<RemovalResult>> RemoveDevices(
-      const std::vector<journal::LoopExtentState>& states) override;
+      const std::vector<journal::LoopExtentState>& states);
 
   // At start, after replay: removes loop devices stacked on this pool that no journaled lease
   // names (left by a crash between Provision and the journal write; no tenant ever got them).
   // Not scrubbed: their range was free, i.e. already scrubbed, before they were created. A crash
   // between LOOP_CTL_ADD and binding leaves an unbound device that cannot be told apart from
   // anyone else's; those are left alone.
-  absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) override;
+  absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known);
+
+  // The ExtentBackend interface: the same, for a journal::ExtentState holding a
+  // LoopExtentState (INVALID_ARGUMENT for another backend's state; RemoveOrphans skips those).
+  absl::Status Readopt(const journal::ExtentState& state) override;
+  absl::StatusOr<TeardownResult> Teardown(const journal::ExtentState& state) override;
+  absl::StatusOr<TeardownResult> ScrubForReuse(const journal::ExtentState& state) override;
+  std::vector<absl::StatusOr<RemovalResult>> RemoveDevices(
+      const std::vector<journal::ExtentState>& states) override;
+  absl::Status RemoveOrphans(const std::vector<journal::ExtentState>& known) override;
 
   // 8 extents' worth (inner + outer each): covers a burst of 8 grants, then the refill (one
   // LOOP_CTL_ADD at a time, ~210 us) catches up while grants fall back to inline creation.

@@ -201,8 +201,8 @@ class LoopExtentTest : public ::testing::Test {
 
   // Remembers an extent's devices for TearDown, should the test stop between scrub and removal.
   void Track(const ProvisionedExtent& extent) {
-    unbound_.push_back(extent.state.inner_loop_index());
-    unbound_.push_back(extent.state.outer_loop_index());
+    unbound_.push_back(extent.state.loop_extent().inner_loop_index());
+    unbound_.push_back(extent.state.loop_extent().outer_loop_index());
   }
 
   static loopdev::Binding BindingOf(int index) {
@@ -225,12 +225,12 @@ TEST_F(LoopExtentTest, ProvisionedExtentMapsOntoItsRangeOfTheBackingFile) {
   const uint64_t offset = 8 * kMiB, size = 4 * kMiB;
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
   ASSERT_TRUE(extent.ok()) << extent.status();
-  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
+  const int inner = extent->state.loop_extent().inner_loop_index(), outer = extent->state.loop_extent().outer_loop_index();
   EXPECT_EQ(extent->device_path, loopdev::DevicePath(outer));
-  EXPECT_EQ(extent->state.offset_bytes(), offset);
-  EXPECT_EQ(extent->state.size_bytes(), size);
+  EXPECT_EQ(extent->state.loop_extent().offset_bytes(), offset);
+  EXPECT_EQ(extent->state.loop_extent().size_bytes(), size);
   EXPECT_TRUE(extent->logical_block_size == 512 || extent->logical_block_size == 4096);
-  const int fd = extent->tenant_fd.get();
+  const int fd = extent->fds[0].fd.get();
   EXPECT_EQ(DeviceSize(fd), size);
   EXPECT_NE(::fcntl(fd, F_GETFL) & O_DIRECT, 0);
   EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
@@ -261,7 +261,7 @@ TEST_F(LoopExtentTest, ProvisionedExtentMapsOntoItsRangeOfTheBackingFile) {
   EXPECT_TRUE(RangeIs(pool, offset - 4096, 4096, kOutside));
   EXPECT_TRUE(RangeIs(pool, offset + size, 4096, kOutside));
 
-  extent->tenant_fd.reset();
+  extent->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -274,7 +274,7 @@ TEST_F(LoopExtentTest, TenantCannotReachOutsideItsExtent) {
   const uint64_t offset = 8 * kMiB, size = 8 * kMiB;
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
   ASSERT_TRUE(extent.ok()) << extent.status();
-  const int fd = extent->tenant_fd.get();
+  const int fd = extent->fds[0].fd.get();
   FillDevice(fd, kTenant);
 
   // Past the end: reads return 0 bytes, writes fail or write nothing.
@@ -336,14 +336,14 @@ TEST_F(LoopExtentTest, TenantCannotReachOutsideItsExtent) {
   config.fd = pool_fd.get();
   EXPECT_NE(::ioctl(fd, LOOP_CONFIGURE, &config), 0);
   absl::StatusOr<loopdev::DeviceState> outer_state =
-      loopdev::ReadState(extent->state.outer_loop_index());
+      loopdev::ReadState(extent->state.loop_extent().outer_loop_index());
   ASSERT_TRUE(outer_state.ok());
   EXPECT_EQ(outer_state->backing_file,
-            loopdev::DevicePath(extent->state.inner_loop_index()));
+            loopdev::DevicePath(extent->state.loop_extent().inner_loop_index()));
   EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
   EXPECT_TRUE(RangeIs(pool, offset + size, 24 * kMiB - offset - size, kOutside));
 
-  extent->tenant_fd.reset();
+  extent->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -358,16 +358,16 @@ TEST_F(LoopExtentTest, TenantClrFdDoesNotDetachWhileTheBrokerHoldsTheDevice) {
   ASSERT_NE(backend, nullptr);
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(2 * kMiB, 2 * kMiB);
   ASSERT_TRUE(extent.ok()) << extent.status();
-  const int outer = extent->state.outer_loop_index();
-  EXPECT_EQ(::ioctl(extent->tenant_fd.get(), LOOP_CLR_FD, 0), 0);  // accepted, only deferred
+  const int outer = extent->state.loop_extent().outer_loop_index();
+  EXPECT_EQ(::ioctl(extent->fds[0].fd.get(), LOOP_CLR_FD, 0), 0);  // accepted, only deferred
   AlignedBuffer block(4096);
   block.Fill(kTenant);
-  EXPECT_EQ(::pwrite(extent->tenant_fd.get(), block.data(), 4096, 0), 4096);
-  extent->tenant_fd.reset();  // the tenant's last close: the broker's descriptor remains
+  EXPECT_EQ(::pwrite(extent->fds[0].fd.get(), block.data(), 4096, 0), 4096);
+  extent->fds[0].fd.reset();  // the tenant's last close: the broker's descriptor remains
   absl::StatusOr<loopdev::DeviceState> state = loopdev::ReadState(outer);
   ASSERT_TRUE(state.ok());
   EXPECT_TRUE(state->bound);
-  EXPECT_EQ(state->backing_file, loopdev::DevicePath(extent->state.inner_loop_index()));
+  EXPECT_EQ(state->backing_file, loopdev::DevicePath(extent->state.loop_extent().inner_loop_index()));
   absl::StatusOr<UniqueFd> reopened = loopdev::Open(outer, O_RDWR | O_DIRECT);
   ASSERT_TRUE(reopened.ok());
   block.Fill(0);
@@ -388,8 +388,8 @@ TEST_F(LoopExtentTest, TeardownQuarantinesWhileTheTenantHoldsItsDescriptor) {
   ASSERT_NE(backend, nullptr);
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
   ASSERT_TRUE(extent.ok()) << extent.status();
-  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
-  FillDevice(extent->tenant_fd.get(), kTenant);
+  const int inner = extent->state.loop_extent().inner_loop_index(), outer = extent->state.loop_extent().outer_loop_index();
+  FillDevice(extent->fds[0].fd.get(), kTenant);
 
   // Held open: nothing is scrubbed, the tenant still reaches its data, retries agree.
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -401,10 +401,10 @@ TEST_F(LoopExtentTest, TeardownQuarantinesWhileTheTenantHoldsItsDescriptor) {
   EXPECT_TRUE(DeviceExists(inner));
   EXPECT_TRUE(DeviceExists(outer));
   AlignedBuffer block(4096);
-  ASSERT_EQ(::pread(extent->tenant_fd.get(), block.data(), 4096, size - 4096), 4096);
+  ASSERT_EQ(::pread(extent->fds[0].fd.get(), block.data(), 4096, size - 4096), 4096);
   EXPECT_TRUE(block.All(kTenant, 4096));
 
-  extent->tenant_fd.reset();
+  extent->fds[0].fd.reset();
   const absl::Time start = absl::Now();
   absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
   const absl::Duration took = absl::Now() - start;
@@ -437,9 +437,9 @@ TEST_F(LoopExtentTest, ScrubForReuseFreesTheRangeAtOnceAndLeavesOnlyUnboundDevic
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
   ASSERT_TRUE(extent.ok()) << extent.status();
   Track(*extent);
-  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
-  FillDevice(extent->tenant_fd.get(), kTenant);
-  extent->tenant_fd.reset();
+  const int inner = extent->state.loop_extent().inner_loop_index(), outer = extent->state.loop_extent().outer_loop_index();
+  FillDevice(extent->fds[0].fd.get(), kTenant);
+  extent->fds[0].fd.reset();
 
   absl::Time start = absl::Now();
   absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
@@ -492,12 +492,12 @@ TEST_F(LoopExtentTest, HeldDescriptorKeepsTheSliceQuarantinedUntilItsLastClose) 
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
   ASSERT_TRUE(extent.ok()) << extent.status();
   Track(*extent);
-  const int inner = extent->state.inner_loop_index(), outer = extent->state.outer_loop_index();
-  FillDevice(extent->tenant_fd.get(), kTenant);
+  const int inner = extent->state.loop_extent().inner_loop_index(), outer = extent->state.loop_extent().outer_loop_index();
+  FillDevice(extent->fds[0].fd.get(), kTenant);
   // The descriptor lives on in another process (here: a dup, as SCM_RIGHTS would make one).
-  UniqueFd passed(::dup(extent->tenant_fd.get()));
+  UniqueFd passed(::dup(extent->fds[0].fd.get()));
   ASSERT_TRUE(passed.valid());
-  extent->tenant_fd.reset();
+  extent->fds[0].fd.reset();
 
   for (int attempt = 0; attempt < 3; ++attempt) {
     absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
@@ -533,14 +533,14 @@ TEST_F(LoopExtentTest, HolderWhoDetachesTheOuterItselfNeverReachesTheScrubbedRan
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
   ASSERT_TRUE(extent.ok()) << extent.status();
   Track(*extent);
-  const int outer = extent->state.outer_loop_index();
-  FillDevice(extent->tenant_fd.get(), kTenant);
+  const int outer = extent->state.loop_extent().outer_loop_index();
+  FillDevice(extent->fds[0].fd.get(), kTenant);
   // First attempt: the tenant holds on, the broker lets go of its own descriptor.
   absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(*result, TeardownResult::kStillOpen);
   // Now the only holder, the tenant asks for the detach itself and keeps its descriptor.
-  EXPECT_EQ(::ioctl(extent->tenant_fd.get(), LOOP_CLR_FD, 0), 0);
+  EXPECT_EQ(::ioctl(extent->fds[0].fd.get(), LOOP_CLR_FD, 0), 0);
   AlignedBuffer block(4096);
   block.Fill(0xEE);
   result = backend->ScrubForReuse(extent->state);
@@ -550,8 +550,8 @@ TEST_F(LoopExtentTest, HolderWhoDetachesTheOuterItselfNeverReachesTheScrubbedRan
     std::printf("kernel defers a sole opener's LOOP_CLR_FD to its close\n");
     EXPECT_EQ(BindingOf(outer), loopdev::Binding::kBound);
     EXPECT_TRUE(RangeIs(pool, offset, size, kTenant)) << "nothing may be scrubbed yet";
-    (void)!::pwrite(extent->tenant_fd.get(), block.data(), 4096, 0);
-    extent->tenant_fd.reset();
+    (void)!::pwrite(extent->fds[0].fd.get(), block.data(), 4096, 0);
+    extent->fds[0].fd.reset();
     result = backend->ScrubForReuse(extent->state);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(*result, TeardownResult::kScrubbed);
@@ -563,20 +563,20 @@ TEST_F(LoopExtentTest, HolderWhoDetachesTheOuterItselfNeverReachesTheScrubbedRan
     ASSERT_EQ(*result, TeardownResult::kScrubbed);
     EXPECT_EQ(BindingOf(outer), loopdev::Binding::kUnbound);
     EXPECT_TRUE(RangeIs(pool, offset, size, 0));
-    EXPECT_LE(::pwrite(extent->tenant_fd.get(), block.data(), 4096, 0), 0);
-    EXPECT_LE(::pread(extent->tenant_fd.get(), block.data(), 4096, 0), 0);
+    EXPECT_LE(::pwrite(extent->fds[0].fd.get(), block.data(), 4096, 0), 0);
+    EXPECT_LE(::pread(extent->fds[0].fd.get(), block.data(), 4096, 0), 0);
     EXPECT_TRUE(RangeIs(pool, offset, size, 0));
     std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
     ASSERT_TRUE(removed[0].ok()) << removed[0].status();
     EXPECT_EQ(*removed[0], RemovalResult::kStillHeld) << "its removal waits for the close";
     EXPECT_TRUE(DeviceExists(outer));
-    extent->tenant_fd.reset();
+    extent->fds[0].fd.reset();
   }
   std::vector<absl::StatusOr<RemovalResult>> removed = backend->RemoveDevices({extent->state});
   ASSERT_TRUE(removed[0].ok()) << removed[0].status();
   EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
   EXPECT_FALSE(DeviceExists(outer));
-  EXPECT_FALSE(DeviceExists(extent->state.inner_loop_index()));
+  EXPECT_FALSE(DeviceExists(extent->state.loop_extent().inner_loop_index()));
   EXPECT_TRUE(RangeIs(pool, offset, size, 0));
   EXPECT_TRUE(RangeIs(pool, 0, offset, kOutside));
 }
@@ -589,8 +589,8 @@ TEST_F(LoopExtentTest, InnerDeviceHeldElsewhereKeepsTheSliceQuarantinedAndIsScru
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(offset, size);
   ASSERT_TRUE(extent.ok()) << extent.status();
   Track(*extent);
-  const int inner = extent->state.inner_loop_index();
-  extent->tenant_fd.reset();
+  const int inner = extent->state.loop_extent().inner_loop_index();
+  extent->fds[0].fd.reset();
   // A privileged process holds the inner device (only root can open it).
   absl::StatusOr<UniqueFd> other = loopdev::Open(inner, O_RDWR | O_DIRECT);
   ASSERT_TRUE(other.ok()) << other.status();
@@ -626,9 +626,9 @@ TEST_F(LoopExtentTest, CrashBetweenScrubAndRemovalLeavesNothingBehindAfterRestar
   Track(*dead);
   absl::StatusOr<ProvisionedExtent> live = first->Provision(4 * kMiB, 4 * kMiB);
   ASSERT_TRUE(live.ok()) << live.status();
-  FillDevice(dead->tenant_fd.get(), kTenant);
-  FillDevice(live->tenant_fd.get(), 0x77);
-  dead->tenant_fd.reset();
+  FillDevice(dead->fds[0].fd.get(), kTenant);
+  FillDevice(live->fds[0].fd.get(), 0x77);
+  dead->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = first->ScrubForReuse(dead->state);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(*result, TeardownResult::kScrubbed);
@@ -644,30 +644,30 @@ TEST_F(LoopExtentTest, CrashBetweenScrubAndRemovalLeavesNothingBehindAfterRestar
   // The orphan sweep only knows bound devices: the dead slice's unbound ones cannot be told
   // apart from anyone else's by the kernel, so it leaves them.
   EXPECT_TRUE(second->RemoveOrphans({live->state}).ok());
-  EXPECT_EQ(BindingOf(dead->state.inner_loop_index()), loopdev::Binding::kUnbound);
-  EXPECT_EQ(BindingOf(dead->state.outer_loop_index()), loopdev::Binding::kUnbound);
+  EXPECT_EQ(BindingOf(dead->state.loop_extent().inner_loop_index()), loopdev::Binding::kUnbound);
+  EXPECT_EQ(BindingOf(dead->state.loop_extent().outer_loop_index()), loopdev::Binding::kUnbound);
   // The journal names them (freed once, not twice): removed at start.
   std::vector<absl::StatusOr<RemovalResult>> removed = second->RemoveDevices({dead->state});
   ASSERT_TRUE(removed[0].ok()) << removed[0].status();
   EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
-  EXPECT_FALSE(DeviceExists(dead->state.inner_loop_index()));
-  EXPECT_FALSE(DeviceExists(dead->state.outer_loop_index()));
+  EXPECT_FALSE(DeviceExists(dead->state.loop_extent().inner_loop_index()));
+  EXPECT_FALSE(DeviceExists(dead->state.loop_extent().outer_loop_index()));
   EXPECT_TRUE(DeviceExists(*foreign));
   EXPECT_TRUE(RangeIs(pool, 0, 4 * kMiB, 0));
   // The live extent is untouched and still works.
   AlignedBuffer block(4096);
-  ASSERT_EQ(::pread(live->tenant_fd.get(), block.data(), 4096, 0), 4096);
+  ASSERT_EQ(::pread(live->fds[0].fd.get(), block.data(), 4096, 0), 4096);
   EXPECT_TRUE(block.All(0x77, 4096));
   EXPECT_TRUE(RangeIs(pool, 4 * kMiB, 4 * kMiB, 0x77));
 
   // A state with only one device left to remove (the core passes -1 for the other).
-  journal::LoopExtentState half = dead->state;
+  journal::LoopExtentState half = dead->state.loop_extent();
   half.set_inner_loop_index(-1);
   removed = second->RemoveDevices({half});
   ASSERT_TRUE(removed[0].ok()) << removed[0].status();
   EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
 
-  live->tenant_fd.reset();
+  live->fds[0].fd.reset();
   result = second->Teardown(live->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -682,8 +682,8 @@ TEST_F(LoopExtentTest, DeadDeviceSomeoneBindsAgainIsLeftToThem) {
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(0, 4 * kMiB);
   ASSERT_TRUE(extent.ok()) << extent.status();
   Track(*extent);
-  const int outer = extent->state.outer_loop_index();
-  extent->tenant_fd.reset();
+  const int outer = extent->state.loop_extent().outer_loop_index();
+  extent->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = backend->ScrubForReuse(extent->state);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(*result, TeardownResult::kScrubbed);
@@ -699,7 +699,7 @@ TEST_F(LoopExtentTest, DeadDeviceSomeoneBindsAgainIsLeftToThem) {
   ASSERT_TRUE(removed[0].ok()) << removed[0].status();
   EXPECT_EQ(*removed[0], RemovalResult::kRemoved);
   EXPECT_EQ(BindingOf(outer), loopdev::Binding::kBound) << "theirs now: left alone";
-  EXPECT_FALSE(DeviceExists(extent->state.inner_loop_index()));
+  EXPECT_FALSE(DeviceExists(extent->state.loop_extent().inner_loop_index()));
   // A retry of the teardown does not touch it either, and the range stays zero.
   result = backend->ScrubForReuse(extent->state);
   ASSERT_TRUE(result.ok()) << result.status();
@@ -726,10 +726,10 @@ TEST_F(LoopExtentTest, ScrubOfAFilePoolGivesTheSpaceBack) {
   EXPECT_EQ(st.st_blocks, 0);  // created sparse
   absl::StatusOr<ProvisionedExtent> extent = (*backend)->Provision(0, 16 * kMiB);
   ASSERT_TRUE(extent.ok()) << extent.status();
-  FillDevice(extent->tenant_fd.get(), kTenant);
+  FillDevice(extent->fds[0].fd.get(), kTenant);
   ASSERT_EQ(::stat(pool.c_str(), &st), 0);
   EXPECT_GE(st.st_blocks * 512, static_cast<blkcnt_t>(16 * kMiB));
-  extent->tenant_fd.reset();
+  extent->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = (*backend)->Teardown(extent->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -746,12 +746,12 @@ TEST_F(LoopExtentTest, ReadoptOnAFreshBackendAfterARestart) {
   ASSERT_TRUE(a.ok()) << a.status();
   absl::StatusOr<ProvisionedExtent> b = first->Provision(4 * kMiB, 4 * kMiB);
   ASSERT_TRUE(b.ok()) << b.status();
-  b->tenant_fd.reset();
+  b->fds[0].fd.reset();
   backends_.clear();  // the broker exits: its held descriptors close, the tenant keeps its own
 
   // The devices outlive the broker.
   absl::StatusOr<loopdev::DeviceState> outer_state =
-      loopdev::ReadState(a->state.outer_loop_index());
+      loopdev::ReadState(a->state.loop_extent().outer_loop_index());
   ASSERT_TRUE(outer_state.ok());
   EXPECT_TRUE(outer_state->bound);
 
@@ -762,40 +762,40 @@ TEST_F(LoopExtentTest, ReadoptOnAFreshBackendAfterARestart) {
   EXPECT_TRUE(second->Readopt(b->state).ok());
 
   // Journal states that do not match the devices.
-  journal::LoopExtentState wrong = a->state;
+  journal::LoopExtentState wrong = a->state.loop_extent();
   wrong.set_offset_bytes(8 * kMiB);
   EXPECT_EQ(second->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
-  wrong = a->state;
+  wrong = a->state.loop_extent();
   wrong.set_size_bytes(8 * kMiB);
   EXPECT_EQ(second->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
-  wrong = a->state;
-  wrong.set_inner_loop_index(b->state.inner_loop_index());
-  wrong.set_outer_loop_index(b->state.outer_loop_index() + 1000);
+  wrong = a->state.loop_extent();
+  wrong.set_inner_loop_index(b->state.loop_extent().inner_loop_index());
+  wrong.set_outer_loop_index(b->state.loop_extent().outer_loop_index() + 1000);
   EXPECT_EQ(second->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
-  wrong = a->state;
-  wrong.set_inner_loop_index(b->state.inner_loop_index());  // a's outer is not over b's inner
-  wrong.set_outer_loop_index(a->state.outer_loop_index());
+  wrong = a->state.loop_extent();
+  wrong.set_inner_loop_index(b->state.loop_extent().inner_loop_index());  // a's outer is not over b's inner
+  wrong.set_outer_loop_index(a->state.loop_extent().outer_loop_index());
   LoopExtentBackend* third = OpenBackend("p0", pool);
   ASSERT_NE(third, nullptr);
   EXPECT_EQ(third->Readopt(wrong).code(), absl::StatusCode::kFailedPrecondition);
-  wrong = a->state;
+  wrong = a->state.loop_extent();
   wrong.set_inner_loop_index(wrong.outer_loop_index());
   EXPECT_EQ(third->Readopt(wrong).code(), absl::StatusCode::kInvalidArgument);
 
   // A device tampered with after the journal was written: the inner re-aimed by someone.
   {
-    absl::StatusOr<UniqueFd> inner = loopdev::Open(b->state.inner_loop_index(), O_RDWR);
+    absl::StatusOr<UniqueFd> inner = loopdev::Open(b->state.loop_extent().inner_loop_index(), O_RDWR);
     ASSERT_TRUE(inner.ok());
     struct loop_info64 info;
     std::memset(&info, 0, sizeof(info));
-    info.lo_offset = b->state.offset_bytes() + 4096;
-    info.lo_sizelimit = b->state.size_bytes();
+    info.lo_offset = b->state.loop_extent().offset_bytes() + 4096;
+    info.lo_sizelimit = b->state.loop_extent().size_bytes();
     ASSERT_EQ(::ioctl(inner->get(), LOOP_SET_STATUS64, &info), 0);
     EXPECT_EQ(third->Readopt(b->state).code(), absl::StatusCode::kFailedPrecondition);
     // Teardown refuses to free a range a re-aimed device of ours still reaches.
     absl::StatusOr<TeardownResult> refused = second->Teardown(b->state);
     EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
-    info.lo_offset = b->state.offset_bytes();
+    info.lo_offset = b->state.loop_extent().offset_bytes();
     ASSERT_EQ(::ioctl(inner->get(), LOOP_SET_STATUS64, &info), 0);
   }
   absl::StatusOr<TeardownResult> result = second->Teardown(b->state);
@@ -805,10 +805,10 @@ TEST_F(LoopExtentTest, ReadoptOnAFreshBackendAfterARestart) {
   // The re-adopted hold works like the original one: the tenant's LOOP_CLR_FD stays deferred.
   AlignedBuffer block(4096);
   block.Fill(kTenant);
-  ASSERT_EQ(::pwrite(a->tenant_fd.get(), block.data(), 4096, 0), 4096);
-  EXPECT_EQ(::ioctl(a->tenant_fd.get(), LOOP_CLR_FD, 0), 0);
-  a->tenant_fd.reset();
-  outer_state = loopdev::ReadState(a->state.outer_loop_index());
+  ASSERT_EQ(::pwrite(a->fds[0].fd.get(), block.data(), 4096, 0), 4096);
+  EXPECT_EQ(::ioctl(a->fds[0].fd.get(), LOOP_CLR_FD, 0), 0);
+  a->fds[0].fd.reset();
+  outer_state = loopdev::ReadState(a->state.loop_extent().outer_loop_index());
   ASSERT_TRUE(outer_state.ok());
   EXPECT_TRUE(outer_state->bound);
   EXPECT_TRUE(RangeIs(pool, 0, 4096, kTenant));
@@ -835,8 +835,8 @@ TEST_F(LoopExtentTest, RemoveOrphansRemovesUnjournaledExtentsOnly) {
   ASSERT_TRUE(orphan.ok()) << orphan.status();
   absl::StatusOr<ProvisionedExtent> elsewhere = other->Provision(0, 4 * kMiB);
   ASSERT_TRUE(elsewhere.ok()) << elsewhere.status();
-  FillDevice(kept->tenant_fd.get(), kTenant);
-  orphan->tenant_fd.reset();
+  FillDevice(kept->fds[0].fd.get(), kTenant);
+  orphan->fds[0].fd.reset();
   // Restart of the broker that owns "p0".
   backends_.erase(backends_.begin());
   LoopExtentBackend* second = OpenBackend("p0", pool);
@@ -845,19 +845,19 @@ TEST_F(LoopExtentTest, RemoveOrphansRemovesUnjournaledExtentsOnly) {
 
   absl::Status swept = second->RemoveOrphans({kept->state});
   EXPECT_TRUE(swept.ok()) << swept;
-  EXPECT_FALSE(DeviceExists(orphan->state.inner_loop_index()));
-  EXPECT_FALSE(DeviceExists(orphan->state.outer_loop_index()));
-  EXPECT_TRUE(DeviceExists(kept->state.inner_loop_index()));
-  EXPECT_TRUE(DeviceExists(kept->state.outer_loop_index()));
-  EXPECT_TRUE(DeviceExists(elsewhere->state.inner_loop_index()));
-  EXPECT_TRUE(DeviceExists(elsewhere->state.outer_loop_index()));
+  EXPECT_FALSE(DeviceExists(orphan->state.loop_extent().inner_loop_index()));
+  EXPECT_FALSE(DeviceExists(orphan->state.loop_extent().outer_loop_index()));
+  EXPECT_TRUE(DeviceExists(kept->state.loop_extent().inner_loop_index()));
+  EXPECT_TRUE(DeviceExists(kept->state.loop_extent().outer_loop_index()));
+  EXPECT_TRUE(DeviceExists(elsewhere->state.loop_extent().inner_loop_index()));
+  EXPECT_TRUE(DeviceExists(elsewhere->state.loop_extent().outer_loop_index()));
   AlignedBuffer block(4096);
-  ASSERT_EQ(::pread(kept->tenant_fd.get(), block.data(), 4096, 0), 4096);
+  ASSERT_EQ(::pread(kept->fds[0].fd.get(), block.data(), 4096, 0), 4096);
   EXPECT_TRUE(block.All(kTenant, 4096));
   EXPECT_TRUE(second->RemoveOrphans({kept->state}).ok());  // nothing left to do
 
-  kept->tenant_fd.reset();
-  elsewhere->tenant_fd.reset();
+  kept->fds[0].fd.reset();
+  elsewhere->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = second->Teardown(kept->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -874,35 +874,35 @@ TEST_F(LoopExtentTest, NeighbouringExtentsDoNotSeeEachOther) {
   ASSERT_TRUE(left.ok()) << left.status();
   absl::StatusOr<ProvisionedExtent> right = backend->Provision(8 * kMiB, 4 * kMiB);
   ASSERT_TRUE(right.ok()) << right.status();
-  FillDevice(left->tenant_fd.get(), 0x11);
-  FillDevice(right->tenant_fd.get(), 0x22);
+  FillDevice(left->fds[0].fd.get(), 0x11);
+  FillDevice(right->fds[0].fd.get(), 0x22);
 
   AlignedBuffer whole(4 * kMiB);
-  ASSERT_EQ(::pread(left->tenant_fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
+  ASSERT_EQ(::pread(left->fds[0].fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
   EXPECT_TRUE(whole.All(0x11, whole.size()));
-  ASSERT_EQ(::pread(right->tenant_fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
+  ASSERT_EQ(::pread(right->fds[0].fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
   EXPECT_TRUE(whole.All(0x22, whole.size()));
   // The left tenant re-aims its device as far right as it can: still only its own bytes.
   struct loop_info64 info;
   std::memset(&info, 0, sizeof(info));
   info.lo_offset = 4 * kMiB - 4096;
   info.lo_sizelimit = 8 * kMiB;
-  (void)::ioctl(left->tenant_fd.get(), LOOP_SET_STATUS64, &info);
-  const ssize_t n = ::pread(left->tenant_fd.get(), whole.data(), whole.size(), 0);
+  (void)::ioctl(left->fds[0].fd.get(), LOOP_SET_STATUS64, &info);
+  const ssize_t n = ::pread(left->fds[0].fd.get(), whole.data(), whole.size(), 0);
   EXPECT_LE(n, 4096);
   if (n > 0) {
     EXPECT_TRUE(whole.All(0x11, n));
   }
 
-  left->tenant_fd.reset();
+  left->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = backend->Teardown(left->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
   EXPECT_TRUE(RangeIs(pool, 4 * kMiB, 4 * kMiB, 0));
   EXPECT_TRUE(RangeIs(pool, 8 * kMiB, 4 * kMiB, 0x22));
-  ASSERT_EQ(::pread(right->tenant_fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
+  ASSERT_EQ(::pread(right->fds[0].fd.get(), whole.data(), whole.size(), 0), 4 * kMiB);
   EXPECT_TRUE(whole.All(0x22, whole.size()));
-  right->tenant_fd.reset();
+  right->fds[0].fd.reset();
   result = backend->Teardown(right->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -925,8 +925,8 @@ TEST_F(LoopExtentTest, BlockDevicePoolIsScrubbedWithZeroout) {
   EXPECT_EQ(backend->capacity_bytes(), 12 * kMiB);
   absl::StatusOr<ProvisionedExtent> extent = backend->Provision(4 * kMiB, 4 * kMiB);
   ASSERT_TRUE(extent.ok()) << extent.status();
-  FillDevice(extent->tenant_fd.get(), kTenant);
-  extent->tenant_fd.reset();
+  FillDevice(extent->fds[0].fd.get(), kTenant);
+  extent->fds[0].fd.reset();
   absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -955,11 +955,11 @@ TEST_F(LoopExtentTest, ConcurrentProvisionAndTeardownOfDistinctExtents) {
       for (int round = 0; round < 2; ++round) {
         absl::StatusOr<ProvisionedExtent> extent = backend->Provision(t * 2 * kMiB, 2 * kMiB);
         ASSERT_TRUE(extent.ok()) << extent.status();
-        FillDevice(extent->tenant_fd.get(), static_cast<unsigned char>(0x10 + t));
+        FillDevice(extent->fds[0].fd.get(), static_cast<unsigned char>(0x10 + t));
         AlignedBuffer whole(2 * kMiB);
-        ASSERT_EQ(::pread(extent->tenant_fd.get(), whole.data(), whole.size(), 0), 2 * kMiB);
+        ASSERT_EQ(::pread(extent->fds[0].fd.get(), whole.data(), whole.size(), 0), 2 * kMiB);
         EXPECT_TRUE(whole.All(static_cast<unsigned char>(0x10 + t), whole.size()));
-        extent->tenant_fd.reset();
+        extent->fds[0].fd.reset();
         absl::StatusOr<TeardownResult> result = backend->Teardown(extent->state);
         ASSERT_TRUE(result.ok()) << result.status();
         EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -1015,11 +1015,11 @@ TEST_F(LoopExtentTest, SparesAreUsedOnceRefilledAndFresh) {
     ASSERT_TRUE(extent.ok()) << extent.status();
     Track(*extent);
     // Both devices came from the stock (the first two spares, in order).
-    EXPECT_EQ(extent->state.inner_loop_index(), before[0]);
-    EXPECT_EQ(extent->state.outer_loop_index(), before[1]);
-    EXPECT_TRUE(handed_out.insert(extent->state.inner_loop_index()).second);
-    EXPECT_TRUE(handed_out.insert(extent->state.outer_loop_index()).second);
-    FillDevice(extent->tenant_fd.get(), kTenant);
+    EXPECT_EQ(extent->state.loop_extent().inner_loop_index(), before[0]);
+    EXPECT_EQ(extent->state.loop_extent().outer_loop_index(), before[1]);
+    EXPECT_TRUE(handed_out.insert(extent->state.loop_extent().inner_loop_index()).second);
+    EXPECT_TRUE(handed_out.insert(extent->state.loop_extent().outer_loop_index()).second);
+    FillDevice(extent->fds[0].fd.get(), kTenant);
     EXPECT_TRUE(RangeIs(pool, round * 4 * kMiB, 4 * kMiB, kTenant));
     extents.push_back(std::move(*extent));
   }
@@ -1033,7 +1033,7 @@ TEST_F(LoopExtentTest, SparesAreUsedOnceRefilledAndFresh) {
   }
   EXPECT_EQ(LedgerIndexes(ledger), std::set<int>(refilled.begin(), refilled.end()));
   for (ProvisionedExtent& extent : extents) {
-    extent.tenant_fd.reset();
+    extent.fds[0].fd.reset();
     absl::StatusOr<TeardownResult> result = backend->Teardown(extent.state);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -1060,8 +1060,8 @@ TEST_F(LoopExtentTest, ProvisionWithAnEmptyStockCreatesDevicesInline) {
     absl::StatusOr<ProvisionedExtent> extent = b->Provision((round++ % 4) * 4 * kMiB, 4 * kMiB);
     ASSERT_TRUE(extent.ok()) << extent.status();
     Track(*extent);
-    FillDevice(extent->tenant_fd.get(), kTenant);
-    extent->tenant_fd.reset();
+    FillDevice(extent->fds[0].fd.get(), kTenant);
+    extent->fds[0].fd.reset();
     absl::StatusOr<TeardownResult> result = b->Teardown(extent->state);
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(*result, TeardownResult::kFreed);
@@ -1122,8 +1122,8 @@ TEST_F(LoopExtentTest, RestartAfterACrashWithSparesLeavesNoneBehind) {
     while ((*backend)->SpareDevices().size() < 6 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(2));
     }
-    std::string text = absl::StrCat(extent->state.inner_loop_index(), " ",
-                                    extent->state.outer_loop_index());
+    std::string text = absl::StrCat(extent->state.loop_extent().inner_loop_index(), " ",
+                                    extent->state.loop_extent().outer_loop_index());
     for (int index : (*backend)->SpareDevices()) absl::StrAppend(&text, " ", index);
     (void)!::write(report[1], text.data(), text.size());
     ::close(report[1]);
@@ -1188,7 +1188,7 @@ TEST_F(LoopExtentTest, ProvisionTimeWithAndWithoutSpares) {
       extents.push_back(std::move(*extent));
     }
     for (ProvisionedExtent& extent : extents) {
-      extent.tenant_fd.reset();
+      extent.fds[0].fd.reset();
       absl::StatusOr<TeardownResult> result = backend->Teardown(extent.state);
       EXPECT_TRUE(result.ok() && *result == TeardownResult::kFreed);
     }

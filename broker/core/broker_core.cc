@@ -51,14 +51,28 @@ v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block
   info.set_owner_pid(granted.owner().pid());
   info.set_granted_unix_ms(granted.granted_unix_ms());
   v1::Extent* extent = info.mutable_extent();
-  extent->set_size_bytes(granted.loop_extent().size_bytes());
+  extent->set_size_bytes(ExtentSize(ExtentStateOf(granted)));
   extent->set_logical_block_size(logical_block_size);
   extent->set_device_path(std::move(device_path));
+  if (granted.has_nvme_sriov()) {
+    extent->set_pci_address(granted.nvme_sriov().vf_pci_address());
+    extent->set_nvme_namespace_id(granted.nvme_sriov().namespace_id());
+  }
   return info;
 }
 
-std::string OuterDevicePath(const journal::LoopExtentState& state) {
-  return absl::StrCat("/dev/loop", state.outer_loop_index());
+// For operators: the loop device the tenant holds (nvme_sriov extents have none).
+std::string DevicePathOf(const journal::ExtentState& state) {
+  if (!state.has_loop_extent()) return "";
+  return absl::StrCat("/dev/loop", state.loop_extent().outer_loop_index());
+}
+
+// What a grant log line calls the slice.
+std::string SliceLabel(const v1::Extent& extent) {
+  if (!extent.pci_address().empty()) {
+    return absl::StrCat("VF ", extent.pci_address(), " namespace ", extent.nvme_namespace_id());
+  }
+  return extent.device_path();
 }
 
 }  // namespace
@@ -115,7 +129,7 @@ void BrokerCore::WakeReaper() {
 
 absl::Status BrokerCore::Recover(const JournalReplay& replay) {
   absl::flat_hash_map<std::string, JournaledLease> journaled = FoldJournal(replay.records);
-  std::map<std::string, std::vector<journal::LoopExtentState>> known_by_pool;
+  std::map<std::string, std::vector<journal::ExtentState>> known_by_pool;
   std::vector<PendingTeardown> to_end;  // live in the journal, but their owner is gone
   int kept = 0, queued = 0;
 
@@ -123,23 +137,23 @@ absl::Status BrokerCore::Recover(const JournalReplay& replay) {
   for (auto& [lease_id, entry] : journaled) {
     const journal::LeaseGranted& granted = entry.granted;
     auto backend_it = backends_.find(granted.pool());
-    if (backend_it == backends_.end() || !granted.has_loop_extent()) {
+    const journal::ExtentState state = ExtentStateOf(granted);
+    if (backend_it == backends_.end() || state.kind_case() == journal::ExtentState::KIND_NOT_SET) {
       spdlog::error("lease={} pool={}: the journal names a pool this configuration lacks; its "
                     "devices are left as they are", lease_id, granted.pool());
       continue;
     }
     ExtentBackend& backend = *backend_it->second;
-    const journal::LoopExtentState& state = granted.loop_extent();
     known_by_pool[granted.pool()].push_back(state);
 
     ExtentLeaseRecord record;
     record.lease_id = lease_id;
     record.pool = granted.pool();
     record.owner_uid = granted.owner().uid();
-    record.offset = state.offset_bytes();
-    record.size = state.size_bytes();
+    record.offset = ExtentOffset(state);
+    record.size = ExtentSize(state);
 
-    v1::Lease info = LeaseInfo(granted, 512, OuterDevicePath(state));
+    v1::Lease info = LeaseInfo(granted, 512, DevicePathOf(state));
     bool keep = false;
     if (!entry.ended) {
       absl::StatusOr<UniqueFd> owner =
@@ -209,7 +223,7 @@ absl::Status BrokerCore::Recover(const JournalReplay& replay) {
       for (PendingRemoval& removal : slices) still_dead.push_back(std::move(removal));
       continue;
     }
-    std::vector<journal::LoopExtentState> states;
+    std::vector<journal::ExtentState> states;
     for (const PendingRemoval& removal : slices) states.push_back(removal.state);
     std::vector<absl::StatusOr<RemovalResult>> results = backend_it->second->RemoveDevices(states);
     for (size_t i = 0; i < slices.size(); ++i) {
@@ -250,7 +264,7 @@ absl::Status BrokerCore::Recover(const JournalReplay& replay) {
     journal::Record granted;
     granted.mutable_granted()->set_lease_id(removal.lease_id);
     granted.mutable_granted()->set_pool(removal.pool);
-    *granted.mutable_granted()->mutable_loop_extent() = removal.state;
+    SetExtentState(removal.state, granted.mutable_granted());
     records.push_back(std::move(granted));
     journal::Record freed;
     freed.mutable_freed()->set_lease_id(removal.lease_id);
@@ -299,6 +313,7 @@ std::vector<BrokerCore::PendingRemoval> BrokerCore::DeadSlices(
   std::vector<PendingRemoval> dead;
   for (const auto& [lease_id, entry] : seen) {
     if (entry.freed != 1 || journaled.contains(lease_id)) continue;
+    // Only loop_extent leaves dead devices behind (nvme_sriov frees whole: kFreed).
     journal::LoopExtentState state = entry.granted.loop_extent();
     // An index a later grant names was handed out fresh by LOOP_CTL_ADD after this slice was
     // freed, so this slice's device there had been removed already: not ours to touch.
@@ -313,7 +328,7 @@ std::vector<BrokerCore::PendingRemoval> BrokerCore::DeadSlices(
     PendingRemoval removal;
     removal.lease_id = lease_id;
     removal.pool = entry.granted.pool();
-    removal.state = std::move(state);
+    *removal.state.mutable_loop_extent() = std::move(state);
     removal.next_attempt = absl::Now();
     dead.push_back(std::move(removal));
   }
@@ -444,14 +459,14 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
   granted->mutable_owner()->set_uid(peer.tenant.uid);
   granted->mutable_owner()->set_gid(peer.tenant.gid);
   granted->set_granted_unix_ms(absl::ToUnixMillis(absl::Now()));
-  *granted->mutable_loop_extent() = provisioned->state;
+  SetExtentState(provisioned->state, granted);
   v1::Lease info = LeaseInfo(*granted, provisioned->logical_block_size, provisioned->device_path);
 
   absl::Status durable = journal_->Append(journal_record);
   const absl::Time journaled_at = absl::Now();
   if (!durable.ok()) {
     // Nobody has the descriptor yet, so the slice can be taken apart at once.
-    provisioned->tenant_fd.reset();
+    provisioned->fds.clear();
     absl::StatusOr<TeardownResult> undone = backend.Teardown(provisioned->state);
     if (undone.ok() && *undone == TeardownResult::kFreed) release_reservation();
     spdlog::error("lease={} tenant={}: journal write failed: {}", lease_id, TenantLabel(peer),
@@ -474,10 +489,15 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
   if (link != nullptr) {
     v1::SessionGrant grant;
     grant.set_lease_id(lease_id);
-    grant.add_fd_roles(v1::FD_ROLE_BLOCK_DEVICE);
-    sent = link->SendGrant(grant, {provisioned->tenant_fd.get()});
+    std::vector<int> fds;
+    for (const TenantFd& fd : provisioned->fds) {
+      grant.add_fd_roles(fd.role);
+      fds.push_back(fd.fd.get());
+    }
+    sent = link->SendGrant(grant, fds);
   }
-  provisioned->tenant_fd.reset();
+  // The broker's copies: the tenant has its own now (or none, if the handoff failed).
+  provisioned->fds.clear();
   if (!sent.ok()) {
     std::vector<PendingTeardown> ended;
     {
@@ -495,7 +515,7 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
   spdlog::info("lease={} tenant={} pool={} granted {} bytes at offset {} as {} (provision {} us, "
                "journal {} us, handoff {} us)",
                lease_id, TenantLabel(peer), record.pool, record.size, record.offset,
-               info.extent().device_path(),
+               SliceLabel(info.extent()),
                absl::ToInt64Microseconds(provisioned_at - provision_start),
                absl::ToInt64Microseconds(journaled_at - provisioned_at),
                absl::ToInt64Microseconds(handed_off_at - journaled_at));
@@ -510,7 +530,7 @@ BrokerCore::PendingTeardown BrokerCore::TakeLeaseLocked(absl::string_view lease_
   PendingTeardown pending;
   pending.lease_id = std::string(lease_id);
   pending.pool = it->second.granted.pool();
-  pending.state = it->second.granted.loop_extent();
+  pending.state = ExtentStateOf(it->second.granted);
   pending.info = it->second.info;
   pending.reclaimed = reclaimed;
   pending.ended_at = absl::Now();
@@ -603,7 +623,8 @@ absl::StatusOr<std::vector<v1::Pool>> BrokerCore::ListPools(absl::string_view to
     v1::Pool& pool = pools.emplace_back();
     pool.set_name(usage.name);
     pool.set_kind(v1::POOL_KIND_BLOCK);
-    pool.set_backend("loop_extent");
+    auto backend = backends_.find(usage.name);
+    pool.set_backend(backend != backends_.end() ? backend->second->backend_name() : "");
     pool.set_capacity_bytes(usage.capacity_bytes);
     pool.set_free_bytes(usage.free_bytes);
     pool.set_largest_free_bytes(usage.largest_free_bytes);
@@ -894,7 +915,7 @@ void BrokerCore::RunRemovals(std::vector<PendingRemoval> due, bool final_pass) {
   for (PendingRemoval& removal : due) by_pool[removal.pool].push_back(std::move(removal));
   std::vector<PendingRemoval> retry;
   for (auto& [pool, slices] : by_pool) {
-    std::vector<journal::LoopExtentState> states;
+    std::vector<journal::ExtentState> states;
     states.reserve(slices.size());
     for (const PendingRemoval& removal : slices) states.push_back(removal.state);
     std::vector<absl::StatusOr<RemovalResult>> results = backends_.at(pool)->RemoveDevices(states);

@@ -124,7 +124,7 @@ class BrokerCore {
   struct PendingTeardown {
     std::string lease_id;
     std::string pool;
-    journal::LoopExtentState state;
+    journal::ExtentState state;
     v1::Lease info;
     bool reclaimed = false;
     absl::Time ended_at;
@@ -135,7 +135,7 @@ class BrokerCore {
   struct PendingRemoval {
     std::string lease_id;
     std::string pool;
-    journal::LoopExtentState state;
+    journal::ExtentState state;
     absl::Time next_attempt;
     int attempts = 0;
   };

@@ -23,26 +23,39 @@ constexpr uint64_t kMiB = 1 << 20;
 
 class FakeBackend : public ExtentBackend {
  public:
+  std::string backend_name() const override { return "fake"; }
   uint64_t capacity_bytes() const override { return 8 * kMiB; }
 
   absl::StatusOr<ProvisionedExtent> Provision(uint64_t offset, uint64_t size) override {
     absl::MutexLock lock(&mu);
     if (!provision_error.ok()) return provision_error;
     ProvisionedExtent extent;
-    extent.state.set_offset_bytes(offset);
-    extent.state.set_size_bytes(size);
-    extent.state.set_inner_loop_index(next_index++);
-    extent.state.set_outer_loop_index(next_index++);
-    extent.tenant_fd.reset(::eventfd(0, EFD_CLOEXEC));
-    extent.device_path = "/dev/fake";
+    journal::LoopExtentState* state = extent.state.mutable_loop_extent();
+    state->set_offset_bytes(offset);
+    state->set_size_bytes(size);
+    state->set_inner_loop_index(next_index++);
+    state->set_outer_loop_index(next_index++);
+    if (vfio_roles) {
+      for (v1::FdRole role : {v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP,
+                              v1::FD_ROLE_VFIO_DEVICE}) {
+        extent.fds.push_back(TenantFd{role, UniqueFd(::eventfd(0, EFD_CLOEXEC))});
+      }
+      extent.pci_address = "0000:01:00.1";
+    } else {
+      extent.fds.push_back(
+          TenantFd{v1::FD_ROLE_BLOCK_DEVICE, UniqueFd(::eventfd(0, EFD_CLOEXEC))});
+      extent.device_path = "/dev/fake";
+    }
     return extent;
   }
-  absl::Status Readopt(const journal::LoopExtentState& state) override {
+  absl::Status Readopt(const journal::ExtentState& extent) override {
+    const journal::LoopExtentState& state = extent.loop_extent();
     absl::MutexLock lock(&mu);
     readopted.push_back(state.outer_loop_index());
     return readopt_result;
   }
-  absl::StatusOr<TeardownResult> Teardown(const journal::LoopExtentState& state) override {
+  absl::StatusOr<TeardownResult> Teardown(const journal::ExtentState& extent) override {
+    const journal::LoopExtentState& state = extent.loop_extent();
     absl::MutexLock lock(&mu);
     ++teardown_calls;
     if (still_open_rounds > 0) {
@@ -54,7 +67,7 @@ class FakeBackend : public ExtentBackend {
   }
   // With `split`, teardown comes in two halves like loop_extent's: the slice is scrubbed
   // (kScrubbed) and its "devices" are removed later, after `held_rounds` refusals.
-  absl::StatusOr<TeardownResult> ScrubForReuse(const journal::LoopExtentState& state) override {
+  absl::StatusOr<TeardownResult> ScrubForReuse(const journal::ExtentState& state) override {
     absl::StatusOr<TeardownResult> result = Teardown(state);
     absl::MutexLock lock(&mu);
     if (split && result.ok() && *result == TeardownResult::kFreed) {
@@ -63,11 +76,12 @@ class FakeBackend : public ExtentBackend {
     return result;
   }
   std::vector<absl::StatusOr<RemovalResult>> RemoveDevices(
-      const std::vector<journal::LoopExtentState>& states) override {
+      const std::vector<journal::ExtentState>& extents) override {
     absl::MutexLock lock(&mu);
     ++removal_batches;
     std::vector<absl::StatusOr<RemovalResult>> results;
-    for (const journal::LoopExtentState& state : states) {
+    for (const journal::ExtentState& extent : extents) {
+      const journal::LoopExtentState& state = extent.loop_extent();
       if (held_rounds > 0) {
         --held_rounds;
         results.push_back(RemovalResult::kStillHeld);
@@ -78,7 +92,7 @@ class FakeBackend : public ExtentBackend {
     }
     return results;
   }
-  absl::Status RemoveOrphans(const std::vector<journal::LoopExtentState>& known) override {
+  absl::Status RemoveOrphans(const std::vector<journal::ExtentState>& known) override {
     absl::MutexLock lock(&mu);
     orphan_sweeps.push_back(known.size());
     return absl::OkStatus();
@@ -86,6 +100,7 @@ class FakeBackend : public ExtentBackend {
 
   absl::Mutex mu;
   bool split = false;
+  bool vfio_roles = false;  // three VFIO descriptors (like nvme_sriov) instead of a block device
   int held_rounds = 0;
   int removal_batches = 0;
   std::vector<journal::LoopExtentState> removed;
@@ -106,12 +121,14 @@ class FakeLink : public SessionLink {
     if (!send_result.ok()) return send_result;
     granted.push_back(grant.lease_id());
     fd_counts.push_back(fds.size());
+    roles.emplace_back(grant.fd_roles().begin(), grant.fd_roles().end());
     return absl::OkStatus();
   }
   absl::Mutex mu;
   absl::Status send_result = absl::OkStatus();
   std::vector<std::string> granted;
   std::vector<size_t> fd_counts;
+  std::vector<std::vector<int>> roles;
 };
 
 PeerCredentials Peer(uint32_t uid, pid_t pid = 4242, uint64_t start_time = 1) {
@@ -207,10 +224,24 @@ TEST_F(BrokerCoreTest, GrantSendsDescriptorsBeforeAnsweringAndIsListed) {
   ASSERT_EQ(link->granted.size(), 1u);
   EXPECT_EQ(link->granted[0], lease->id());
   EXPECT_EQ(link->fd_counts[0], 1u);
+  EXPECT_EQ(link->roles[0], std::vector<int>{v1::FD_ROLE_BLOCK_DEVICE});
   auto listed = core_->ListLeases(token);
   ASSERT_TRUE(listed.ok());
   ASSERT_EQ(listed->size(), 1u);
   EXPECT_EQ((*listed)[0].id(), lease->id());
+}
+
+TEST_F(BrokerCoreTest, GrantSendsEveryDescriptorWithItsRole) {
+  configure_backend_ = [](FakeBackend* backend) { backend->vfio_roles = true; };
+  MakeCore();
+  auto link = std::make_shared<FakeLink>();
+  const std::string token = Open(Peer(1000), link);
+  auto lease = Allocate(token, kMiB);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_EQ(link->roles.size(), 1u);
+  EXPECT_EQ(link->roles[0], (std::vector<int>{v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP,
+                                              v1::FD_ROLE_VFIO_DEVICE}));
+  EXPECT_EQ(link->fd_counts[0], 3u);
 }
 
 TEST_F(BrokerCoreTest, UnknownOrMissingTokenIsUnauthenticated) {

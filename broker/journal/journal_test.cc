@@ -158,6 +158,55 @@ TEST_F(JournalTest, FileFormatIsLengthCrcPayload) {
   EXPECT_EQ(record.granted().lease_id(), "a");
 }
 
+// A journal written before LeaseGranted's oneof had nvme_sriov (the bytes below are that
+// schema's encoding, frozen) still replays and folds into the same loop_extent lease.
+TEST_F(JournalTest, OldFormatLoopExtentGrantStillFolds) {
+  const unsigned char kOld[] = {
+      0x08, 0x01,                                                  // sequence 1
+      0x52, 0x24,                                                  // granted (field 10)
+      0x0a, 0x09, 'l', 'e', 'a', 's', 'e', '-', 'o', 'l', 'd',     //   lease_id
+      0x12, 0x05, 'p', 'o', 'o', 'l', '0',                         //   pool
+      0x1a, 0x06, 0x08, 0xd2, 0x09, 0x18, 0xe8, 0x07,              //   owner pid 1234 uid 1000
+      0x52, 0x08, 0x10, 0x80, 0x80, 0x40, 0x18, 0x0a, 0x20, 0x0b,  //   loop_extent (field 10)
+  };
+  const std::string payload(reinterpret_cast<const char*>(kOld), sizeof(kOld));
+  auto le32 = [](uint32_t v) {
+    return std::string{char(v), char(v >> 8), char(v >> 16), char(v >> 24)};
+  };
+  WriteFile(path_, le32(payload.size()) +
+                       le32(::crc32(0, reinterpret_cast<const Bytef*>(payload.data()),
+                                    payload.size())) +
+                       payload);
+  JournalReplay replay;
+  std::unique_ptr<Journal> journal = OpenOrDie(&replay);
+  ASSERT_EQ(replay.records.size(), 1u);
+  EXPECT_EQ(replay.truncated_bytes, 0u);
+  auto folded = FoldJournal(replay.records);
+  ASSERT_EQ(folded.size(), 1u);
+  const journal::LeaseGranted& granted = folded["lease-old"].granted;
+  ASSERT_EQ(granted.state_case(), journal::LeaseGranted::kLoopExtent);
+  EXPECT_EQ(granted.owner().pid(), 1234);
+  EXPECT_EQ(granted.loop_extent().size_bytes(), 1u << 20);
+  EXPECT_EQ(granted.loop_extent().inner_loop_index(), 10);
+  EXPECT_EQ(granted.loop_extent().outer_loop_index(), 11);
+  EXPECT_FALSE(granted.has_nvme_sriov());
+}
+
+TEST(FoldJournalTest, NvmeSriovGrantRoundTrips) {
+  journal::Record record;
+  journal::LeaseGranted* granted = record.mutable_granted();
+  granted->set_lease_id("nv");
+  granted->mutable_nvme_sriov()->set_slot(1);
+  granted->mutable_nvme_sriov()->set_vf_pci_address("0000:01:00.2");
+  granted->mutable_nvme_sriov()->set_namespace_id(3);
+  journal::Record parsed;
+  ASSERT_TRUE(parsed.ParseFromString(record.SerializeAsString()));
+  auto folded = FoldJournal({parsed});
+  ASSERT_EQ(folded.size(), 1u);
+  EXPECT_EQ(folded["nv"].granted.nvme_sriov().vf_pci_address(), "0000:01:00.2");
+  EXPECT_FALSE(folded["nv"].granted.has_loop_extent());
+}
+
 TEST_F(JournalTest, SequenceNumbersContinueAfterReopen) {
   WriteGrants(3);
   {
