@@ -139,6 +139,62 @@ void CheckLoopExtent(const std::string& field, const config::LoopExtentPool& loo
   }
 }
 
+// "DDDD:BB:DD.F", lower-case hex, as /sys/bus/pci/devices names it.
+bool IsCanonicalPciAddress(const std::string& address) {
+  if (address.size() != 12) return false;
+  for (size_t i = 0; i < address.size(); ++i) {
+    const char c = address[i];
+    if (i == 4 || i == 7) {
+      if (c != ':') return false;
+    } else if (i == 10) {
+      if (c != '.') return false;
+    } else if (i == 11) {
+      if (c < '0' || c > '7') return false;
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  // Device number is 5 bits: 00..1f.
+  return address[8] <= '1';
+}
+
+void CheckNvmeSriov(const std::string& field, const config::NvmeSriovPool& nvme,
+                    Problems& problems) {
+  if (!IsCanonicalPciAddress(nvme.pf_pci_address())) {
+    problems.Add(absl::StrCat(field, ".pf_pci_address"),
+                 absl::StrCat("must be a PCI address DDDD:BB:DD.F in lower-case hex, got ",
+                              Quoted(nvme.pf_pci_address())));
+  }
+  const std::string ns_field = absl::StrCat(field, ".namespace_ids");
+  if (nvme.namespace_ids().empty()) {
+    problems.Add(ns_field, "must list at least one namespace (one per slot)");
+  } else if (nvme.namespace_ids_size() > kMaxNvmeSlots) {
+    problems.Add(ns_field, absl::StrCat("must list at most ", kMaxNvmeSlots, " namespaces, got ",
+                                        nvme.namespace_ids_size()));
+  }
+  absl::flat_hash_map<uint32_t, int> seen;
+  for (int j = 0; j < nvme.namespace_ids_size(); ++j) {
+    const uint32_t nsid = nvme.namespace_ids(j);
+    const std::string entry = absl::StrCat(ns_field, "[", j, "]");
+    if (nsid == 0 || nsid == 0xffffffffu) {
+      problems.Add(entry, absl::StrCat("must be a namespace id 1..4294967294, got ", nsid));
+    } else if (auto [it, inserted] = seen.emplace(nsid, j); !inserted) {
+      problems.Add(entry, absl::StrCat("namespace ", nsid, " is already slot ", it->second));
+    }
+  }
+  if (nvme.io_queues_per_vf() < 2 || nvme.io_queues_per_vf() > kMaxNvmeQueuesPerVf) {
+    problems.Add(absl::StrCat(field, ".io_queues_per_vf"),
+                 absl::StrCat("must be 2..", kMaxNvmeQueuesPerVf,
+                              " (the admin queue and at least one I/O queue), got ",
+                              nvme.io_queues_per_vf()));
+  }
+  if (nvme.interrupts_per_vf() < 1 || nvme.interrupts_per_vf() > kMaxNvmeQueuesPerVf) {
+    problems.Add(absl::StrCat(field, ".interrupts_per_vf"),
+                 absl::StrCat("must be 1..", kMaxNvmeQueuesPerVf, ", got ",
+                              nvme.interrupts_per_vf()));
+  }
+}
+
 void CheckPools(const config::BrokerConfig& config, Problems& problems) {
   if (config.pools().empty()) {
     problems.Add("pools", "at least one pool is required");
@@ -146,6 +202,7 @@ void CheckPools(const config::BrokerConfig& config, Problems& problems) {
   }
   absl::flat_hash_map<std::string, int> pool_by_name;
   absl::flat_hash_map<std::string, int> pool_by_backing_path;
+  absl::flat_hash_map<std::string, int> pool_by_pf;
   for (int i = 0; i < config.pools_size(); ++i) {
     const config::PoolConfig& pool = config.pools(i);
     const std::string field = absl::StrCat("pools[", i, "]");
@@ -179,8 +236,23 @@ void CheckPools(const config::BrokerConfig& config, Problems& problems) {
         }
         break;
       }
+      case config::PoolConfig::kNvmeSriov: {
+        const std::string nvme_field = absl::StrCat(field, ".nvme_sriov");
+        CheckNvmeSriov(nvme_field, pool.nvme_sriov(), problems);
+        const std::string& pf = pool.nvme_sriov().pf_pci_address();
+        if (!pf.empty()) {
+          // Two pools on one PF would fight over its VFs.
+          if (auto [it, inserted] = pool_by_pf.emplace(pf, i); !inserted) {
+            problems.Add(absl::StrCat(nvme_field, ".pf_pci_address"),
+                         absl::StrCat(Quoted(pf), " is already the PF of pools[", it->second,
+                                      "]"));
+          }
+        }
+        break;
+      }
       case config::PoolConfig::BACKEND_NOT_SET:
-        problems.Add(field, "no backend set; add a backend block such as loop_extent { ... }");
+        problems.Add(field, "no backend set; add a backend block such as loop_extent { ... } or "
+                     "nvme_sriov { ... }");
         break;
     }
   }
@@ -232,6 +304,13 @@ void ApplyBrokerConfigDefaults(config::BrokerConfig* config) {
   for (config::PoolConfig& pool : *config->mutable_pools()) {
     if (pool.has_loop_extent() && pool.loop_extent().alignment_bytes() == 0) {
       pool.mutable_loop_extent()->set_alignment_bytes(kDefaultExtentAlignment);
+    }
+    if (pool.has_nvme_sriov()) {
+      config::NvmeSriovPool* nvme = pool.mutable_nvme_sriov();
+      if (nvme->io_queues_per_vf() == 0) nvme->set_io_queues_per_vf(kDefaultNvmeIoQueuesPerVf);
+      if (nvme->interrupts_per_vf() == 0) {
+        nvme->set_interrupts_per_vf(kDefaultNvmeInterruptsPerVf);
+      }
     }
   }
 }

@@ -31,11 +31,15 @@ inline constexpr char kDefaultStateDir[] = "/var/lib/vfbroker";
 inline constexpr uint32_t kDefaultMaxSessions = 4096;
 inline constexpr uint32_t kDefaultMaxLeasesPerSession = 256;
 inline constexpr uint64_t kDefaultExtentAlignment = uint64_t{1} << 20;
+inline constexpr uint32_t kDefaultNvmeIoQueuesPerVf = 2;
+inline constexpr uint32_t kDefaultNvmeInterruptsPerVf = 1;
 
 // Limits that validation enforces.
 inline constexpr uint64_t kMinExtentAlignment = 4096;  // the largest common page size
 inline constexpr uint64_t kMaxExtentAlignment = uint64_t{1} << 30;
 inline constexpr size_t kMaxConfigBytes = size_t{1} << 20;  // a config is a few KiB at most
+inline constexpr int kMaxNvmeSlots = 128;               // VFs per nvme_sriov pool
+inline constexpr uint32_t kMaxNvmeQueuesPerVf = 64;     // VQ and VI resources per VF
 
 // Parses `text` (protobuf text format), fills defaults and validates.
 //   INVALID_ARGUMENT  a syntax error or unknown field ("line L, column C: ..." with 1-based

@@ -58,6 +58,16 @@ constexpr char kFullConfig[] = R"pb(
     access { uids: [ 1000, 1001 ] }
     loop_extent { backing_path: "/dev/nvme0n1" }
   }
+  pools {
+    name: "nvme"
+    access { uids: [ 1000 ] }
+    nvme_sriov {
+      pf_pci_address: "0000:01:00.0"
+      namespace_ids: [ 2, 3, 4 ]
+      io_queues_per_vf: 4
+      interrupts_per_vf: 2
+    }
+  }
   max_sessions: 100
   max_leases_per_session: 8
 )pb";
@@ -99,7 +109,7 @@ TEST(ParseBrokerConfigTest, FullConfigKeepsEveryValue) {
   EXPECT_EQ(config->default_quota().max_leases(), 16u);
   ASSERT_EQ(config->quotas_size(), 2);
   EXPECT_EQ(config->quotas(1).quota().max_bytes(), 2 * kGiB);
-  ASSERT_EQ(config->pools_size(), 2);
+  ASSERT_EQ(config->pools_size(), 3);
   const config::LoopExtentPool& scratch = config->pools(0).loop_extent();
   EXPECT_EQ(config->pools(0).name(), "scratch");
   EXPECT_EQ(scratch.backing_path(), "/var/lib/vfb/scratch.img");
@@ -108,6 +118,11 @@ TEST(ParseBrokerConfigTest, FullConfigKeepsEveryValue) {
   EXPECT_EQ(scratch.alignment_bytes(), 2 * kMiB);
   EXPECT_EQ(scratch.max_extent_bytes(), kGiB);
   EXPECT_EQ(config->pools(1).name(), "fast_1-b");
+  const config::NvmeSriovPool& nvme = config->pools(2).nvme_sriov();
+  EXPECT_EQ(nvme.pf_pci_address(), "0000:01:00.0");
+  EXPECT_THAT(nvme.namespace_ids(), ElementsAre(2, 3, 4));
+  EXPECT_EQ(nvme.io_queues_per_vf(), 4u);
+  EXPECT_EQ(nvme.interrupts_per_vf(), 2u);
   EXPECT_EQ(config->max_sessions(), 100u);
   EXPECT_EQ(config->max_leases_per_session(), 8u);
 }
@@ -133,6 +148,19 @@ TEST(ParseBrokerConfigTest, FillsDefaults) {
   EXPECT_EQ(config->pools(0).loop_extent().size_bytes(), 0u);
   EXPECT_EQ(config->pools(0).loop_extent().max_extent_bytes(), 0u);
   EXPECT_TRUE(config->operator_uids().empty());
+}
+
+TEST(ParseBrokerConfigTest, FillsNvmeSriovDefaults) {
+  absl::StatusOr<config::BrokerConfig> config = ParseBrokerConfig(R"pb(
+    pools {
+      name: "nv"
+      access { any_user: true }
+      nvme_sriov { pf_pci_address: "0000:00:04.0" namespace_ids: 2 }
+    }
+  )pb");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->pools(0).nvme_sriov().io_queues_per_vf(), 2u);
+  EXPECT_EQ(config->pools(0).nvme_sriov().interrupts_per_vf(), 1u);
 }
 
 TEST(ApplyBrokerConfigDefaultsTest, IsIdempotentAndKeepsSetValues) {
@@ -268,6 +296,10 @@ config::LoopExtentPool& Loop(config::BrokerConfig& config, int pool) {
   return *config.mutable_pools(pool)->mutable_loop_extent();
 }
 
+config::NvmeSriovPool& Nvme(config::BrokerConfig& config) {
+  return *config.mutable_pools(2)->mutable_nvme_sriov();
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Rules, ValidationRuleTest,
     testing::Values(
@@ -358,6 +390,49 @@ INSTANTIATE_TEST_SUITE_P(
                  [](auto& c) { Loop(c, 0).set_max_extent_bytes(8 * kGiB); },
                  "pools[0].loop_extent.max_extent_bytes: must not exceed size_bytes "
                  "(4294967296), got 8589934592"},
+        // nvme_sriov
+        RuleCase{"NoPf", [](auto& c) { Nvme(c).clear_pf_pci_address(); },
+                 "pools[2].nvme_sriov.pf_pci_address: must be a PCI address DDDD:BB:DD.F in "
+                 "lower-case hex, got \"\""},
+        RuleCase{"UpperCasePf", [](auto& c) { Nvme(c).set_pf_pci_address("0000:0A:00.0"); },
+                 "pools[2].nvme_sriov.pf_pci_address: must be a PCI address"},
+        RuleCase{"ShortPf", [](auto& c) { Nvme(c).set_pf_pci_address("01:00.0"); },
+                 "pools[2].nvme_sriov.pf_pci_address: must be a PCI address"},
+        RuleCase{"PathInPf", [](auto& c) { Nvme(c).set_pf_pci_address("../../../etc"); },
+                 "pools[2].nvme_sriov.pf_pci_address: must be a PCI address"},
+        RuleCase{"PfFunction8", [](auto& c) { Nvme(c).set_pf_pci_address("0000:01:00.8"); },
+                 "pools[2].nvme_sriov.pf_pci_address: must be a PCI address"},
+        RuleCase{"PfDevice20", [](auto& c) { Nvme(c).set_pf_pci_address("0000:01:20.0"); },
+                 "pools[2].nvme_sriov.pf_pci_address: must be a PCI address"},
+        RuleCase{"SharedPf",
+                 [](auto& c) {
+                   config::PoolConfig* copy = c.add_pools();
+                   *copy = c.pools(2);
+                   copy->set_name("nvme2");
+                 },
+                 "pools[3].nvme_sriov.pf_pci_address: \"0000:01:00.0\" is already the PF of "
+                 "pools[2]"},
+        RuleCase{"NoNamespaces", [](auto& c) { Nvme(c).clear_namespace_ids(); },
+                 "pools[2].nvme_sriov.namespace_ids: must list at least one namespace"},
+        RuleCase{"TooManyNamespaces",
+                 [](auto& c) {
+                   for (uint32_t n = 10; n < 200; ++n) Nvme(c).add_namespace_ids(n);
+                 },
+                 "pools[2].nvme_sriov.namespace_ids: must list at most 128 namespaces, got 193"},
+        RuleCase{"NamespaceZero", [](auto& c) { Nvme(c).set_namespace_ids(1, 0); },
+                 "pools[2].nvme_sriov.namespace_ids[1]: must be a namespace id 1..4294967294, "
+                 "got 0"},
+        RuleCase{"NamespaceBroadcast", [](auto& c) { Nvme(c).set_namespace_ids(0, 0xffffffffu); },
+                 "pools[2].nvme_sriov.namespace_ids[0]: must be a namespace id"},
+        RuleCase{"DuplicateNamespace", [](auto& c) { Nvme(c).set_namespace_ids(2, 2); },
+                 "pools[2].nvme_sriov.namespace_ids[2]: namespace 2 is already slot 0"},
+        RuleCase{"OneQueue", [](auto& c) { Nvme(c).set_io_queues_per_vf(1); },
+                 "pools[2].nvme_sriov.io_queues_per_vf: must be 2..64 (the admin queue and at "
+                 "least one I/O queue), got 1"},
+        RuleCase{"TooManyQueues", [](auto& c) { Nvme(c).set_io_queues_per_vf(65); },
+                 "pools[2].nvme_sriov.io_queues_per_vf: must be 2..64"},
+        RuleCase{"TooManyInterrupts", [](auto& c) { Nvme(c).set_interrupts_per_vf(1000); },
+                 "pools[2].nvme_sriov.interrupts_per_vf: must be 1..64, got 1000"},
         // top level
         RuleCase{"RelativeSocketDir", [](auto& c) { c.set_socket_dir("run/vfb"); },
                  "socket_dir: must be an absolute path, got \"run/vfb\""},
