@@ -1,5 +1,6 @@
 #include "vfdrivers/block/nvme/nvme_controller.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -34,7 +35,9 @@ absl::StatusOr<ControllerInfo> ParseIdentifyController(absl::Span<const uint8_t>
   info.serial = Ascii(data, 4, 20);
   info.model = Ascii(data, 24, 40);
   info.mdts = data[77];
+  info.cntlid = static_cast<uint16_t>(data[78] | data[79] << 8);
   info.namespaces = Le32(data, 516);
+  info.oncs = static_cast<uint16_t>(data[520] | data[521] << 8);
   // SQES (byte 512) / CQES (byte 513): bits 3:0 required size; we use 64 / 16 bytes.
   if ((data[512] & 0xF) > 6 || (data[513] & 0xF) > 4) {
     return absl::FailedPreconditionError("identify controller: SQE/CQE larger than 64/16 bytes");
@@ -72,6 +75,28 @@ absl::StatusOr<NamespaceInfo> ParseIdentifyNamespace(absl::Span<const uint8_t> d
   return ns;
 }
 
+absl::StatusOr<std::vector<uint32_t>> ParseNamespaceList(absl::Span<const uint8_t> data) {
+  if (data.size() != kPageSize) return absl::InvalidArgumentError("identify data not 4096 bytes");
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < kPageSize / 4; ++i) {
+    const uint32_t nsid = Le32(data, 4 * i);
+    if (nsid == 0) break;
+    if (nsid == 0xFFFFFFFFu || (!out.empty() && nsid <= out.back())) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "namespace list: entry %u (NSID 0x%x) is not an increasing valid NSID", i, nsid));
+    }
+    out.push_back(nsid);
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Controller>> Controller::Open(vfio::VfioDevice* device,
+                                                            const ControllerOptions& options) {
+  absl::StatusOr<std::unique_ptr<VfioTransport>> transport = VfioTransport::Create(device);
+  if (!transport.ok()) return transport.status();
+  return Create(*std::move(transport), options);
+}
+
 absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(
     std::unique_ptr<Transport> transport, const ControllerOptions& options) {
   if (transport == nullptr) return absl::InvalidArgumentError("Controller: null transport");
@@ -82,15 +107,32 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(
 }
 
 Controller::~Controller() {
-  // Disable the controller so it stops DMA into memory we are about to free (§7.6.2 would
-  // prefer a shutdown notification; a reset is enough for a polled userspace driver).
-  if (transport_ != nullptr && admin_ != nullptr) {
-    absl::StatusOr<uint32_t> cc = transport_->Read32(kRegCc);
-    if (cc.ok()) {
-      (void)transport_->Write32(kRegCc, *cc & ~kCcEn);
-      (void)WaitReady(false);
+  if (transport_ == nullptr) return;
+  if (admin_ != nullptr) Shutdown();
+  admin_.reset();  // unmaps the admin rings (the controller no longer uses them)
+  if (identify_mapped_) (void)transport_->UnmapDma(identify_iova_);
+}
+
+// Normal shutdown (Base §3.6: CC.SHN = 01b, wait for CSTS.SHST = 10b, bounded by CAP.TO here
+// since RTD3E may be 0), so a device with a volatile cache commits it; then disable (CC.EN = 0,
+// a Controller Level Reset, Base §3.7.2) so the controller stops all DMA into memory about to
+// be unmapped and freed. A failed controller is disabled without the notification.
+void Controller::Shutdown() {
+  absl::StatusOr<uint32_t> cc = transport_->Read32(kRegCc);
+  if (!cc.ok()) return;
+  if (failed_.ok() && (*cc & kCcEn)) {
+    if (transport_->Write32(kRegCc, (*cc & ~kCcShnMask) | kCcShnNormal).ok()) {
+      const absl::Time deadline = absl::Now() + ready_timeout_;
+      while (absl::Now() < deadline) {
+        absl::StatusOr<uint32_t> csts = transport_->Read32(kRegCsts);
+        if (!csts.ok() || *csts == 0xFFFFFFFFu || (*csts & kCstsCfs)) break;
+        if ((*csts & kCstsShstMask) == kCstsShstComplete) break;
+        transport_->Idle();
+      }
     }
   }
+  (void)transport_->Write32(kRegCc, *cc & ~(kCcEn | kCcShnMask));
+  (void)WaitReady(false);
 }
 
 absl::Status Controller::WaitReady(bool ready) {
@@ -113,14 +155,18 @@ absl::Status Controller::WaitReady(bool ready) {
 }
 
 absl::Status Controller::Init() {
-  absl::StatusOr<uint64_t> cap = transport_->Read64(kRegCap);  // §3.1.1
+  absl::StatusOr<uint64_t> cap = transport_->Read64(kRegCap);  // Base §3.1.3.1
   if (!cap.ok()) return cap.status();
   cap_ = *cap;
+  if (cap_ == ~uint64_t{0}) return absl::UnavailableError("NVMe CAP reads all ones (no device)");
+  absl::StatusOr<uint32_t> vs = transport_->Read32(kRegVs);  // Base §3.1.3.2
+  if (!vs.ok()) return vs.status();
+  version_ = *vs;
   if (!CapCssNvm(cap_)) return absl::FailedPreconditionError("NVMe: no NVM command set");
   if (CapMpsMin(cap_) != 0) return absl::FailedPreconditionError("NVMe: 4 KiB pages unsupported");
   ready_timeout_ = absl::Milliseconds(500) * static_cast<int64_t>(std::max(CapTo(cap_), 1u));
 
-  // Reset: CC.EN = 0, wait CSTS.RDY = 0 (§7.6.1 step 1; CC §3.1.5, CSTS §3.1.6).
+  // Reset: CC.EN = 0, wait CSTS.RDY = 0 (Base §3.5.1 step 1; CC §3.1.3.5, CSTS §3.1.3.6).
   absl::StatusOr<uint32_t> cc = transport_->Read32(kRegCc);
   if (!cc.ok()) return cc.status();
   absl::Status st = transport_->Write32(kRegCc, *cc & ~kCcEn);
@@ -145,12 +191,17 @@ absl::Status Controller::Init() {
   absl::StatusOr<uint64_t> iova = transport_->MapDma(identify_page_.base(), identify_page_.size());
   if (!iova.ok()) return iova.status();
   identify_iova_ = *iova;
+  identify_mapped_ = true;
 
-  // AQA (§3.1.8): ACQS bits 27:16, ASQS bits 11:0, both 0-based. ASQ/ACQ (§3.1.9, §3.1.10).
+  // AQA (Base §3.1.3.8): ACQS bits 27:16, ASQS bits 11:0, both 0-based. ASQ/ACQ (§3.1.3.9,
+  // §3.1.3.10).
   st = transport_->Write32(kRegAqa, (entries - 1) << 16 | (entries - 1));
   if (st.ok()) st = transport_->Write64(kRegAsq, admin_->sq_iova());
   if (st.ok()) st = transport_->Write64(kRegAcq, admin_->cq_iova());
-  // CC: CSS = 000b (NVM), MPS = 0 (4 KiB), AMS = 0 (round robin), IOSQES/IOCQES, EN.
+  // CC (Base §3.5.1 steps 4-5): first the configuration - CSS = 000b (NVM), MPS = 0 (4 KiB),
+  // AMS = 0 (round robin), IOSQES/IOCQES - with EN still 0, then EN in its own write, as Linux
+  // does: a controller may latch the fields only while disabled.
+  if (st.ok()) st = transport_->Write32(kRegCc, kCcIosqes64 | kCcIocqes16);
   if (st.ok()) st = transport_->Write32(kRegCc, kCcIosqes64 | kCcIocqes16 | kCcEn);
   if (st.ok()) st = WaitReady(true);
   if (!st.ok()) return st;
@@ -161,6 +212,8 @@ absl::Status Controller::Init() {
   absl::StatusOr<ControllerInfo> info = ParseIdentifyController(data);
   if (!info.ok()) return info.status();
   info_ = *info;
+  st = RequestIoQueues();
+  if (!st.ok()) return st;
   if (options_.nsid == 0 || options_.nsid > info_.namespaces) {
     return absl::NotFoundError(absl::StrFormat("NVMe namespace %u of %u", options_.nsid,
                                                info_.namespaces));
@@ -179,17 +232,47 @@ absl::Status Controller::Init() {
   return absl::OkStatus();
 }
 
+// Set Features, Number of Queues (Base §5.27.1, FID 07h): CDW11 NCQR 31:16, NSQR 15:0, both
+// 0-based; the completion's Dword 0 reports NCQA/NSQA the same way. A controller may allocate
+// fewer than asked (an SR-IOV secondary controller has only the queue resources assigned to
+// it), and creating a queue beyond them fails; knowing the number lets CreateIoQueuePair say
+// so plainly.
+absl::Status Controller::RequestIoQueues() {
+  constexpr uint32_t kWanted = 64;
+  Sqe sqe;
+  sqe.opcode = kAdminSetFeatures;
+  sqe.cdw10 = kFeatureNumberOfQueues;
+  sqe.cdw11 = (kWanted - 1) << 16 | (kWanted - 1);
+  uint32_t dw0 = 0;
+  absl::Status st = AdminCommand(sqe, "set features (number of queues)", &dw0);
+  if (!st.ok()) return st;
+  const uint32_t sqs = (dw0 & 0xFFFF) + 1, cqs = (dw0 >> 16) + 1;
+  // The controller may report more than asked for; only what we asked for is ours to use.
+  io_queue_limit_ = std::min({sqs, cqs, kWanted});
+  return absl::OkStatus();
+}
+
 absl::Status Controller::Identify(uint32_t cns, uint32_t nsid) {
   std::memset(identify_page_.base(), 0, kPageSize);
   Sqe sqe;
-  sqe.opcode = kAdminIdentify;  // §5.15
+  sqe.opcode = kAdminIdentify;  // Base §5.17
   sqe.nsid = nsid;
   sqe.prp1 = identify_iova_;   // one page-aligned page: no PRP2
   sqe.cdw10 = cns;
-  return AdminCommand(sqe, cns == kCnsController ? "identify controller" : "identify namespace");
+  const char* what = cns == kCnsController   ? "identify controller"
+                     : cns == kCnsNamespace ? "identify namespace"
+                                            : "identify active namespace list";
+  return AdminCommand(sqe, what);
 }
 
-absl::Status Controller::AdminCommand(const Sqe& sqe, const char* what) {
+absl::StatusOr<std::vector<uint32_t>> Controller::ActiveNamespaces() {
+  absl::Status st = Identify(kCnsActiveNamespaceList, 0);
+  if (!st.ok()) return st;
+  return ParseNamespaceList(
+      absl::Span<const uint8_t>(static_cast<const uint8_t*>(identify_page_.base()), kPageSize));
+}
+
+absl::Status Controller::AdminCommand(const Sqe& sqe, const char* what, uint32_t* dw0) {
   if (!failed_.ok()) return failed_;
   if (admin_ == nullptr) return absl::FailedPreconditionError("NVMe controller not enabled");
   static constexpr uint64_t kAdminTag = 0xAD;
@@ -212,7 +295,22 @@ absl::Status Controller::AdminCommand(const Sqe& sqe, const char* what) {
     failed_ = admin_->health();
     return failed_;
   }
+  if (dw0 != nullptr) *dw0 = admin_->last_dw0();
   return NvmeStatusToStatus(c.device_status, what);
+}
+
+// Delete I/O Submission Queue (Base §5.7), then its Completion Queue (Base §5.6): the SQ must
+// go first. Best effort: a failed controller is disabled by the destructor anyway.
+void Controller::DeleteIoQueues(uint16_t qid) {
+  if (!failed_.ok() || admin_ == nullptr) return;
+  Sqe sq;
+  sq.opcode = kAdminDeleteIoSq;
+  sq.cdw10 = qid;
+  if (!AdminCommand(sq, "delete I/O SQ").ok()) return;
+  Sqe cq;
+  cq.opcode = kAdminDeleteIoCq;
+  cq.cdw10 = qid;
+  (void)AdminCommand(cq, "delete I/O CQ");
 }
 
 absl::StatusOr<std::unique_ptr<QueuePair>> Controller::CreateIoQueuePair(uint32_t depth) {
@@ -220,7 +318,12 @@ absl::StatusOr<std::unique_ptr<QueuePair>> Controller::CreateIoQueuePair(uint32_
   if (depth == 0) return absl::InvalidArgumentError("CreateIoQueuePair: depth 0");
   const uint32_t entries = std::min<uint32_t>(depth, CapMqes(cap_)) + 1;
   if (entries < 2) return absl::FailedPreconditionError("NVMe CAP.MQES allows no I/O queue");
-  if (next_qid_ == 0xFFFF) return absl::ResourceExhaustedError("NVMe: out of queue ids");
+  if (next_qid_ > io_queue_limit_) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "NVMe: the controller allocated %u I/O queue pairs (Number of Queues), all used; an "
+        "SR-IOV secondary controller has as many as its VQ resources minus the admin queue",
+        io_queue_limit_));
+  }
   // A queue id is never reused, even when creation fails half way (the CQ may exist).
   const uint16_t qid = next_qid_++;
   QueuePairConfig config;
@@ -229,10 +332,11 @@ absl::StatusOr<std::unique_ptr<QueuePair>> Controller::CreateIoQueuePair(uint32_
   config.dstrd = CapDstrd(cap_);
   config.nsid = options_.nsid;
   config.geometry = geometry_;
+  config.write_zeroes = (info_.oncs & kOncsWriteZeroes) != 0;
   absl::StatusOr<std::unique_ptr<QueuePair>> qp = QueuePair::Create(transport_.get(), config);
   if (!qp.ok()) return qp.status();
-  // Create I/O Completion Queue (§5.4): CDW10 QSIZE (0-based) 31:16, QID 15:0; CDW11 PC = 1,
-  // interrupts disabled.
+  // Create I/O Completion Queue (Base §5.4): CDW10 QSIZE (0-based) 31:16, QID 15:0; CDW11
+  // PC = 1, interrupts disabled.
   Sqe cq;
   cq.opcode = kAdminCreateIoCq;
   cq.prp1 = (*qp)->cq_iova();
@@ -240,14 +344,21 @@ absl::StatusOr<std::unique_ptr<QueuePair>> Controller::CreateIoQueuePair(uint32_
   cq.cdw11 = 1;
   absl::Status st = AdminCommand(cq, "create I/O CQ");
   if (!st.ok()) return st;
-  // Create I/O Submission Queue (§5.5): CDW11 CQID 31:16, PC = 1.
+  // Create I/O Submission Queue (Base §5.5): CDW11 CQID 31:16, PC = 1.
   Sqe sq;
   sq.opcode = kAdminCreateIoSq;
   sq.prp1 = (*qp)->sq_iova();
   sq.cdw10 = (entries - 1) << 16 | qid;
   sq.cdw11 = uint32_t{qid} << 16 | 1;
   st = AdminCommand(sq, "create I/O SQ");
-  if (!st.ok()) return st;
+  if (!st.ok()) {
+    Sqe del;  // the CQ exists: take it back down (Base §5.6)
+    del.opcode = kAdminDeleteIoCq;
+    del.cdw10 = qid;
+    (void)AdminCommand(del, "delete I/O CQ");
+    return st;
+  }
+  (*qp)->set_on_destroy([this](QueuePair& q) { DeleteIoQueues(q.qid()); });
   return qp;
 }
 

@@ -40,6 +40,10 @@ class ModelTransport : public Transport {
     if (!st.ok()) return st;
     return model_->RegPtr(offset);
   }
+  absl::Status UnmapDma(uint64_t iova) override {
+    if (!model_->Unmap(iova)) return absl::InvalidArgumentError("model UnmapDma: unknown iova");
+    return absl::OkStatus();
+  }
   absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) override {
     if (reinterpret_cast<uintptr_t>(vaddr) % kPageSize != 0 || size == 0 ||
         size % kPageSize != 0) {
@@ -89,6 +93,19 @@ uint64_t NvmeDeviceModel::Map(void* vaddr, size_t size) {
   return iova;
 }
 
+bool NvmeDeviceModel::Unmap(uint64_t iova) { return dma_.erase(iova) == 1; }
+
+uint32_t NvmeDeviceModel::live_io_queues() const {
+  uint32_t n = 0;
+  for (size_t q = 1; q < sqs_.size(); ++q) n += sqs_[q].exists ? 1 : 0;
+  return n;
+}
+
+uint32_t NvmeDeviceModel::GrantedIoQueues() const {
+  const uint32_t most = options_.max_queues - 1;
+  return options_.io_queues == 0 ? most : std::min(options_.io_queues, most);
+}
+
 uint8_t* NvmeDeviceModel::Translate(uint64_t iova, size_t length) {
   auto it = dma_.upper_bound(iova);
   if (it == dma_.begin()) return nullptr;
@@ -101,6 +118,11 @@ uint8_t* NvmeDeviceModel::Translate(uint64_t iova, size_t length) {
 void NvmeDeviceModel::Step() {
   uint32_t& cc = bar_[kRegCc / 4];
   uint32_t& csts = bar_[kRegCsts / 4];
+  // Shutdown notification (Base §3.6): report shutdown processing complete.
+  if ((cc & kCcShnMask) != 0 && (csts & kCstsShstMask) != kCstsShstComplete) {
+    ++shutdowns_;
+    csts = (csts & ~kCstsShstMask) | kCstsShstComplete;
+  }
   if (!(cc & kCcEn)) {
     if (csts & kCstsRdy) {  // controller reset: queues are gone (§7.3)
       for (Ring& r : sqs_) r = Ring{};
@@ -151,6 +173,7 @@ bool NvmeDeviceModel::ProcessSq(uint16_t qid) {
     Sqe sqe;
     if (entry != nullptr) std::memcpy(&sqe, entry, sizeof(Sqe));
     sq.head = (sq.head + 1) % sq.size;
+    result_dw0_ = 0;
     const uint16_t status =
         entry == nullptr ? MakeStatus(kSctGeneric, kScDataTransferError) : Execute(qid, sqe);
     ++commands_;
@@ -163,6 +186,7 @@ bool NvmeDeviceModel::ProcessSq(uint16_t qid) {
 void NvmeDeviceModel::Post(uint16_t qid, Ring& cq, const Sqe& sqe, uint16_t status,
                            uint32_t sq_head) {
   Cqe cqe;
+  cqe.dw0 = result_dw0_;
   cqe.sq_head = static_cast<uint16_t>(sq_head);
   cqe.sq_id = qid;
   cqe.cid = sqe.cid;
@@ -199,6 +223,7 @@ uint16_t NvmeDeviceModel::Execute(uint16_t qid, const Sqe& sqe) {
       }
       uint8_t* media = media_.data() + slba * bs;
       if (sqe.opcode == kNvmWriteZeroes) {
+        if (!options_.write_zeroes) return MakeStatus(kSctGeneric, kScInvalidOpcode);
         std::memset(media, 0, nlb * bs);
         return 0;
       }
@@ -265,8 +290,39 @@ uint16_t NvmeDeviceModel::ExecuteAdmin(const Sqe& sqe) {
   switch (sqe.opcode) {
     case kAdminIdentify:
       return Identify(sqe);
+    case kAdminSetFeatures: {
+      if ((sqe.cdw10 & 0xFF) != kFeatureNumberOfQueues) {
+        return MakeStatus(kSctGeneric, kScInvalidField);
+      }
+      if ((sqe.cdw11 & 0xFFFF) == 0xFFFF || (sqe.cdw11 >> 16) == 0xFFFF) {
+        return MakeStatus(kSctGeneric, kScInvalidField);  // 65536 queues is invalid
+      }
+      const uint32_t granted =  // 0-based, in both halves
+          (options_.io_queues_reported != 0 ? options_.io_queues_reported : GrantedIoQueues()) - 1;
+      result_dw0_ = granted << 16 | granted;
+      return 0;
+    }
+    case kAdminDeleteIoSq: {
+      if (qid == 0 || qid >= sqs_.size() || !sqs_[qid].exists) {
+        return MakeStatus(kSctCommandSpecific, kScInvalidQueueIdentifier);
+      }
+      sqs_[qid] = Ring{};
+      return 0;
+    }
+    case kAdminDeleteIoCq: {
+      if (qid == 0 || qid >= cqs_.size() || !cqs_[qid].exists) {
+        return MakeStatus(kSctCommandSpecific, kScInvalidQueueIdentifier);
+      }
+      for (size_t q = 1; q < sqs_.size(); ++q) {
+        if (sqs_[q].exists && sqs_[q].cqid == qid) {
+          return MakeStatus(kSctCommandSpecific, 0x0C);  // Invalid Queue Deletion
+        }
+      }
+      cqs_[qid] = Ring{};
+      return 0;
+    }
     case kAdminCreateIoCq: {
-      if (qid == 0 || qid >= cqs_.size() || cqs_[qid].exists) {
+      if (qid == 0 || qid > GrantedIoQueues() || qid >= cqs_.size() || cqs_[qid].exists) {
         return MakeStatus(kSctCommandSpecific, 0x01);  // Invalid Queue Identifier
       }
       if (size < 2 || size > options_.mqes + 1) {
@@ -284,7 +340,7 @@ uint16_t NvmeDeviceModel::ExecuteAdmin(const Sqe& sqe) {
     }
     case kAdminCreateIoSq: {
       const uint16_t cqid = sqe.cdw11 >> 16;
-      if (qid == 0 || qid >= sqs_.size() || sqs_[qid].exists) {
+      if (qid == 0 || qid > GrantedIoQueues() || qid >= sqs_.size() || sqs_[qid].exists) {
         return MakeStatus(kSctCommandSpecific, 0x01);
       }
       if (size < 2 || size > options_.mqes + 1) return MakeStatus(kSctCommandSpecific, 0x02);
@@ -314,10 +370,16 @@ uint16_t NvmeDeviceModel::Identify(const Sqe& sqe) {
     std::memcpy(&data[4], "MODEL0001           ", 20);
     std::memcpy(&data[24], "vfbroker NVMe device model              ", 40);
     data[77] = static_cast<uint8_t>(options_.mdts);
+    data[78] = 0x01;   // CNTLID 1
     data[512] = 0x66;  // SQES
     data[513] = 0x44;  // CQES
     const uint32_t nn = 1;
     std::memcpy(&data[516], &nn, 4);
+    data[520] = options_.write_zeroes ? kOncsWriteZeroes : 0;  // ONCS
+  } else if (cns == kCnsActiveNamespaceList) {
+    if (sqe.nsid >= 0xFFFFFFFEu) return MakeStatus(kSctGeneric, kScInvalidNamespace);
+    const uint32_t one = 1;
+    if (sqe.nsid < 1) std::memcpy(&data[0], &one, 4);  // NSIDs greater than CDW1.NSID
   } else if (cns == kCnsNamespace) {
     if (sqe.nsid != 1) return MakeStatus(kSctGeneric, kScInvalidNamespace);
     uint64_t nsze = options_.blocks;

@@ -46,6 +46,13 @@ struct DeviceModelOptions {
   uint64_t blocks = 4096;    // namespace size
   uint32_t mdts = 0;         // identify controller MDTS
   uint32_t max_queues = 8;   // queue ids 0..max_queues-1
+  // I/O queue pairs Set Features Number of Queues grants (0: max_queues - 1), as an SR-IOV
+  // secondary controller with few VQ resources; Create I/O CQ/SQ beyond it fails.
+  uint32_t io_queues = 0;
+  // What Number of Queues reports (0: the truth). More than io_queues makes the device refuse
+  // the queue creations the driver was told it could make.
+  uint32_t io_queues_reported = 0;
+  bool write_zeroes = true;  // ONCS bit 3
 };
 
 class NvmeDeviceModel {
@@ -68,6 +75,11 @@ class NvmeDeviceModel {
   void Step();
 
   std::vector<uint8_t>& media() { return media_; }
+  // DMA mappings the driver made and has not unmapped.
+  size_t live_mappings() const { return dma_.size(); }
+  // I/O queues (SQs) that exist on the device now.
+  uint32_t live_io_queues() const;
+  bool shutdown_notified() const { return shutdowns_ > 0; }
   uint64_t commands() const { return commands_; }
   uint64_t flushes() const { return flushes_; }
   uint64_t prp_list_commands() const { return prp_list_commands_; }
@@ -78,6 +90,7 @@ class NvmeDeviceModel {
   size_t bar_size() const { return bar_.size() * 4; }
   volatile uint32_t* RegPtr(uint64_t offset) { return &bar_[offset / 4]; }
   uint64_t Map(void* vaddr, size_t size);
+  bool Unmap(uint64_t iova);
 
  private:
   struct Ring {
@@ -97,6 +110,7 @@ class NvmeDeviceModel {
   uint8_t* Translate(uint64_t iova, size_t length);
   bool ProcessSq(uint16_t qid);
   uint16_t Execute(uint16_t qid, const Sqe& sqe);
+  uint32_t GrantedIoQueues() const;
   uint16_t ExecuteAdmin(const Sqe& sqe);
   uint16_t Identify(const Sqe& sqe);
   uint16_t Transfer(const Sqe& sqe, uint8_t* media, size_t length, bool to_host);
@@ -114,7 +128,8 @@ class NvmeDeviceModel {
   enum Hostile hostile_ = Hostile::kNone;
   bool hostile_admin_ = false;
   bool auto_step_ = true;
-  uint64_t commands_ = 0, flushes_ = 0, prp_list_commands_ = 0;
+  uint64_t commands_ = 0, flushes_ = 0, prp_list_commands_ = 0, shutdowns_ = 0;
+  uint32_t result_dw0_ = 0;  // Dword 0 of the completion being posted
 };
 
 }  // namespace vfdrivers::block::nvme::testing

@@ -11,8 +11,8 @@ namespace {
 
 size_t RoundUpPage(size_t n) { return (n + kPageSize - 1) & ~(kPageSize - 1); }
 
-// A transfer of up to this many bytes needs at most 1 + kMaxListEntries pages, and one PRP
-// list page holds 512 entries (§4.3), so lists never chain.
+// A transfer of up to this many bytes needs at most 33 pages (a first partial page and 32
+// more), and one PRP list page holds 512 entries (Base §4.1.1), so lists never chain.
 constexpr uint32_t kMaxTransferBytes = 128 * 1024;
 
 }  // namespace
@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<QueuePair>> QueuePair::Create(Transport* transpor
   absl::StatusOr<uint64_t> iova = transport->MapDma(qp->memory_.base(), qp->memory_.size());
   if (!iova.ok()) return iova.status();
   qp->iova_ = *iova;
+  qp->memory_mapped_ = true;
   qp->cq_offset_ = sq_bytes;
   uint8_t* base = static_cast<uint8_t*>(qp->memory_.base());
   qp->sq_ = reinterpret_cast<Sqe*>(base);
@@ -64,6 +65,12 @@ absl::StatusOr<std::unique_ptr<QueuePair>> QueuePair::Create(Transport* transpor
   return qp;
 }
 
+QueuePair::~QueuePair() {
+  if (on_destroy_) on_destroy_(*this);
+  for (const Registered& r : registered_) (void)transport_->UnmapDma(r.iova);
+  if (memory_mapped_) (void)transport_->UnmapDma(iova_);
+}
+
 absl::Status QueuePair::RegisterMemory(void* base, size_t length) {
   if (base == nullptr || length == 0) {
     return absl::InvalidArgumentError("RegisterMemory: empty region");
@@ -72,8 +79,39 @@ absl::Status QueuePair::RegisterMemory(void* base, size_t length) {
   const uintptr_t end = RoundUpPage(reinterpret_cast<uintptr_t>(base) + length);
   absl::StatusOr<uint64_t> iova = transport_->MapDma(reinterpret_cast<void*>(start), end - start);
   if (!iova.ok()) return iova.status();
-  registered_.push_back({start, end - start, *iova});
+  registered_.push_back({start, end - start, *iova, reinterpret_cast<uintptr_t>(base)});
   return absl::OkStatus();
+}
+
+absl::Status QueuePair::UnregisterMemory(void* base) {
+  for (auto it = registered_.begin(); it != registered_.end(); ++it) {
+    if (it->caller_base != reinterpret_cast<uintptr_t>(base)) continue;
+    if (outstanding() != 0) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "UnregisterMemory: %u commands outstanding on queue %u", outstanding(), config_.qid));
+    }
+    absl::Status st = transport_->UnmapDma(it->iova);
+    if (!st.ok()) return st;
+    registered_.erase(it);
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError("UnregisterMemory: that base was not registered");
+}
+
+const QueuePair::Registered* QueuePair::FindRegistered(uintptr_t addr, size_t length) const {
+  for (const Registered& r : registered_) {
+    if (addr >= r.base && addr - r.base <= r.length && length <= r.length - (addr - r.base)) {
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+absl::StatusOr<uint64_t> QueuePair::IovaOf(const void* p, size_t length) const {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  const Registered* r = FindRegistered(addr, length);
+  if (r == nullptr) return absl::NotFoundError("IovaOf: not in registered memory");
+  return r->iova + (addr - r->base);
 }
 
 absl::Status QueuePair::CheckRoom() const {
@@ -117,15 +155,9 @@ absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buf
   }
   const uintptr_t addr = reinterpret_cast<uintptr_t>(buffer);
   if (addr % 4 != 0) {
-    return absl::InvalidArgumentError("NVMe I/O: buffer not dword aligned (PRP1, §4.3)");
+    return absl::InvalidArgumentError("NVMe I/O: buffer not dword aligned (PRP1, Base §4.1.1)");
   }
-  const Registered* region = nullptr;
-  for (const Registered& r : registered_) {
-    if (addr >= r.base && addr - r.base <= r.length && length <= r.length - (addr - r.base)) {
-      region = &r;
-      break;
-    }
-  }
+  const Registered* region = FindRegistered(addr, length);
   if (region == nullptr) {
     return absl::InvalidArgumentError("NVMe I/O: buffer outside registered memory");
   }
@@ -134,7 +166,7 @@ absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buf
   Sqe sqe;
   sqe.opcode = opcode;
   sqe.nsid = config_.nsid;
-  // PRP entries (§4.3): the IOVA keeps the buffer's offset within its page (the mapping is
+  // PRP entries (Base §4.1.1): the IOVA keeps the buffer's offset within its page (the mapping is
   // page aligned), so iova + first is page aligned.
   sqe.prp1 = iova;
   const uint64_t first = std::min<uint64_t>(length, kPageSize - iova % kPageSize);
@@ -152,7 +184,7 @@ absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buf
   const uint64_t slba = offset / bs;
   sqe.cdw10 = static_cast<uint32_t>(slba);
   sqe.cdw11 = static_cast<uint32_t>(slba >> 32);
-  sqe.cdw12 = length / bs - 1;  // NLB, 0-based (§6.9, §6.15)
+  sqe.cdw12 = length / bs - 1;  // NLB, 0-based (NVM §3.2.4 Read, §3.2.6 Write)
   Push(sqe, tag, length);
   return absl::OkStatus();
 }
@@ -170,7 +202,7 @@ absl::Status QueuePair::Flush(uint64_t tag) {
   absl::Status room = CheckRoom();
   if (!room.ok()) return room;
   Sqe sqe;
-  sqe.opcode = kNvmFlush;  // §6.8
+  sqe.opcode = kNvmFlush;  // Base §7.1
   sqe.nsid = config_.nsid;
   Push(sqe, tag, 0);
   return absl::OkStatus();
@@ -179,6 +211,9 @@ absl::Status QueuePair::Flush(uint64_t tag) {
 absl::Status QueuePair::WriteZeroes(uint64_t offset, uint64_t length, uint64_t tag) {
   absl::Status room = CheckRoom();
   if (!room.ok()) return room;
+  if (!config_.write_zeroes) {
+    return absl::UnimplementedError("NVMe controller does not support Write Zeroes (ONCS bit 3)");
+  }
   const Geometry& g = config_.geometry;
   const uint32_t bs = g.logical_block_size;
   if (length == 0 || length % bs != 0 || offset % bs != 0 || offset > g.size_bytes ||
@@ -188,7 +223,7 @@ absl::Status QueuePair::WriteZeroes(uint64_t offset, uint64_t length, uint64_t t
         "65536 blocks", offset, length));
   }
   Sqe sqe;
-  sqe.opcode = kNvmWriteZeroes;  // §6.16
+  sqe.opcode = kNvmWriteZeroes;  // NVM §3.2.8
   sqe.nsid = config_.nsid;
   const uint64_t slba = offset / bs;
   sqe.cdw10 = static_cast<uint32_t>(slba);
@@ -213,10 +248,11 @@ size_t QueuePair::Poll(absl::Span<Completion> out) {
   while (n < out.size()) {
     volatile Cqe& cqe = cq_[cq_head_];
     const uint16_t status = cqe.status;
-    if ((status & 1) != phase_) break;
+    if ((status & 1) != phase_) break;  // phase tag (Base §3.3.3.2)
     std::atomic_thread_fence(std::memory_order_acquire);  // read the rest after the phase
     const uint16_t cid = cqe.cid;
     const uint16_t sq_head = cqe.sq_head;
+    last_dw0_ = cqe.dw0;
     if (++cq_head_ == config_.entries) {
       cq_head_ = 0;
       phase_ ^= 1;

@@ -1,9 +1,9 @@
 // QueuePair: one NVMe submission/completion queue pair, polled, implementing block::Queue.
 //
-// The rings (SQ of 64-byte entries, CQ of 16-byte entries; Base spec §4.1, §4.2, §4.6) and one
+// The rings (SQ of 64-byte entries, CQ of 16-byte entries; Base §3.3.1, §3.3.3.1, §3.3.3.2) and one
 // PRP-list page per command slot live in one DMA-mapped MemoryRegion allocated at creation.
 // Staging writes the SQE straight into the ring; Submit() rings the SQ tail doorbell once per
-// batch; Poll() consumes CQEs whose phase tag matches the expected phase (§4.6: the phase
+// batch; Poll() consumes CQEs whose phase tag matches the expected phase (Base §3.3.3.2: the phase
 // inverts on every pass through the ring) and rings the CQ head doorbell once per call.
 // Command ids are slot indices; nothing on the I/O path allocates or locks.
 //
@@ -12,12 +12,16 @@
 // command's tag), result -EIO and device_status kStatusUnknownCid / kStatusBadSqHead, and
 // poisons the queue: every later staging call returns DATA_LOSS (see health()).
 //
-// PRPs (§4.3): PRP1 holds the buffer's IOVA (dword aligned, any page offset); a transfer that
-// ends within the next page puts that page in PRP2; a longer one points PRP2 at the slot's PRP
-// list page. Transfers are capped (max_transfer_bytes) so one list page always suffices.
+// PRPs (Base §4.1.1): PRP1 holds the buffer's IOVA (dword aligned, any page offset); a transfer
+// that ends within the next page puts that page in PRP2; a longer one points PRP2 at the slot's
+// PRP list page. Transfers are capped (max_transfer_bytes) so one list page always suffices.
 //
 // This class does not create the queue on the controller; Controller does that (the admin
-// queue is a QueuePair too, qid 0). The Transport must outlive the queue pair.
+// queue is a QueuePair too, qid 0), and deletes it again when the queue pair is destroyed
+// (the on-destroy hook). Destruction then unmaps every DMA mapping the queue pair made (its
+// rings and the memory registered with it), so a controller re-created on the same device
+// neither leaks IOVA space nor pinned pages (which count against RLIMIT_MEMLOCK).
+// The Transport must outlive the queue pair.
 //
 // Thread safety: none. One queue, one thread.
 #ifndef VFBROKER_VFDRIVERS_BLOCK_NVME_NVME_QUEUE_PAIR_H_
@@ -25,6 +29,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -44,6 +49,7 @@ struct QueuePairConfig {
   uint32_t dstrd = 0;    // CAP.DSTRD
   uint32_t nsid = 1;
   Geometry geometry;     // of namespace `nsid` (unused by the admin queue)
+  bool write_zeroes = true;  // the controller supports Write Zeroes (Identify Controller ONCS)
 };
 
 class QueuePair : public Queue {
@@ -52,6 +58,21 @@ class QueuePair : public Queue {
 
   static absl::StatusOr<std::unique_ptr<QueuePair>> Create(Transport* transport,
                                                            const QueuePairConfig& config);
+  // Runs the on-destroy hook (Controller: delete the queue on the device), then unmaps every
+  // DMA mapping this queue pair made.
+  ~QueuePair() override;
+  QueuePair(const QueuePair&) = delete;
+  QueuePair& operator=(const QueuePair&) = delete;
+
+  // Called first thing in the destructor; Controller sets it to delete the I/O queues.
+  void set_on_destroy(std::function<void(QueuePair&)> hook) { on_destroy_ = std::move(hook); }
+
+  // Undoes RegisterMemory(base, ...) (the same base): unmaps it for DMA. FAILED_PRECONDITION
+  // while commands are outstanding (one of them may use the memory); NOT_FOUND for a base that
+  // was not registered.
+  absl::Status UnregisterMemory(void* base);
+  // The IOVA the device uses for `p` (registered memory only), for raw commands and tests.
+  absl::StatusOr<uint64_t> IovaOf(const void* p, size_t length) const;
 
   uint16_t qid() const { return config_.qid; }
   uint32_t entries() const { return config_.entries; }
@@ -59,6 +80,8 @@ class QueuePair : public Queue {
   uint64_t cq_iova() const { return iova_ + cq_offset_; }
   // OK, or the DATA_LOSS that an untrustworthy completion left behind.
   const absl::Status& health() const { return health_; }
+  // Dword 0 (the command specific result) of the last completion Poll() returned.
+  uint32_t last_dw0() const { return last_dw0_; }
 
   // Stages a ready-made command (admin commands); the command id is filled in.
   absl::Status StageRaw(Sqe sqe, uint64_t tag);
@@ -87,6 +110,7 @@ class QueuePair : public Queue {
     uintptr_t base = 0;  // page aligned
     size_t length = 0;
     uint64_t iova = 0;
+    uintptr_t caller_base = 0;  // what the caller passed to RegisterMemory
   };
 
   QueuePair(Transport* transport, const QueuePairConfig& config) :
@@ -96,9 +120,13 @@ class QueuePair : public Queue {
                        uint64_t tag);
   void Push(Sqe& sqe, uint64_t tag, uint32_t length);
 
+  const Registered* FindRegistered(uintptr_t addr, size_t length) const;
+
   Transport* transport_;
   QueuePairConfig config_;
+  std::function<void(QueuePair&)> on_destroy_;
   memory::MemoryRegion memory_;
+  bool memory_mapped_ = false;
   uint64_t iova_ = 0;
   size_t cq_offset_ = 0;
   Sqe* sq_ = nullptr;
@@ -108,13 +136,14 @@ class QueuePair : public Queue {
   uint32_t sq_tail_ = 0;
   uint32_t sq_head_ = 0;  // as the device last reported it
   uint32_t cq_head_ = 0;
-  uint16_t phase_ = 1;    // the phase tag of new entries on this pass (§4.6: starts at 1)
+  uint16_t phase_ = 1;    // the phase tag of new entries on this pass (Base §3.3.3.2: starts at 1)
   uint32_t staged_ = 0;
   std::vector<Slot> slots_;
   std::vector<uint16_t> free_;  // stack of free slot indices (command ids)
   uint32_t free_top_ = 0;
   std::vector<Registered> registered_;
   absl::Status health_;
+  uint32_t last_dw0_ = 0;
 };
 
 }  // namespace vfdrivers::block::nvme

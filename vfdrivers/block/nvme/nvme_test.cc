@@ -215,6 +215,7 @@ TEST(NvmeTest, ModelCheck) {
 TEST(NvmeTest, TwoQueuePairsAndRefusedQueueCreation) {
   DeviceModelOptions o;
   o.max_queues = 3;  // I/O queue ids 1 and 2
+  o.io_queues_reported = 4;  // but Number of Queues claims 4: the device refuses ids 3 and 4
   Rig rig(o);
   ASSERT_TRUE(rig.Start().ok());
   absl::StatusOr<std::unique_ptr<QueuePair>> second = rig.controller->CreateIoQueuePair(8);
@@ -230,8 +231,116 @@ TEST(NvmeTest, TwoQueuePairsAndRefusedQueueCreation) {
     EXPECT_EQ(rig.controller->CreateIoQueuePair(8).status().code(),
               absl::StatusCode::kFailedPrecondition);
   }
+  // Past the 4 it claimed, the driver refuses by itself.
+  EXPECT_EQ(rig.controller->CreateIoQueuePair(8).status().code(),
+            absl::StatusCode::kResourceExhausted);
   // The controller still works.
   ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Flush(3)).ok());
+}
+
+// An SR-IOV secondary controller with 2 VQ resources has one I/O queue pair (QEMU's VFs, as
+// tests/vm sets them up): Set Features Number of Queues says so, and the second queue pair is
+// refused by the driver with a message, not by a device error after memory was mapped.
+TEST(NvmeTest, NumberOfQueuesLimitsQueuePairs) {
+  DeviceModelOptions o;
+  o.io_queues = 1;
+  Rig rig(o);
+  ASSERT_TRUE(rig.Start().ok());
+  EXPECT_EQ(rig.controller->io_queue_limit(), 1u);
+  const size_t mappings = rig.model.live_mappings();
+  absl::StatusOr<std::unique_ptr<QueuePair>> second = rig.controller->CreateIoQueuePair(8);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted) << second.status();
+  EXPECT_EQ(rig.model.live_mappings(), mappings);
+}
+
+// Destroying queue pairs and the controller deletes the queues on the device, shuts it down
+// and unmaps every DMA mapping, so a controller re-created on the same device (the reset path)
+// leaks neither IOVA space nor pinned memory (RLIMIT_MEMLOCK for an unprivileged tenant).
+TEST(NvmeTest, TeardownDeletesQueuesAndUnmapsEverything) {
+  NvmeDeviceModel model;
+  absl::StatusOr<memory::MemoryRegion> buffers =
+      memory::MemoryRegion::Allocate(1 << 16, {memory::HugePages::kNever});
+  ASSERT_TRUE(buffers.ok());
+  for (int round = 0; round < 3; ++round) {
+    absl::StatusOr<std::unique_ptr<Controller>> c =
+        Controller::Create(model.MakeTransport(), FastOptions());
+    ASSERT_TRUE(c.ok()) << c.status();
+    absl::StatusOr<std::unique_ptr<QueuePair>> a = (*c)->CreateIoQueuePair(8);
+    absl::StatusOr<std::unique_ptr<QueuePair>> b = (*c)->CreateIoQueuePair(8);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ((*a)->qid(), 1);  // a new controller starts over at queue id 1
+    ASSERT_TRUE((*a)->RegisterMemory(buffers->base(), buffers->size()).ok());
+    ASSERT_TRUE(RunOne(**a, (*a)->Write(0, buffers->base(), 4096, 1)).ok());
+    EXPECT_EQ(model.live_io_queues(), 2u);
+    b->reset();
+    EXPECT_EQ(model.live_io_queues(), 1u);
+    a->reset();
+    EXPECT_EQ(model.live_io_queues(), 0u);
+    c->reset();
+    EXPECT_TRUE(model.shutdown_notified());
+    EXPECT_FALSE(model.csts() & kCstsRdy);
+    EXPECT_EQ(model.live_mappings(), 0u) << "round " << round;
+  }
+}
+
+TEST(NvmeTest, UnregisterMemoryUnmapsAndRegisterAgainWorks) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  absl::StatusOr<memory::MemoryRegion> extra =
+      memory::MemoryRegion::Allocate(8192, {memory::HugePages::kNever});
+  ASSERT_TRUE(extra.ok());
+  uint8_t* p = static_cast<uint8_t*>(extra->base());
+  const size_t before = rig.model.live_mappings();
+  ASSERT_TRUE(rig.qp->RegisterMemory(p, 8192).ok());
+  Fill(p, 8192, 11);
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Write(0, p, 8192, 1)).ok());
+  ASSERT_TRUE(rig.qp->UnregisterMemory(p).ok());
+  EXPECT_EQ(rig.model.live_mappings(), before);
+  EXPECT_EQ(rig.qp->Read(0, p, 4096, 2).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(rig.qp->UnregisterMemory(p).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(rig.qp->RegisterMemory(p, 8192).ok());
+  std::memset(p, 0, 8192);
+  ASSERT_TRUE(RunOne(*rig.qp, rig.qp->Read(0, p, 8192, 3)).ok());
+  EXPECT_EQ(std::memcmp(p, rig.model.media().data(), 8192), 0);
+}
+
+TEST(NvmeTest, ActiveNamespaceListAndIdentifyFields) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  absl::StatusOr<std::vector<uint32_t>> list = rig.controller->ActiveNamespaces();
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ(*list, std::vector<uint32_t>{1});
+  EXPECT_EQ(rig.controller->info().cntlid, 1);
+  EXPECT_TRUE(rig.controller->info().oncs & kOncsWriteZeroes);
+}
+
+TEST(NvmeTest, WriteZeroesRefusedWhenUnsupported) {
+  DeviceModelOptions o;
+  o.write_zeroes = false;
+  Rig rig(o);
+  ASSERT_TRUE(rig.Start().ok());
+  EXPECT_EQ(rig.qp->WriteZeroes(0, 4096, 1).code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST(NvmeParseTest, NamespaceListBounds) {
+  std::vector<uint8_t> d(4096, 0);
+  absl::StatusOr<std::vector<uint32_t>> empty = ParseNamespaceList(d);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->empty());
+  const uint32_t ids[] = {2, 7, 7};
+  std::memcpy(d.data(), ids, sizeof(ids));
+  EXPECT_FALSE(ParseNamespaceList(d).ok());  // not increasing
+  const uint32_t bcast = 0xFFFFFFFF;
+  std::memcpy(&d[8], &bcast, 4);
+  EXPECT_FALSE(ParseNamespaceList(d).ok());
+  std::vector<uint8_t> full(4096);
+  for (uint32_t i = 0; i < 1024; ++i) {
+    const uint32_t v = i + 1;
+    std::memcpy(&full[4 * i], &v, 4);
+  }
+  absl::StatusOr<std::vector<uint32_t>> all = ParseNamespaceList(full);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 1024u);  // never reads past the page
 }
 
 // Hostile devices: every lie is a clean error status.

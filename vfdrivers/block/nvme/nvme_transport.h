@@ -31,6 +31,9 @@ class Transport {
   virtual absl::StatusOr<volatile uint32_t*> Register32(uint64_t offset) = 0;
   // Maps [vaddr, vaddr + size) (both multiples of 4096) for device DMA; returns the IOVA.
   virtual absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) = 0;
+  // Undoes one MapDma (by the IOVA it returned). After it, the device reaches nothing there: a
+  // stray DMA faults in the IOMMU instead of landing in memory that was freed and reused.
+  virtual absl::Status UnmapDma(uint64_t iova) = 0;
   // Called from every busy-wait loop of the driver. Hardware: a CPU pause; the test model
   // uses it to run the device.
   virtual void Idle() = 0;
@@ -51,7 +54,10 @@ class VfioTransport : public Transport {
     return bar_->Register32(offset);
   }
   absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) override;
+  absl::Status UnmapDma(uint64_t iova) override { return device_->UnmapDma(iova); }
   void Idle() override;
+
+  vfio::VfioDevice* device() const { return device_; }
 
  private:
   VfioTransport(vfio::VfioDevice* device, const vfio::MmioRegion* bar)
