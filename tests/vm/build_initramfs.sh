@@ -6,8 +6,12 @@
 #   - tests/vm/init.sh as /init, vm_lib.sh as /lib/vm_lib.sh, the SCENARIO script as /scenario,
 #   - tests/vm/nvme_vadmin (compiled here with gcc -static) as /bin/nvme_vadmin,
 #   - any extra binaries given as arguments, into /bin: static ones as they are; dynamic ones with the
-#     shared libraries `ldd` reports and the ELF interpreter, at the same paths as on the host.
-# usage: build_initramfs.sh OUTPUT.cpio.gz SCENARIO [BINARY...]
+#     shared libraries `ldd` reports and the ELF interpreter, at the same paths as on the host,
+#   - the files and directories listed in $VM_EXTRA_PATHS (absolute host paths, separated by
+#     spaces), copied as they are (symlinks followed) to the same paths in the guest, e.g.
+#     VM_EXTRA_PATHS="/usr/libexec/valgrind/callgrind-amd64-linux /usr/libexec/valgrind/default.supp"
+#     (no libraries are added for them: pass an executable as a BINARY for that).
+# usage: [VM_EXTRA_PATHS="PATH..."] build_initramfs.sh OUTPUT.cpio.gz SCENARIO [BINARY...]
 # The guest kernel comes from $VFBROKER_VM_CACHE (default: <repo>/.cache/vm), filled by scripts/setup-vm.sh.
 set -euo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -18,6 +22,10 @@ CACHE=${VFBROKER_VM_CACHE:-$REPO/.cache/vm}
 (($# >= 2)) || { echo "usage: $0 OUTPUT.cpio.gz SCENARIO [BINARY...]" >&2; exit 2; }
 OUT=$1; SCENARIO=$2; shift 2
 [[ -f $SCENARIO ]] || { echo "build_initramfs: no scenario $SCENARIO" >&2; exit 1; }
+read -r -d "" -a EXTRA_PATHS <<< "${VM_EXTRA_PATHS:-}" || true  # any whitespace separates
+for p in ${EXTRA_PATHS[@]+"${EXTRA_PATHS[@]}"}; do
+  [[ $p == /* && -e $p ]] || { echo "build_initramfs: VM_EXTRA_PATHS: $p is not an existing absolute path" >&2; exit 1; }
+done
 
 MODULES=(vfio vfio_iommu_type1 vfio-pci nvme igb igbvf)
 
@@ -75,6 +83,12 @@ for bin in "$@"; do
   fi
 done
 
+# Extra files and directories, at their host paths.
+for p in ${EXTRA_PATHS[@]+"${EXTRA_PATHS[@]}"}; do
+  mkdir -p "$ROOT$(dirname "$p")"
+  cp -rL "$p" "$ROOT$(dirname "$p")/"
+done
+
 mkdir -p "$(dirname "$OUT")"
 (cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 > "$OUT"
-echo "build_initramfs: $OUT ($(du -k "$OUT" | cut -f1) KiB, kernel $KV, ${#order[@]} modules, scenario $(basename "$SCENARIO"), $# extra binaries)"
+echo "build_initramfs: $OUT ($(du -k "$OUT" | cut -f1) KiB, kernel $KV, ${#order[@]} modules, scenario $(basename "$SCENARIO"), $# extra binaries, ${#EXTRA_PATHS[@]} extra paths)"
