@@ -12,6 +12,8 @@ PACKAGES=(
   liburing-dev libsystemd-dev zlib1g-dev
   # run and test: loop devices, systemd unit linting, benchmark peers
   util-linux systemd fio python3 iproute2
+  # AF_XDP driver (vfdrivers/net): libbpf/libxdp, and clang to build XDP programs (-target bpf)
+  libbpf-dev libxdp-dev clang
 )
 
 missing=()

@@ -1,0 +1,126 @@
+// AfXdpPort: net::Port over an AF_XDP socket whose descriptors the port is given (adopted),
+// the tenant's half of an xdp_nic grant. The broker (root) creates the socket and its UMEM
+// (AfXdpSocket), binds it to one (device, queue) and attaches the steering program; the
+// tenant, unprivileged, receives the socket fd and the UMEM memfd over its session socket and
+// calls Adopt. Nothing here needs a capability: mmap of the rings and of the memfd, sendto /
+// recvfrom for wakeups.
+//
+// Rings (Documentation/networking/af_xdp.rst, "UMEM Fill Ring", "UMEM Completion Ring",
+// "RX Ring", "TX Ring"): the port maps the four rings at the offsets XDP_MMAP_OFFSETS reports
+// and drives them with libxdp's inline ring helpers (<xdp/xsk.h>) on ring structs it fills
+// itself. Frames: every UMEM chunk is in exactly one place: the port's free stack, the fill
+// ring, the caller's hands, or the TX/completion path; the port tracks that per chunk.
+//
+// The kernel's ring contents are not trusted: every address and length read from the RX and
+// completion rings is checked against the UMEM and against the chunk's state (the kernel must
+// only return chunks the port gave it, each once) before anything is dereferenced or handed
+// out; a bad descriptor is counted (stats().bad_descriptors) and dropped.
+//
+// Wakeups ("XDP_USE_NEED_WAKEUP bind flag"): TX calls sendto() only when the kernel set
+// XDP_RING_NEED_WAKEUP on the TX ring (every burst if the socket was bound without the flag);
+// RX calls recvfrom() when the fill ring carries the flag and nothing was received.
+//
+// Thread safety: as net::Port, one thread per port.
+#ifndef VFBROKER_VFDRIVERS_NET_AF_XDP_PORT_H_
+#define VFBROKER_VFDRIVERS_NET_AF_XDP_PORT_H_
+
+#include <xdp/xsk.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/unique_fd.h"
+#include "vfdrivers/net/af_xdp_layout.h"
+#include "vfdrivers/net/port.h"
+
+namespace vfdrivers::net {
+
+class AfXdpPort final : public Port {
+ public:
+  // Adopts a bound AF_XDP socket and the memfd of its UMEM, set up as `layout` says.
+  // INVALID_ARGUMENT: bad layout, or the memfd's size is not the layout's UMEM size, or the fd
+  // is not an AF_XDP socket. FAILED_PRECONDITION: the memfd is not sealed against shrinking and
+  // growing, or the rings were used before (the port must be the rings' only user). Errors of
+  // getsockopt / mmap otherwise (a ring size larger than the socket's makes mmap fail).
+  static absl::StatusOr<std::unique_ptr<AfXdpPort>> Adopt(vfbroker::UniqueFd socket,
+                                                          vfbroker::UniqueFd umem,
+                                                          const AfXdpLayout& layout);
+
+  // For tests that play the kernel: rings and UMEM in caller-owned memory (which must outlive
+  // the port), no socket; wakeups are counted but no system call is made.
+  struct TestRing {
+    uint32_t* producer;
+    uint32_t* consumer;
+    uint32_t* flags;
+    void* descs;  // uint64_t[size] (fill, completion) or xdp_desc[size] (rx, tx)
+  };
+  struct TestMemory {
+    TestRing fill, completion, rx, tx;
+    uint8_t* umem;  // layout.umem_bytes()
+  };
+  static absl::StatusOr<std::unique_ptr<AfXdpPort>> CreateForTesting(const TestMemory& memory,
+                                                                     const AfXdpLayout& layout);
+
+  ~AfXdpPort() override;
+  AfXdpPort(const AfXdpPort&) = delete;
+  AfXdpPort& operator=(const AfXdpPort&) = delete;
+
+  const PortInfo& info() const override { return info_; }
+  const PortStats& stats() const override { return stats_; }
+  size_t RxBurst(absl::Span<PacketBuffer> out) override;
+  size_t TxBurst(absl::Span<const PacketBuffer> pkts) override;
+  size_t AllocBurst(absl::Span<PacketBuffer> out) override;
+  size_t FreeBurst(absl::Span<const PacketBuffer> bufs) override;
+  void Service() override;
+
+  // The socket, for poll(POLLIN) when the caller wants to sleep instead of spinning.
+  int fd() const { return socket_.get(); }
+  // Chunks currently in the port's free stack / in the fill ring / sent and not completed.
+  uint32_t free_frames() const { return free_top_; }
+  uint32_t fill_frames() const { return in_fill_; }
+  uint32_t tx_frames() const { return in_tx_; }
+
+ private:
+  enum class FrameState : uint8_t { kFree, kFill, kApp, kTx };
+  struct Mapping {
+    void* base = nullptr;
+    size_t length = 0;
+  };
+
+  AfXdpPort(const AfXdpLayout& layout);
+  void InitRings();
+  void Refill();
+  void ReclaimCompletions();
+  void KickTx();
+  void KickRx();
+  PacketBuffer MakeBuffer(uint32_t frame, uint64_t addr, uint32_t length) const;
+
+  AfXdpLayout layout_;
+  PortInfo info_;
+  PortStats stats_;
+  vfbroker::UniqueFd socket_;  // invalid in test mode
+  vfbroker::UniqueFd umem_fd_;
+  std::vector<Mapping> mappings_;  // unmapped on destruction (empty in test mode)
+
+  uint8_t* umem_ = nullptr;
+  uint64_t umem_bytes_ = 0;
+  uint32_t frame_shift_ = 0;
+  uint32_t fill_target_ = 0;
+
+  xsk_ring_prod fill_{};
+  xsk_ring_cons completion_{};
+  xsk_ring_cons rx_{};
+  xsk_ring_prod tx_{};
+
+  std::vector<FrameState> state_;
+  std::vector<uint32_t> free_;  // stack of free chunk indices, capacity frame_count
+  uint32_t free_top_ = 0;
+  uint32_t in_fill_ = 0;
+  uint32_t in_tx_ = 0;
+};
+
+}  // namespace vfdrivers::net
+
+#endif  // VFBROKER_VFDRIVERS_NET_AF_XDP_PORT_H_

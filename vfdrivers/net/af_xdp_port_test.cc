@@ -1,0 +1,307 @@
+// AfXdpPort against rings and a UMEM in plain memory: the test is the kernel, and a hostile
+// one (addresses outside the UMEM, chunks it was never given, chunks returned twice, lengths
+// that cross a chunk, corrupt ring indices).
+#include "vfdrivers/net/af_xdp_port.h"
+
+#include <linux/if_xdp.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace vfdrivers::net {
+namespace {
+
+struct FakeRing {
+  uint32_t producer = 0;
+  uint32_t consumer = 0;
+  uint32_t flags = 0;
+  std::vector<uint8_t> descs;
+  uint32_t size = 0;
+  FakeRing(uint32_t n, size_t entry) : descs(n * entry), size(n) {}
+  AfXdpPort::TestRing View() { return {&producer, &consumer, &flags, descs.data()}; }
+  uint64_t* Addr(uint32_t i) { return reinterpret_cast<uint64_t*>(descs.data()) + (i & (size - 1)); }
+  xdp_desc* Desc(uint32_t i) { return reinterpret_cast<xdp_desc*>(descs.data()) + (i & (size - 1)); }
+};
+
+class FakeKernel {
+ public:
+  explicit FakeKernel(const AfXdpLayout& l)
+      : layout(l),
+        fill(l.fill_size, 8),
+        completion(l.completion_size, 8),
+        rx(l.rx_size, sizeof(xdp_desc)),
+        tx(l.tx_size, sizeof(xdp_desc)),
+        umem(l.umem_bytes()) {}
+
+  AfXdpPort::TestMemory Memory() {
+    return {fill.View(), completion.View(), rx.View(), tx.View(), umem.data()};
+  }
+  // Takes one chunk address from the fill ring.
+  bool TakeFill(uint64_t* addr) {
+    if (fill.consumer == fill.producer) return false;
+    *addr = *fill.Addr(fill.consumer++);
+    return true;
+  }
+  void PostRx(uint64_t addr, uint32_t len, uint32_t options = 0) {
+    *rx.Desc(rx.producer) = xdp_desc{addr, len, options};
+    ++rx.producer;
+  }
+  // Receives `payload` into the next fill chunk, the way copy mode lays it out.
+  uint64_t Receive(const std::vector<uint8_t>& payload) {
+    uint64_t chunk = 0;
+    EXPECT_TRUE(TakeFill(&chunk));
+    uint64_t addr = chunk + layout.frame_headroom + kXdpPacketHeadroom;
+    std::memcpy(umem.data() + addr, payload.data(), payload.size());
+    PostRx(addr, static_cast<uint32_t>(payload.size()));
+    return addr;
+  }
+  // Consumes every TX descriptor and completes it.
+  std::vector<xdp_desc> SendAll() {
+    std::vector<xdp_desc> sent;
+    while (tx.consumer != tx.producer) {
+      xdp_desc d = *tx.Desc(tx.consumer++);
+      sent.push_back(d);
+      *completion.Addr(completion.producer++) = d.addr;
+    }
+    return sent;
+  }
+
+  AfXdpLayout layout;
+  FakeRing fill, completion, rx, tx;
+  std::vector<uint8_t> umem;
+};
+
+AfXdpLayout SmallLayout() {
+  AfXdpLayout l;
+  l.frame_size = 2048;
+  l.frame_count = 64;
+  l.frame_headroom = 0;
+  l.fill_size = 16;
+  l.completion_size = 16;
+  l.rx_size = 16;
+  l.tx_size = 8;
+  return l;
+}
+
+class AfXdpPortTest : public ::testing::Test {
+ protected:
+  AfXdpPortTest() : layout(SmallLayout()), kernel(layout) {
+    auto p = AfXdpPort::CreateForTesting(kernel.Memory(), layout);
+    EXPECT_TRUE(p.ok()) << p.status();
+    port = std::move(*p);
+  }
+  // Every chunk is somewhere: free, posted for RX, in TX, or held by the test.
+  void ExpectConserved(size_t held) {
+    EXPECT_EQ(port->free_frames() + port->fill_frames() + port->tx_frames() + held,
+              layout.frame_count);
+  }
+
+  AfXdpLayout layout;
+  FakeKernel kernel;
+  std::unique_ptr<AfXdpPort> port;
+};
+
+TEST_F(AfXdpPortTest, PostsHalfTheChunksForReceive) {
+  EXPECT_EQ(kernel.fill.producer, 16u);  // min(fill_size, frames / 2)
+  EXPECT_EQ(port->fill_frames(), 16u);
+  std::vector<bool> seen(layout.frame_count);
+  for (uint32_t i = 0; i < 16; ++i) {
+    uint64_t a = *kernel.fill.Addr(i);
+    ASSERT_EQ(a % layout.frame_size, 0u);
+    ASSERT_LT(a, layout.umem_bytes());
+    EXPECT_FALSE(seen[a / layout.frame_size]);
+    seen[a / layout.frame_size] = true;
+  }
+  EXPECT_EQ(port->info().buffer_count, 64u);
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, ReceivesFramesZeroCopyAndRefills) {
+  std::vector<uint8_t> a(60, 0xAA), b(1000, 0xBB);
+  uint64_t addr_a = kernel.Receive(a);
+  uint64_t addr_b = kernel.Receive(b);
+  PacketBuffer bufs[8];
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 2u);
+  EXPECT_EQ(bufs[0].device_address, addr_a);
+  EXPECT_EQ(bufs[0].data, kernel.umem.data() + addr_a);
+  EXPECT_EQ(bufs[0].length, 60u);
+  EXPECT_EQ(bufs[0].capacity, layout.frame_size - kXdpPacketHeadroom);
+  EXPECT_EQ(bufs[1].device_address, addr_b);
+  EXPECT_EQ(bufs[1].length, 1000u);
+  EXPECT_EQ(std::memcmp(bufs[1].data, b.data(), b.size()), 0);
+  EXPECT_EQ(kernel.rx.consumer, 2u);
+  EXPECT_EQ(kernel.fill.producer, 18u);  // refilled to the target
+  ExpectConserved(2);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 2)), 2u);
+  ExpectConserved(0);
+  EXPECT_EQ(port->stats().rx_packets, 2u);
+  EXPECT_EQ(port->stats().rx_bytes, 1060u);
+  EXPECT_EQ(port->stats().bad_descriptors, 0u);
+}
+
+TEST_F(AfXdpPortTest, HostileRxDescriptorsAreDroppedNotUsed) {
+  uint64_t good_chunk = 0, chunk2 = 0, chunk3 = 0, chunk4 = 0;
+  ASSERT_TRUE(kernel.TakeFill(&good_chunk));
+  ASSERT_TRUE(kernel.TakeFill(&chunk2));
+  ASSERT_TRUE(kernel.TakeFill(&chunk3));
+  ASSERT_TRUE(kernel.TakeFill(&chunk4));
+  const uint64_t never_given = uint64_t{63} * layout.frame_size;  // still in the free stack
+  kernel.PostRx(layout.umem_bytes(), 64);                // past the UMEM
+  kernel.PostRx(~uint64_t{0} - 10, 64);                  // wraps
+  kernel.PostRx(never_given + 256, 64);                  // not given to the kernel
+  kernel.PostRx(chunk2 + 2000, 100);                     // crosses the chunk's end
+  kernel.PostRx(chunk3 + 256, 0);                        // empty
+  kernel.PostRx(chunk4 + 256, 64, /*XDP_PKT_CONTD*/ 1);  // multi-buffer, never enabled
+  kernel.PostRx(good_chunk + 256, 64);                   // the only good one
+  kernel.PostRx(good_chunk + 256, 64);                   // same chunk again
+  PacketBuffer bufs[16];
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 1u);
+  EXPECT_EQ(bufs[0].device_address, good_chunk + 256);
+  EXPECT_EQ(port->stats().bad_descriptors, 7u);
+  // chunk2..4 were identified as the kernel's and taken back; nothing was lost.
+  ExpectConserved(1);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 1)), 1u);
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, CorruptProducerIndexIsBounded) {
+  kernel.rx.producer = kernel.rx.consumer + 1000000;  // claims a million frames
+  PacketBuffer bufs[64];
+  for (int i = 0; i < 100; ++i) port->RxBurst(absl::MakeSpan(bufs));
+  // Stale entries (all zero: chunk 0, length 0) were read within the ring and rejected.
+  EXPECT_EQ(port->stats().rx_packets, 0u);
+  EXPECT_GT(port->stats().bad_descriptors, 0u);
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, TransmitsAndReclaimsWithWakeupOnlyWhenAsked) {
+  PacketBuffer bufs[4];
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs)), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(bufs[i].capacity, layout.frame_size);
+    std::memset(bufs[i].data, i, 100);
+    bufs[i].length = 100 + i;
+  }
+  kernel.tx.flags = 0;  // kernel busy polling: no wakeup needed
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, 2)), 2u);
+  EXPECT_EQ(port->stats().wakeups, 0u);
+  kernel.tx.flags = XDP_RING_NEED_WAKEUP;
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(bufs + 2, 2)), 2u);
+  EXPECT_EQ(port->stats().wakeups, 1u);
+  std::vector<xdp_desc> sent = kernel.SendAll();
+  ASSERT_EQ(sent.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(sent[i].addr, bufs[i].device_address);
+    EXPECT_EQ(sent[i].len, 100u + i);
+  }
+  EXPECT_EQ(port->tx_frames(), 4u);
+  port->Service();
+  EXPECT_EQ(port->tx_frames(), 0u);
+  EXPECT_EQ(port->stats().tx_completed, 4u);
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, EchoesAReceivedBuffer) {
+  kernel.Receive(std::vector<uint8_t>(80, 1));
+  PacketBuffer buf;
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(&buf, 1)), 1u);
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(&buf, 1)), 1u);
+  std::vector<xdp_desc> sent = kernel.SendAll();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].addr, buf.device_address);
+  port->Service();
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, HostileCompletionsAreDropped) {
+  PacketBuffer bufs[2];
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs)), 2u);
+  bufs[0].length = bufs[1].length = 64;
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, 1)), 1u);
+  auto complete = [&](uint64_t addr) { *kernel.completion.Addr(kernel.completion.producer++) = addr; };
+  complete(layout.umem_bytes() + 5);  // outside
+  complete(bufs[1].device_address);   // held by the application, never sent
+  complete(bufs[0].device_address);   // the real one
+  complete(bufs[0].device_address);   // twice
+  kernel.tx.consumer = kernel.tx.producer;
+  port->Service();
+  EXPECT_EQ(port->stats().bad_descriptors, 3u);
+  EXPECT_EQ(port->stats().tx_completed, 1u);
+  ExpectConserved(1);
+  // bufs[1] is still the application's.
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs + 1, 1)), 1u);
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, BadBuffersFromTheCallerAreRefused) {
+  PacketBuffer bufs[3];
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs)), 3u);
+  for (auto& b : bufs) b.length = 64;
+  PacketBuffer foreign = bufs[0];
+  foreign.pool = &foreign;
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(&foreign, 1)), 0u);
+  PacketBuffer too_long = bufs[0];
+  too_long.length = layout.frame_size + 1;
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(&too_long, 1)), 0u);
+  PacketBuffer moved = bufs[0];
+  moved.data += layout.frame_size;  // points into the next chunk
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(&moved, 1)), 0u);
+  EXPECT_EQ(kernel.tx.producer, 0u);
+  // A burst stops at the first bad buffer; the prefix goes out.
+  PacketBuffer burst[3] = {bufs[0], foreign, bufs[1]};
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(burst, 3)), 1u);
+  EXPECT_EQ(kernel.tx.producer, 1u);
+  // bufs[0] is now the port's: freeing or sending it again is refused.
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 1)), 0u);
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, 1)), 0u);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs + 1, 2)), 2u);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs + 1, 2)), 0u);  // double free
+  EXPECT_EQ(port->stats().bad_buffers, 8u);
+  kernel.SendAll();
+  port->Service();
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, FullTxRingLeavesTheRestWithTheCaller) {
+  PacketBuffer bufs[12];
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs)), 12u);
+  for (auto& b : bufs) b.length = 64;
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, 12)), 8u);  // tx_size
+  EXPECT_EQ(port->stats().tx_ring_full, 4u);
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(bufs + 8, 4)), 0u);
+  kernel.SendAll();
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(bufs + 8, 4)), 4u);  // completions reclaimed
+  kernel.SendAll();
+  port->Service();
+  ExpectConserved(0);
+}
+
+TEST_F(AfXdpPortTest, AllocDrainsThePoolThenFails) {
+  std::vector<PacketBuffer> bufs(64);
+  size_t n = port->AllocBurst(absl::MakeSpan(bufs));
+  EXPECT_EQ(n, 48u);  // 16 are posted for receive
+  EXPECT_EQ(port->stats().alloc_failed, 16u);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs.data(), n)), n);
+  ExpectConserved(0);
+}
+
+TEST(AfXdpLayoutTest, RejectsBadLayouts) {
+  AfXdpLayout l = SmallLayout();
+  EXPECT_TRUE(ValidateAfXdpLayout(l).ok());
+  l.frame_size = 3000;
+  EXPECT_FALSE(ValidateAfXdpLayout(l).ok());
+  l = SmallLayout();
+  l.rx_size = 12;
+  EXPECT_FALSE(ValidateAfXdpLayout(l).ok());
+  l = SmallLayout();
+  l.completion_size = 4;
+  EXPECT_FALSE(ValidateAfXdpLayout(l).ok());
+  l = SmallLayout();
+  l.frame_headroom = 2000;
+  EXPECT_FALSE(ValidateAfXdpLayout(l).ok());
+}
+
+}  // namespace
+}  // namespace vfdrivers::net
