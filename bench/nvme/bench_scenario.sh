@@ -7,17 +7,20 @@
 #   - for randread then randwrite, 4 KiB: nvme_bench on VF1 at QD $BENCH_QD and QD 1, fio io_uring
 #     at QD $BENCH_QD (default options, then --fixedbufs --registerfiles --norandommap) and fio
 #     psync (QD 1) on VF2's block device, $BENCH_RUNTIME s each, with the guest's CPU busy time
-#     over each run from /proc/stat; then
+#     over each run from /proc/stat; all that $BENCH_REPEAT times; then
 #     nvme_bench under callgrind for exactly $BENCH_IOS I/Os at QD 1 and QD $BENCH_QD;
 #   - tries perf stat once (TCG emulates no PMU: expected to report instructions unsupported).
 # Prints machine-readable lines for bench/nvme/run_nvme_bench.sh:
-#   BENCH-RESULT <engine> <rw> <qd> {json}        (nvme_bench's own JSON)
+#   BENCH-PARAMS RUNTIME=.. QD=.. IOS=.. REPEAT=.. RWS=a,b       (once, first)
+#   BENCH-RESULT <engine> <rw> <qd> {json}        (nvme_bench's own JSON; once per round)
 #   BENCH-CPU <engine> <rw> <qd> <busy ticks, all CPUs> <ticks per second>
 #   BENCH-FIO-BEGIN <engine> <rw> <qd> ... BENCH-FIO-END    (fio --output-format=json)
 #   BENCH-CALLGRIND-BEGIN <rw> <qd> ... BENCH-CALLGRIND-END (gzip | base64 of callgrind.out)
 # run_nvme_bench.sh inserts its parameters (BENCH_*=...) as line 3; the defaults below otherwise.
 . /lib/vm_lib.sh
 : "${BENCH_RUNTIME:=10}" "${BENCH_QD:=32}" "${BENCH_IOS:=20000}" "${BENCH_RWS:=randread randwrite}"
+: "${BENCH_REPEAT:=1}"
+echo "BENCH-PARAMS RUNTIME=$BENCH_RUNTIME QD=$BENCH_QD IOS=$BENCH_IOS REPEAT=$BENCH_REPEAT RWS=$(echo $BENCH_RWS | tr ' ' ,)"
 
 [ -n "$NVME_PF" ] || { fail "no NVMe controller 1b36:0010"; exit 1; }
 NV=/dev/$NVME_CTRL
@@ -81,17 +84,23 @@ fio_run() {  # label engine rw qd [extra fio options]
   echo "BENCH-CPU $label $rw $qd $((t1 - t0)) 100"
 }
 
+# Rounds of the timed runs, every engine once per round (noise on the host spreads over all).
+for round in $(seq "$BENCH_REPEAT"); do
+  for rw in $BENCH_RWS; do
+    log "round $round, $rw: our driver QD $BENCH_QD"
+    ours "$rw" "$BENCH_QD"
+    log "round $round, $rw: fio io_uring QD $BENCH_QD"
+    fio_run fio-io_uring io_uring "$rw" "$BENCH_QD"
+    log "round $round, $rw: fio io_uring QD $BENCH_QD --fixedbufs --registerfiles --norandommap"
+    fio_run fio-io_uring-tuned io_uring "$rw" "$BENCH_QD" --fixedbufs --registerfiles --norandommap
+    log "round $round, $rw: fio psync"
+    fio_run fio-psync psync "$rw" 1
+    log "round $round, $rw: our driver QD 1"
+    ours "$rw" 1
+  done
+done
+
 for rw in $BENCH_RWS; do
-  log "$rw: our driver QD $BENCH_QD"
-  ours "$rw" "$BENCH_QD"
-  log "$rw: fio io_uring QD $BENCH_QD"
-  fio_run fio-io_uring io_uring "$rw" "$BENCH_QD"
-  log "$rw: fio io_uring QD $BENCH_QD --fixedbufs --registerfiles --norandommap"
-  fio_run fio-io_uring-tuned io_uring "$rw" "$BENCH_QD" --fixedbufs --registerfiles --norandommap
-  log "$rw: fio psync"
-  fio_run fio-psync psync "$rw" 1
-  log "$rw: our driver QD 1"
-  ours "$rw" 1
   for qd in 1 $BENCH_QD; do
     log "$rw: our driver QD $qd under callgrind, $BENCH_IOS I/Os"
     cg=/tmp/callgrind.$rw.$qd.out
