@@ -28,5 +28,6 @@ def bpf_object(name, src, symbol, hdrs = [], visibility = None):
     native.cc_library(
         name = name,
         srcs = [name + "_embed.cc"],
+        hdrs = ["xdp_objects.h"],
         visibility = visibility,
     )

@@ -1,0 +1,16 @@
+// BPF objects compiled from this directory and embedded by bpf_object() (bpf_object.bzl):
+// ELF bytes to hand to XdpProgram::Attach (libbpf bpf_object__open_mem).
+#ifndef VFBROKER_VFDRIVERS_NET_XDP_XDP_OBJECTS_H_
+#define VFBROKER_VFDRIVERS_NET_XDP_XDP_OBJECTS_H_
+
+#include <cstddef>
+
+namespace vfdrivers::net::xdp {
+
+// xsk_redirect.bpf.c: program "xsk_redirect", XSKMAP "xsks" (queue -> socket).
+extern const unsigned char kXskRedirectBpf[];
+extern const size_t kXskRedirectBpfSize;
+
+}  // namespace vfdrivers::net::xdp
+
+#endif  // VFBROKER_VFDRIVERS_NET_XDP_XDP_OBJECTS_H_
