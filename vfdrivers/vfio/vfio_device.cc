@@ -5,10 +5,12 @@
 #include <linux/vfio.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <climits>
 #include <cstring>
 #include <utility>
@@ -385,6 +387,36 @@ absl::Status VfioDevice::Reset() const {
   return absl::OkStatus();
 }
 
+// VFIO type1 pins every mapped page and charges it to the mapping process's locked memory,
+// against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK (vfio_iommu_type1.c,
+// vfio_lock_acct); over the limit, VFIO_IOMMU_MAP_DMA fails with ENOMEM. That is the usual
+// failure of an unprivileged tenant (the default limit is 8 MiB since Linux 5.16), so say so.
+static absl::Status MemlockError(size_t size, uint64_t iova) {
+  struct rlimit limit = {};
+  std::string have = "unknown";
+  if (getrlimit(RLIMIT_MEMLOCK, &limit) == 0) {
+    have = limit.rlim_cur == RLIM_INFINITY ? std::string("unlimited")
+                                           : absl::StrCat(limit.rlim_cur / 1024, " KiB");
+  }
+  std::string locked = "?";
+  if (FILE* f = fopen("/proc/self/status", "re")) {
+    char line[256];
+    while (fgets(line, sizeof(line), f) != nullptr) {
+      absl::string_view l(line);
+      if (absl::StartsWith(l, "VmLck:")) {
+        locked = std::string(absl::StripAsciiWhitespace(l.substr(6)));
+        break;
+      }
+    }
+    fclose(f);
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "VFIO_IOMMU_MAP_DMA of ", size, " bytes at iova 0x", absl::Hex(iova),
+      " failed with ENOMEM: the pinned pages would exceed RLIMIT_MEMLOCK (", have,
+      "; already locked: ", locked, "); raise the tenant's memlock limit (e.g. LimitMEMLOCK=, "
+      "ulimit -l, or setrlimit as root before dropping privileges) or map less"));
+}
+
 absl::StatusOr<DmaMapping> VfioDevice::MapDma(void* vaddr, size_t size, uint64_t alignment) {
   uint64_t page = iova_.page_size();
   uint64_t va = reinterpret_cast<uintptr_t>(vaddr);
@@ -404,6 +436,7 @@ absl::StatusOr<DmaMapping> VfioDevice::MapDma(void* vaddr, size_t size, uint64_t
   if (ioctl(container_.get(), VFIO_IOMMU_MAP_DMA, &map) != 0) {
     int e = errno;
     (void)iova_.Free(*iova);
+    if (e == ENOMEM) return MemlockError(size, *iova);
     return SysError("VFIO_IOMMU_MAP_DMA", e,
                     absl::StrCat("(", size, " bytes at iova 0x", absl::Hex(*iova), ")"));
   }

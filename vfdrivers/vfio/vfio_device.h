@@ -126,7 +126,8 @@ class VfioDevice {
 
   // Maps [vaddr, vaddr + size) for device read and write at a fresh IOVA (VFIO_IOMMU_MAP_DMA).
   // vaddr and size must be multiples of the IOMMU page size; the IOVA is aligned to `alignment`
-  // (e.g. the region's page size, so the IOMMU can use large pages).
+  // (e.g. the region's page size, so the IOMMU can use large pages). The pages are pinned and
+  // count against RLIMIT_MEMLOCK (unless CAP_IPC_LOCK): over it, RESOURCE_EXHAUSTED saying so.
   absl::StatusOr<DmaMapping> MapDma(void* vaddr, size_t size, uint64_t alignment = 0);
   // Maps a whole MemoryRegion, IOVA aligned to its page size.
   absl::StatusOr<DmaMapping> MapDma(const vfdrivers::memory::MemoryRegion& region);

@@ -1,10 +1,12 @@
 #include "vfdrivers/block/nvme/nvme_queue_pair.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 
 namespace vfdrivers::block::nvme {
 namespace {
@@ -289,6 +291,52 @@ size_t QueuePair::Poll(absl::Span<Completion> out) {
     transport_->Idle();
   }
   return n;
+}
+
+absl::Status ZeroRange(QueuePair& qp, uint64_t offset, uint64_t length, absl::Duration timeout) {
+  if (qp.outstanding() != 0) {
+    return absl::FailedPreconditionError("ZeroRange: the queue pair has commands outstanding");
+  }
+  const uint64_t bs = qp.geometry().logical_block_size;
+  const uint64_t max_bytes = uint64_t{0x10000} * bs;  // NLB is 16 bits, 0-based
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Status first_error;
+  uint64_t at = offset;
+  const uint64_t end = offset + length;
+  if (end < offset) return absl::InvalidArgumentError("ZeroRange: range wraps");
+  Completion done[16];
+  while (at < end || qp.outstanding() > 0) {
+    while (at < end && first_error.ok() && qp.outstanding() < qp.depth()) {
+      const uint64_t n = std::min(max_bytes, end - at);
+      absl::Status st = qp.WriteZeroes(at, n, at);
+      if (!st.ok()) {
+        first_error = st;
+        break;
+      }
+      at += n;
+    }
+    if (!first_error.ok()) at = end;  // stop staging; drain what is in flight
+    absl::StatusOr<uint32_t> sub = qp.Submit();
+    if (!sub.ok()) return sub.status();
+    const size_t n = qp.Poll(absl::MakeSpan(done));
+    for (size_t i = 0; i < n; ++i) {
+      absl::Status st = CompletionStatus(done[i]);
+      if (!st.ok() && first_error.ok()) {
+        first_error = absl::Status(st.code(), absl::StrFormat("write zeroes at byte %u: %s",
+                                                              done[i].tag, st.message()));
+      }
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "ZeroRange: %u commands still outstanding after %s", qp.outstanding(),
+          absl::FormatDuration(timeout)));
+    }
+  }
+  return first_error;
+}
+
+absl::Status ZeroNamespace(QueuePair& qp, absl::Duration timeout) {
+  return ZeroRange(qp, 0, qp.geometry().size_bytes, timeout);
 }
 
 }  // namespace vfdrivers::block::nvme

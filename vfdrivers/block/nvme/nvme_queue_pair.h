@@ -35,6 +35,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "vfdrivers/block/nvme/nvme_spec.h"
 #include "vfdrivers/block/nvme/nvme_transport.h"
@@ -145,6 +146,16 @@ class QueuePair : public Queue {
   absl::Status health_;
   uint32_t last_dw0_ = 0;
 };
+
+// Zeroes [offset, offset + length) of the queue pair's namespace with Write Zeroes commands of
+// up to 65536 blocks each (32 MiB at 512-byte blocks), up to depth() of them in flight, and
+// waits for all of them: the device zeroes (or deallocates) without any data crossing PCIe,
+// so a whole namespace takes a few commands. The queue pair must be idle (FAILED_PRECONDITION
+// otherwise); the first failed command's status is returned; DEADLINE_EXCEEDED after
+// `timeout` (the queue pair is then not idle: treat the controller as failed).
+absl::Status ZeroRange(QueuePair& qp, uint64_t offset, uint64_t length, absl::Duration timeout);
+// ZeroRange over the whole namespace: the scrub before a namespace is handed to someone else.
+absl::Status ZeroNamespace(QueuePair& qp, absl::Duration timeout);
 
 }  // namespace vfdrivers::block::nvme
 

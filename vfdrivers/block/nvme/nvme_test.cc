@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -320,6 +321,23 @@ TEST(NvmeTest, WriteZeroesRefusedWhenUnsupported) {
   Rig rig(o);
   ASSERT_TRUE(rig.Start().ok());
   EXPECT_EQ(rig.qp->WriteZeroes(0, 4096, 1).code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST(NvmeTest, ZeroNamespaceZeroesEverything) {
+  DeviceModelOptions o;
+  o.blocks = 200000;  // > 3 commands of 65536 blocks, the last one partial
+  Rig rig(o);
+  ASSERT_TRUE(rig.Start(2).ok());
+  std::fill(rig.model.media().begin(), rig.model.media().end(), 0xAB);
+  const uint64_t before = rig.model.commands();
+  ASSERT_TRUE(ZeroNamespace(*rig.qp, absl::Seconds(5)).ok());
+  EXPECT_EQ(rig.model.commands() - before, 4u);
+  EXPECT_TRUE(std::all_of(rig.model.media().begin(), rig.model.media().end(),
+                          [](uint8_t b) { return b == 0; }));
+  EXPECT_EQ(rig.qp->outstanding(), 0u);
+  ASSERT_TRUE(rig.qp->Flush(1).ok());
+  EXPECT_EQ(ZeroNamespace(*rig.qp, absl::Seconds(5)).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(NvmeParseTest, NamespaceListBounds) {
