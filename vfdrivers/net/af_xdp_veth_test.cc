@@ -137,6 +137,7 @@ struct TenantPlan {
   int expect_rx = 0;  // frames with RxPayload(i) it must receive (i in [0, expect_rx))
   std::string rx_tag; // prefix every received payload must carry
   int tx = 0;         // frames to send to the peer
+  bool vlan_odd = false;  // odd-numbered received frames carry VLAN 42
 };
 
 std::string DropPrivileges() {
@@ -206,6 +207,10 @@ std::string TenantMain(int session, const TenantPlan& plan) {
         return "frame with wrong addresses: " + p;
       }
       int idx = atoi(p.c_str() + want.size());
+      const bool tagged = plan.vlan_odd && (idx % 2 == 1);
+      if (v.eth.has_vlan != tagged || (tagged && (v.eth.vlan_tci & 0x0FFF) != 42)) {
+        return "VLAN tag not as sent: " + p;
+      }
       got.insert(idx);
     }
     if (port.FreeBurst(absl::MakeConstSpan(bufs, n)) != n) return "FreeBurst refused buffers";
@@ -245,6 +250,17 @@ std::string TenantMain(int session, const TenantPlan& plan) {
     sent += static_cast<int>(queued);
     port.Service();
   }
+  // One more frame whose UDP checksum is wrong: the peer's stack must drop it, which shows
+  // that it checks the checksums the frames above carried.
+  {
+    PacketBuffer bad;
+    if (port.AllocBurst(absl::MakeSpan(&bad, 1)) != 1) return "no buffer";
+    std::string p = plan.rx_tag + "bad-checksum";
+    bad.length = static_cast<uint32_t>(packet::BuildUdp(
+        spec, reinterpret_cast<const uint8_t*>(p.data()), p.size(), bad.data, bad.capacity));
+    bad.data[bad.length - 1] ^= 0x01;
+    if (port.TxBurst(absl::MakeConstSpan(&bad, 1)) != 1) return "TxBurst of the bad frame";
+  }
   while (port.tx_frames() > 0 && std::chrono::steady_clock::now() < deadline) port.Service();
   if (port.tx_frames() != 0) return absl::StrCat(port.tx_frames(), " frames never completed");
 
@@ -252,7 +268,7 @@ std::string TenantMain(int session, const TenantPlan& plan) {
   if (st.bad_descriptors != 0 || st.bad_buffers != 0) {
     return absl::StrCat("bad descriptors ", st.bad_descriptors, ", bad buffers ", st.bad_buffers);
   }
-  if (st.tx_completed != static_cast<uint64_t>(plan.tx)) {
+  if (st.tx_completed != static_cast<uint64_t>(plan.tx) + 1) {
     return absl::StrCat("tx_completed ", st.tx_completed);
   }
   std::string report = absl::StrCat("done rx=", st.rx_packets, " tx=", st.tx_packets,
@@ -381,9 +397,10 @@ void SendRawFrames(const std::string& ifname, const MacAddress& dst_mac, uint32_
 }
 
 // Receives `count` datagrams on the peer's UDP socket; returns their payloads.
-std::set<std::string> ReceiveUdp(int fd, int count) {
+std::set<std::string> ReceiveUdp(int fd, int count,
+                                 std::chrono::milliseconds wait = std::chrono::seconds(10)) {
   std::set<std::string> out;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto deadline = std::chrono::steady_clock::now() + wait;
   while (static_cast<int>(out.size()) < count && std::chrono::steady_clock::now() < deadline) {
     pollfd pfd{fd, POLLIN, 0};
     if (poll(&pfd, 1, 100) <= 0) continue;
@@ -392,6 +409,31 @@ std::set<std::string> ReceiveUdp(int fd, int count) {
     if (n > 0) out.insert(std::string(buf, n));
   }
   return out;
+}
+
+// Udp InCsumErrors of this network namespace (/proc/net/snmp): datagrams the stack dropped
+// for a bad checksum.
+long UdpInCsumErrors() {
+  FILE* f = fopen("/proc/net/snmp", "r");
+  if (f == nullptr) return -1;
+  char line[1024];
+  std::vector<std::string> names;
+  long value = -1;
+  while (fgets(line, sizeof(line), f) != nullptr) {
+    if (strncmp(line, "Udp:", 4) != 0) continue;
+    std::vector<std::string> fields = absl::StrSplit(absl::string_view(line).substr(4), ' ',
+                                                     absl::SkipWhitespace());
+    if (names.empty()) {
+      names = fields;
+      continue;
+    }
+    for (size_t i = 0; i < names.size() && i < fields.size(); ++i) {
+      if (names[i] == "InCsumErrors") value = atol(fields[i].c_str());
+    }
+    break;
+  }
+  fclose(f);
+  return value;
 }
 
 UniqueFd PeerUdpSocket() {
@@ -426,13 +468,19 @@ class AfXdpVethTest : public ::testing::Test {
 void RunVethRoundTrip(XdpAttachMode mode, Tenant* t) {
   constexpr int kFrames = 200;
   UniqueFd peer = PeerUdpSocket();
-  TenantPlan plan{"a", kPortMac, kPortIp, kFrames, "a:", kFrames};
+  const long csum_errors_before = UdpInCsumErrors();
+  TenantPlan plan{"a", kPortMac, kPortIp, kFrames, "a:", kFrames, /*vlan_odd=*/true};
   ASSERT_TRUE(StartTenant("veth0", mode, plan, t));
   SendRawFrames("veth1", kPortMac, kPortIp, "a:", kFrames, /*vlan_every_other=*/true);
   std::set<std::string> got = ReceiveUdp(peer.get(), kFrames);
+  ASSERT_TRUE(FinishTenant(t));
+  // Anything still in flight (the corrupted frame) has arrived by now, or never will.
+  std::set<std::string> late = ReceiveUdp(peer.get(), 1, std::chrono::milliseconds(300));
+  got.insert(late.begin(), late.end());
+  EXPECT_EQ(got.count("a:bad-checksum"), 0u);
+  EXPECT_EQ(UdpInCsumErrors(), csum_errors_before + 1);
   EXPECT_EQ(got.size(), static_cast<size_t>(kFrames));
   for (int i = 0; i < kFrames; ++i) EXPECT_EQ(got.count("a:" + TxPayload(i)), 1u) << i;
-  ASSERT_TRUE(FinishTenant(t));
 }
 
 TEST_F(AfXdpVethTest, UnprivilegedTenantReceivesAndSendsNativeXdp) {
