@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker/allocator/allocator.h"
 #include "broker/backends/loop_extent.h"
+#include "broker/backends/nvme_sriov.h"
 #include "broker/config/config_loader.h"
 #include "broker/core/broker_core.h"
 #include "broker/journal/journal.h"
@@ -84,18 +85,33 @@ int Run(const config::BrokerConfig& config) {
   std::vector<BlockPoolSpec> specs;
   std::vector<LoopExtentBackend*> loop_backends;  // owned by the core, which outlives their use
   for (const config::PoolConfig& pool : config.pools()) {
+    BlockPoolSpec spec;
+    spec.name = pool.name();
+    spec.access = ToAccessPolicy(pool.access());
+    if (pool.has_nvme_sriov()) {
+      absl::StatusOr<std::unique_ptr<NvmeSriovBackend>> backend = NvmeSriovBackend::Open(
+          pool.name(), pool.nvme_sriov(), MakeRealNvmeSriovPlatform());
+      if (!backend.ok()) {
+        spdlog::critical("pool {}: {}", pool.name(), backend.status().message());
+        return 1;
+      }
+      // One lease is one whole slot: the allocator hands out slot-aligned, slot-sized ranges.
+      spec.capacity_bytes = (*backend)->capacity_bytes();
+      spec.alignment_bytes = (*backend)->slot_size();
+      spec.max_extent_bytes = (*backend)->slot_size();
+      specs.push_back(std::move(spec));
+      backends.emplace(pool.name(), *std::move(backend));
+      continue;
+    }
     absl::StatusOr<std::unique_ptr<LoopExtentBackend>> backend =
         LoopExtentBackend::Open(pool.name(), pool.loop_extent());
     if (!backend.ok()) {
       spdlog::critical("pool {}: {}", pool.name(), backend.status().message());
       return 1;
     }
-    BlockPoolSpec spec;
-    spec.name = pool.name();
     spec.capacity_bytes = (*backend)->capacity_bytes();
     spec.alignment_bytes = pool.loop_extent().alignment_bytes();
     spec.max_extent_bytes = pool.loop_extent().max_extent_bytes();
-    spec.access = ToAccessPolicy(pool.access());
     specs.push_back(std::move(spec));
     spdlog::info("pool={} backend=loop_extent backing={} capacity={} bytes", pool.name(),
                  (*backend)->backing_path(), (*backend)->capacity_bytes());

@@ -445,9 +445,14 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
     release_reservation();
     spdlog::error("lease={} tenant={} pool={}: provisioning failed: {}", lease_id,
                   TenantLabel(peer), record.pool, provisioned.status().message());
-    return absl::UnavailableError(absl::StrCat("pool ", record.pool,
-                                               ": could not provision the extent: ",
-                                               provisioned.status().message()));
+    // A pool whose device cannot be handed out safely (e.g. a VF sharing its IOMMU group) is a
+    // state the operator must fix: FAILED_PRECONDITION; anything else may pass: UNAVAILABLE.
+    std::string message = absl::StrCat("pool ", record.pool, ": could not provision the extent: ",
+                                       provisioned.status().message());
+    if (provisioned.status().code() == absl::StatusCode::kFailedPrecondition) {
+      return absl::FailedPreconditionError(std::move(message));
+    }
+    return absl::UnavailableError(std::move(message));
   }
 
   journal::Record journal_record;

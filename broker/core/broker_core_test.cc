@@ -323,6 +323,10 @@ TEST_F(BrokerCoreTest, FailedProvisionOrHandoffLeavesNothingBehind) {
   const std::string token = Open(Peer(1000), link);
   backend_->provision_error = absl::InternalError("boom");
   EXPECT_EQ(Allocate(token, 8 * kMiB).status().code(), absl::StatusCode::kUnavailable);
+  backend_->provision_error = absl::FailedPreconditionError("VF shares its IOMMU group");
+  absl::Status refused = Allocate(token, 8 * kMiB).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("VF shares its IOMMU group"), std::string::npos) << refused;
   backend_->provision_error = absl::OkStatus();
   link->send_result = absl::UnavailableError("peer gone");
   EXPECT_EQ(Allocate(token, 8 * kMiB).status().code(), absl::StatusCode::kUnavailable);

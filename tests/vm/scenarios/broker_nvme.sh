@@ -1,0 +1,160 @@
+#!/bin/sh
+# broker_nvme: vfbrokerd with an nvme_sriov pool on $NVME_PF (namespaces 2 and 3), tenants as uids 60001/60002.
+#   1. the broker prepares the PF itself (releases the primary's flexible resources, resets it,
+#      enables 2 VFs with autoprobe off); tenant A (uid 60001) allocates a VF, adopts it over VFIO,
+#      reads zeroes, writes and verifies its pattern, holds;
+#   2. tenant B (uid 60002) cannot open A's /dev/vfio group, gets the other VF, reads zeroes (not
+#      A's data), verifies its own pattern; root cannot open a held group either (EBUSY);
+#   3. A is SIGKILLed: its VF is reset and its namespace scrubbed (broker log), and tenant C then
+#      gets that slot and reads zeroes;
+#   4. a tenant keeping only the VFIO *device* descriptor keeps the group busy (6.1 kernel fact):
+#      the slice stays quarantined until that descriptor closes;
+#   5. the broker restarts while B holds its VF: B's lease is re-adopted, then reclaimed and
+#      scrubbed when B dies;
+#   6. a second broker with a pool on $NVME_NOACS_PF (its VF shares an IOMMU group with the port
+#      and the PF) refuses to hand that VF out: FAILED_PRECONDITION naming the group's members.
+. /lib/vm_lib.sh
+# The initramfs root comes out 0700; tenants need to traverse it.
+chmod 755 /
+for b in vfbrokerd nvme_tenant; do
+  command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
+done
+[ -n "$NVME_PF" ] || { fail "no NVMe PF"; check_failed; exit 1; }
+
+S=/run/vfb; STATE=/tmp/vfb-state; BLOG=/tmp/broker.log
+mkdir -p $S $STATE
+cat > /tmp/vfb.textproto <<EOF
+socket_dir: "$S"
+state_dir: "$STATE"
+pools {
+  name: "nvme"
+  access { uids: [ 60001, 60002 ] }
+  nvme_sriov { pf_pci_address: "$NVME_PF" namespace_ids: [ 2, 3 ] }
+}
+EOF
+
+show_log() {  # file prefix
+  sed "s/^/  $2: /" "$1"
+}
+start_broker() {  # config log socket_dir
+  vfbrokerd --config="$1" --log_level=debug >> "$2" 2>&1 &
+  echo $! > /tmp/broker.pid.$(basename "$3")
+  wait_for 300 test -S "$3/grpc.sock" || { fail "vfbrokerd did not come up ($1)"; show_log "$2" broker; return 1; }
+  wait_for 50 grep -q "vfbrokerd ready" "$2" || { fail "vfbrokerd not ready"; return 1; }
+}
+tenant() {  # out uid seed args... (background; prints its pid)
+  out=$1; uid=$2; seed=$3; shift 3
+  nvme_tenant --socket_dir=$S --uid="$uid" --seed="$seed" "$@" > "$out" 2>&1 &
+  echo $!
+}
+field() {  # file key -> value of key=... on the TENANT OK line
+  sed -n "s/.*TENANT OK.* $2=\([^ ]*\).*/\1/p" "$1" | head -1
+}
+wait_scrubbed() {  # vf count
+  wait_for 150 sh -c "[ \$(grep -c 'VF $1 .*zeroed and verified' $BLOG) -ge $2 ]"
+}
+
+start_broker /tmp/vfb.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
+log "broker up at uptime $(cut -d' ' -f1 /proc/uptime)s; PF $NVME_PF sriov_numvfs=$(cat /sys/bus/pci/devices/$NVME_PF/sriov_numvfs) autoprobe=$(cat /sys/bus/pci/devices/$NVME_PF/sriov_drivers_autoprobe)"
+
+# 1. Tenant A.
+A=$(tenant /tmp/a.out 60001 11 --hold)
+wait_for 300 grep -q "HOLDING\|TENANT FAIL" /tmp/a.out
+show_log /tmp/a.out "tenant A"
+grep -q "ZEROES-FIRST yes" /tmp/a.out || fail "tenant A: namespace did not read zeroes first"
+grep -q "TENANT OK" /tmp/a.out || fail "tenant A failed"
+VF_A=$(field /tmp/a.out vf); G_A=$(field /tmp/a.out group); NS_A=$(field /tmp/a.out nsid)
+log "tenant A (uid $(field /tmp/a.out uid)): VF $VF_A namespace $NS_A group $G_A"
+
+# 2. Tenant B, which first tries A's group.
+B=$(tenant /tmp/b.out 60002 22 --hold --peek="$G_A")
+wait_for 300 grep -q "HOLDING\|TENANT FAIL" /tmp/b.out
+show_log /tmp/b.out "tenant B"
+grep -q "PEEK $G_A errno=E" /tmp/b.out || fail "tenant B could open tenant A's group $G_A"
+grep -q "TENANT OK" /tmp/b.out || fail "tenant B failed"
+grep -q "ZEROES-FIRST yes" /tmp/b.out || fail "tenant B saw data it did not write"
+VF_B=$(field /tmp/b.out vf); G_B=$(field /tmp/b.out group); NS_B=$(field /tmp/b.out nsid)
+log "tenant B (uid $(field /tmp/b.out uid)): VF $VF_B namespace $NS_B group $G_B"
+[ -n "$VF_B" ] && [ "$VF_A" != "$VF_B" ] && [ "$G_A" != "$G_B" ] && [ "$NS_A" != "$NS_B" ] ||
+  fail "A and B share a VF, group or namespace"
+for g in "$G_A" "$G_B"; do
+  if (exec 3<> "$g") 2>/tmp/peek.err; then fail "root opened held group $g"; fi
+  log "root opening held $g: $(cat /tmp/peek.err)"
+  grep -q "busy" /tmp/peek.err || fail "opening held group $g: not EBUSY"
+done
+ls -ln /dev/vfio | while read -r l; do log "/dev/vfio: $l"; done
+nvme_vadmin /dev/$NVME_CTRL list | while read -r l; do log "secondary: $l"; done
+for ns in $NS_A $NS_B; do log "namespace $ns attached to: $(nvme_vadmin /dev/$NVME_CTRL ctrls $ns)"; done
+
+# 3. Kill A: its slot is reset and scrubbed before anyone gets it again.
+kill -9 "$A"
+wait_scrubbed "$VF_A" 1 || fail "A's VF $VF_A was not scrubbed after the kill"
+grep "VF $VF_A .*zeroed and verified" $BLOG | while read -r l; do log "broker: $l"; done
+[ -z "$(nvme_vadmin /dev/$NVME_CTRL ctrls $NS_A)" ] || fail "namespace $NS_A still attached after teardown"
+tenant /tmp/c.out 60001 33 --release >/dev/null
+# (a child of the command substitution's subshell: not ours to wait for)
+wait_for 300 grep -q "RELEASED\|TENANT FAIL" /tmp/c.out
+show_log /tmp/c.out "tenant C"
+grep -q "TENANT OK" /tmp/c.out || fail "tenant C failed"
+[ "$(field /tmp/c.out vf)" = "$VF_A" ] || fail "tenant C did not get A's former VF $VF_A"
+grep -q "ZEROES-FIRST yes" /tmp/c.out || fail "tenant C read A's data: not scrubbed"
+grep -q "RELEASED" /tmp/c.out || fail "tenant C did not release"
+wait_scrubbed "$VF_A" 2 || fail "C's release was not scrubbed"
+
+# 4. Only the device descriptor kept: the group stays busy and the slice quarantined.
+D=$(tenant /tmp/d.out 60001 44 --hold_device_only)
+wait_for 300 grep -q "HOLDING-DEVICE-ONLY\|TENANT FAIL" /tmp/d.out
+show_log /tmp/d.out "tenant D"
+grep -q "HOLDING-DEVICE-ONLY" /tmp/d.out || fail "tenant D failed"
+LEASE_D=$(sed -n 's/.*HOLDING-DEVICE-ONLY lease=\([^ ]*\).*/\1/p' /tmp/d.out)
+G_D=$(ls -l /proc/$D/fd 2>/dev/null | grep -o '/dev/vfio/[0-9]*' | head -1)
+log "tenant D holds $(ls -l /proc/$D/fd | grep -c vfio) VFIO descriptor(s): $(ls -l /proc/$D/fd | grep -o 'vfio.*' | tr '\n' ' ')"
+sleep 1
+grep -q "lease=$LEASE_D: device not closed yet" $BLOG || fail "D's slice was not held back while its device fd lived"
+grep -q "VF $VF_A .*zeroed" $BLOG && [ "$(grep -c "VF $VF_A .*zeroed" $BLOG)" -gt 2 ] &&
+  fail "D's VF was scrubbed while its device descriptor was open"
+if (exec 3<> /dev/vfio/$(basename "$(readlink /sys/bus/pci/devices/$VF_A/iommu_group)")) 2>/tmp/peek.err; then
+  fail "root opened the group of a VF whose device fd alone is held"
+fi
+log "with only D's device fd open, opening its group: $(cat /tmp/peek.err)"
+kill -9 "$D"
+wait_scrubbed "$VF_A" 3 || fail "D's slice was not scrubbed after its device fd closed"
+
+# 5. Broker restart while B holds its VF.
+kill -TERM "$(cat /tmp/broker.pid.vfb)"
+wait_for 100 sh -c "! kill -0 $(cat /tmp/broker.pid.vfb) 2>/dev/null" || fail "broker did not stop"
+start_broker /tmp/vfb.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
+grep "recovered from journal" $BLOG | tail -1 | while read -r l; do log "broker: $l"; done
+grep "recovered from journal" $BLOG | tail -1 | grep -q "1 leases kept" || fail "B's lease was not re-adopted"
+kill -9 "$B"
+wait_scrubbed "$VF_B" 1 || fail "B's VF $VF_B was not scrubbed after B died (re-adopted lease)"
+
+# 6. A VF that shares its IOMMU group is refused.
+if [ -n "$NVME_NOACS_PF" ]; then
+  S2=/run/vfb2; mkdir -p $S2 /tmp/vfb2-state
+  cat > /tmp/vfb2.textproto <<EOF
+socket_dir: "$S2"
+state_dir: "/tmp/vfb2-state"
+pools {
+  name: "noacs"
+  access { uids: [ 60001 ] }
+  nvme_sriov { pf_pci_address: "$NVME_NOACS_PF" namespace_ids: [ 1 ] }
+}
+EOF
+  if start_broker /tmp/vfb2.textproto /tmp/broker2.log $S2; then
+    nvme_tenant --socket_dir=$S2 --uid=60001 --pool=noacs > /tmp/e.out 2>&1
+    show_log /tmp/e.out "tenant E"
+    grep -q "FAILED_PRECONDITION.*shares IOMMU group" /tmp/e.out ||
+      fail "the broker handed out (or did not clearly refuse) a VF sharing its IOMMU group"
+    kill -TERM "$(cat /tmp/broker.pid.vfb2)"
+  else
+    show_log /tmp/broker2.log broker2
+  fi
+else
+  fail "no NVMe PF behind the port without ACS (run_vm.sh)"
+fi
+
+kill -TERM "$(cat /tmp/broker.pid.vfb)"
+sleep 1
+show_log $BLOG broker
+check_failed
