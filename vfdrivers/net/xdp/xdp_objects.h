@@ -11,6 +11,11 @@ namespace vfdrivers::net::xdp {
 extern const unsigned char kXskRedirectBpf[];
 extern const size_t kXskRedirectBpfSize;
 
+// steer.bpf.c: program "vfb_steer", maps "xsks", "macs", "flows", "config", "stats"
+// (steer_maps.h).
+extern const unsigned char kSteerBpf[];
+extern const size_t kSteerBpfSize;
+
 }  // namespace vfdrivers::net::xdp
 
 #endif  // VFBROKER_VFDRIVERS_NET_XDP_XDP_OBJECTS_H_

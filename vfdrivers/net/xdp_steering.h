@@ -1,0 +1,69 @@
+// XdpSteering: the broker's XDP steering program (xdp/steer.bpf.c) on one device, and the
+// rules that send a tenant's frames to the tenant's AF_XDP socket: by destination MAC + VLAN
+// (a VF-like slice: the tenant's MAC), by destination (IPv4 address, port, protocol) + VLAN, or
+// by exact 5-tuple + VLAN (flow filters). Lookup order and maps: xdp/steer_maps.h.
+//
+// Broker side only (root). A rule is refused (ALREADY_EXISTS) if the same key already steers
+// somewhere, so two leases can never claim the same frames; the broker removes a lease's rules
+// and its socket slot when the lease ends (frames then get the unmatched action, or are
+// dropped if a rule still names the empty slot). A target names the socket's slot and the
+// queue it is bound to: frames of a matching flow that arrive on another queue are dropped,
+// never passed to the kernel stack. Thread-compatible.
+#ifndef VFBROKER_VFDRIVERS_NET_XDP_STEERING_H_
+#define VFBROKER_VFDRIVERS_NET_XDP_STEERING_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "vfdrivers/net/packet.h"
+#include "vfdrivers/net/xdp_program.h"
+
+namespace vfdrivers::net {
+
+struct SteeringTarget {
+  uint32_t slot = 0;   // < kMaxSlots
+  uint32_t queue = 0;  // the socket's queue
+};
+
+// Addresses and ports in host order; src_ip = 0 and src_port = 0 together mean "any source".
+struct FlowRule {
+  uint32_t src_ip = 0;
+  uint32_t dst_ip = 0;
+  uint16_t src_port = 0;
+  uint16_t dst_port = 0;
+  uint8_t protocol = 17;  // IPPROTO_UDP or IPPROTO_TCP
+  uint16_t vlan = 0xFFFF; // VID, or kUntagged
+};
+
+class XdpSteering {
+ public:
+  static constexpr uint16_t kUntagged = 0xFFFF;
+  static constexpr uint32_t kMaxSlots = 256;
+  enum Stat { kFlow, kFlowWildcard, kMac, kUnmatched, kWrongQueue, kMalformed, kStatCount };
+
+  // Loads the program and attaches it to `ifindex`. Unmatched frames go to the kernel stack
+  // (XDP_PASS) unless drop_unmatched.
+  static absl::StatusOr<std::unique_ptr<XdpSteering>> Attach(int ifindex, XdpAttachMode mode,
+                                                             bool drop_unmatched);
+
+  absl::Status SetSocket(uint32_t slot, int xsk_fd);
+  absl::Status ClearSocket(uint32_t slot);
+  absl::Status AddMacRule(const packet::MacAddress& mac, uint16_t vlan, SteeringTarget target);
+  absl::Status RemoveMacRule(const packet::MacAddress& mac, uint16_t vlan);
+  absl::Status AddFlowRule(const FlowRule& rule, SteeringTarget target);
+  absl::Status RemoveFlowRule(const FlowRule& rule);
+  absl::StatusOr<std::array<uint64_t, kStatCount>> Stats() const;
+
+  XdpProgram& program() { return *program_; }
+
+ private:
+  explicit XdpSteering(std::unique_ptr<XdpProgram> program) : program_(std::move(program)) {}
+  std::unique_ptr<XdpProgram> program_;
+  int macs_ = -1, flows_ = -1, config_ = -1, stats_ = -1;
+};
+
+}  // namespace vfdrivers::net
+
+#endif  // VFBROKER_VFDRIVERS_NET_XDP_STEERING_H_
