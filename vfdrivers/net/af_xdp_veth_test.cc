@@ -30,6 +30,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -46,6 +47,7 @@
 #include "vfdrivers/net/packet.h"
 #include "vfdrivers/net/xdp/xdp_objects.h"
 #include "vfdrivers/net/xdp_program.h"
+#include "vfdrivers/net/xdp_steering.h"
 
 namespace vfdrivers::net {
 namespace {
@@ -298,7 +300,10 @@ AfXdpLayout TestLayout() {
 
 // Forks the tenant first (so it inherits none of the descriptors made afterwards), then sets
 // up its socket on `ifname` and sends the descriptors.
-::testing::AssertionResult StartTenant(const std::string& ifname, XdpAttachMode mode,
+// `install` is the broker's steering for the new socket (t->xsk is set when it runs).
+using Installer = std::function<absl::Status(Tenant* t, int ifindex)>;
+
+::testing::AssertionResult StartTenant(const std::string& ifname, const Installer& install,
                                        const TenantPlan& plan, Tenant* t) {
   int sp[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0) {
@@ -331,13 +336,7 @@ AfXdpLayout TestLayout() {
   auto xsk = CreateAfXdpSocket(o);
   if (!xsk.ok()) return ::testing::AssertionFailure() << xsk.status();
   t->xsk = std::move(*xsk);
-  auto prog = XdpProgram::Attach(xdp::kXskRedirectBpf, xdp::kXskRedirectBpfSize, "xsk_redirect",
-                                 o.ifindex, mode);
-  if (!prog.ok()) return ::testing::AssertionFailure() << prog.status();
-  t->program = std::move(*prog);
-  if (auto s = t->program->SetXsk("xsks", 0, t->xsk.socket.get()); !s.ok()) {
-    return ::testing::AssertionFailure() << s;
-  }
+  if (auto s = install(t, o.ifindex); !s.ok()) return ::testing::AssertionFailure() << s;
   int fds[2] = {t->xsk.socket.get(), t->xsk.umem.get()};
   if (auto s = vfbroker::SendWithFds(t->session.get(), EncodeLayout(t->xsk.layout), fds);
       !s.ok()) {
@@ -350,6 +349,19 @@ AfXdpLayout TestLayout() {
     return ::testing::AssertionFailure() << "tenant not ready: " << msg << " " << s;
   }
   return ::testing::AssertionSuccess();
+}
+
+// Every frame of the device's queue 0 to the tenant's socket (a device of its own).
+::testing::AssertionResult StartTenant(const std::string& ifname, XdpAttachMode mode,
+                                       const TenantPlan& plan, Tenant* t) {
+  Installer redirect_all = [mode](Tenant* t, int ifindex) -> absl::Status {
+    auto prog = XdpProgram::Attach(xdp::kXskRedirectBpf, xdp::kXskRedirectBpfSize,
+                                   "xsk_redirect", ifindex, mode);
+    if (!prog.ok()) return prog.status();
+    t->program = std::move(*prog);
+    return t->program->SetXsk("xsks", 0, t->xsk.socket.get());
+  };
+  return StartTenant(ifname, redirect_all, plan, t);
 }
 
 ::testing::AssertionResult FinishTenant(Tenant* t) {
@@ -368,7 +380,8 @@ AfXdpLayout TestLayout() {
 
 // Sends `count` UDP frames built by us from the peer end, through an AF_PACKET socket.
 void SendRawFrames(const std::string& ifname, const MacAddress& dst_mac, uint32_t dst_ip,
-                   const std::string& tag, int count, bool vlan_every_other = false) {
+                   const std::string& tag, int count, bool vlan_every_other = false,
+                   uint16_t dst_port = kPortUdp, int vlan_all = -1) {
   UniqueFd raw(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
   ASSERT_TRUE(raw.valid()) << strerror(errno);
   sockaddr_ll ll{};
@@ -381,11 +394,11 @@ void SendRawFrames(const std::string& ifname, const MacAddress& dst_mac, uint32_
   spec.src_ip = kPeerIp;
   spec.dst_ip = dst_ip;
   spec.src_port = kPeerUdp;
-  spec.dst_port = kPortUdp;
+  spec.dst_port = dst_port;
   for (int i = 0; i < count; ++i) {
     std::string p = tag + RxPayload(i);
-    spec.has_vlan = vlan_every_other && (i % 2 == 1);
-    spec.vlan_tci = 42;
+    spec.has_vlan = (vlan_every_other && (i % 2 == 1)) || vlan_all >= 0;
+    spec.vlan_tci = static_cast<uint16_t>(vlan_all >= 0 ? vlan_all : 42);
     uint8_t frame[256];
     size_t n = packet::BuildUdp(spec, reinterpret_cast<const uint8_t*>(p.data()), p.size(),
                                 frame, sizeof(frame));
@@ -547,6 +560,38 @@ TEST_F(AfXdpVethTest, MacvlanPerTenantIsolatesFrames) {
   }
   EXPECT_TRUE(FinishTenant(&a_));
   EXPECT_TRUE(FinishTenant(&b_));
+}
+
+// The broker's steering program on the tenant's device: only the tenant's flow reaches its
+// socket; other ports and other VLANs are dropped before the socket (the tenant would fail on
+// the first frame not tagged for it).
+TEST_F(AfXdpVethTest, SteeringProgramDeliversOnlyTheLeasedFlow) {
+  constexpr int kFrames = 100;
+  constexpr int kOthers = 50;
+  UniqueFd peer = PeerUdpSocket();
+  std::unique_ptr<XdpSteering> steering;
+  Installer install = [&steering](Tenant* t, int ifindex) -> absl::Status {
+    auto s = XdpSteering::Attach(ifindex, XdpAttachMode::kNative, /*drop_unmatched=*/true);
+    if (!s.ok()) return s.status();
+    steering = std::move(*s);
+    if (auto st = steering->SetSocket(7, t->xsk.socket.get()); !st.ok()) return st;
+    return steering->AddFlowRule({0, kPortIp, 0, kPortUdp, 17, XdpSteering::kUntagged},
+                                 {/*slot=*/7, /*queue=*/0});
+  };
+  TenantPlan plan{"a", kPortMac, kPortIp, kFrames, "a:", kFrames};
+  ASSERT_TRUE(StartTenant("veth0", install, plan, &a_));
+  // Not the tenant's: another port, and the right port on a VLAN the rule does not name.
+  SendRawFrames("veth1", kPortMac, kPortIp, "x:", kOthers, false, kPortUdp + 1);
+  SendRawFrames("veth1", kPortMac, kPortIp, "x:", kOthers, false, kPortUdp, /*vlan_all=*/42);
+  SendRawFrames("veth1", kPortMac, kPortIp, "a:", kFrames);
+  std::set<std::string> got = ReceiveUdp(peer.get(), kFrames);
+  EXPECT_EQ(got.size(), static_cast<size_t>(kFrames));
+  ASSERT_TRUE(FinishTenant(&a_));
+  auto stats = steering->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ((*stats)[XdpSteering::kFlowWildcard], static_cast<uint64_t>(kFrames));
+  EXPECT_GE((*stats)[XdpSteering::kUnmatched], static_cast<uint64_t>(2 * kOthers));
+  EXPECT_EQ((*stats)[XdpSteering::kWrongQueue], 0u);
 }
 
 }  // namespace
