@@ -305,6 +305,19 @@ absl::Status DropPrivileges(int uid) {
 
 std::string Hex(uint64_t v) { return absl::StrFormat("0x%x", v); }
 
+// VmLck of this process in KiB: what VFIO has pinned and charged to RLIMIT_MEMLOCK.
+int64_t LockedKib() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return -1;
+  char line[256];
+  int64_t kib = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::strncmp(line, "VmLck:", 6) == 0) kib = std::strtoll(line + 6, nullptr, 10);
+  }
+  std::fclose(f);
+  return kib;
+}
+
 int Main() {
   const std::string pci = absl::GetFlag(FLAGS_pci);
   const uint32_t nsid = absl::GetFlag(FLAGS_nsid);
@@ -711,7 +724,13 @@ int Main() {
   }
 
   Check("reset path keeps data", [&]() -> absl::StatusOr<std::string> {
+    // What the first controller holds: a re-created one must hold exactly as much again.
+    const size_t mappings = rig.device->iova_allocator().allocation_count();
+    const uint64_t iova_pages = rig.device->iova_allocator().free_pages();
+    const int64_t locked = LockedKib();
     rig.DestroyController();
+    const size_t left = rig.device->iova_allocator().allocation_count();
+    if (left != 0) return Fail(absl::StrCat(left, " DMA mappings left after the teardown"));
     std::string how = "controller destroyed (queues deleted, shutdown, CC.EN=0)";
     if (device_reset) {
       absl::Status st = rig.device->Reset();
@@ -724,9 +743,18 @@ int Main() {
     absl::StatusOr<std::vector<uint32_t>> list = rig.controller->ActiveNamespaces();
     if (!list.ok()) return list.status();
     if (*list != std::vector<uint32_t>{nsid}) return Fail("active namespaces changed");
+    if (rig.device->iova_allocator().allocation_count() != mappings ||
+        rig.device->iova_allocator().free_pages() != iova_pages || LockedKib() != locked) {
+      return Fail(absl::StrFormat(
+          "the re-created controller holds %u DMA mappings, %u free IOVA pages, VmLck %d KiB; "
+          "the first held %u, %u, %d KiB", rig.device->iova_allocator().allocation_count(),
+          rig.device->iova_allocator().free_pages(), LockedKib(), mappings, iova_pages, locked));
+    }
     absl::StatusOr<std::string> verified = rig.VerifyAll();
     if (!verified.ok()) return verified.status();
-    return absl::StrCat(how, ", new controller: whole namespace matches (", *verified, ")");
+    return absl::StrFormat("%s; 0 DMA mappings left in between; the new controller holds the "
+                           "same %u mappings and %d KiB pinned; whole namespace matches (%s)",
+                           how, mappings, locked, *verified);
   });
 
   if (getuid() != 0) {

@@ -68,6 +68,15 @@ verdict "VF2 $VF2 (uid 60001)" --pci="$VF2" --nsid=3 --other_nsid=2 --seed=7 \
   --run_as_uid=60001 --scrub_at_end
 ls -ln /dev/vfio | while read -r l; do log "/dev/vfio: $l"; done
 
+# A VF whose secondary controller is offline reads CAP 0 and CSTS.CFS 1 (QEMU): the driver must
+# refuse it at once with the reason, not hang or crash.
+scid2=$(nvme_vadmin $NV list | sed -n 's/^scid=\([0-9]*\) vfn=2 .*/\1/p')
+nvme_vadmin $NV virt "$scid2" 0 7 0 || fail "take controller $scid2 offline"
+run_check "VF2 offline" --pci="$VF2" --nsid=3 --device_reset=false > /tmp/check.out
+cat /tmp/check.out
+grep -q 'CHECK FAIL controller init: FAILED_PRECONDITION: NVMe CAP 0x0 .*MQES 0 is invalid' /tmp/check.out ||
+  fail "offline VF2: no clean refusal"
+
 # The PF: nsid 1, two I/O queue pairs. vfio-pci refuses a PF with SR-IOV enabled ("Cannot
 # bind to PF with SR-IOV enabled"), so the VFs go first (through nvme's sriov_configure).
 echo 0 > "/sys/bus/pci/devices/$NVME_PF/sriov_numvfs" || fail "disable the VFs of $NVME_PF"

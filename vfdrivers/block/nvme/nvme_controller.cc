@@ -162,8 +162,18 @@ absl::Status Controller::Init() {
   absl::StatusOr<uint32_t> vs = transport_->Read32(kRegVs);  // Base §3.1.3.2
   if (!vs.ok()) return vs.status();
   version_ = *vs;
-  if (!CapCssNvm(cap_)) return absl::FailedPreconditionError("NVMe: no NVM command set");
-  if (CapMpsMin(cap_) != 0) return absl::FailedPreconditionError("NVMe: 4 KiB pages unsupported");
+  if (CapMqes(cap_) == 0 || !CapCssNvm(cap_) || CapMpsMin(cap_) != 0) {
+    // Say what the device reported. CAP.MQES 0 is invalid (the smallest queue has 2 entries):
+    // such a controller is unusable - an offline SR-IOV secondary controller reads CAP 0 with
+    // CSTS.CFS set (seen with QEMU's NVMe VFs).
+    absl::StatusOr<uint32_t> csts = transport_->Read32(kRegCsts);
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "NVMe CAP 0x%x (CSTS 0x%x): %s", cap_, csts.ok() ? *csts : 0xFFFFFFFFu,
+        CapMqes(cap_) == 0 ? "CAP.MQES 0 is invalid; the controller is not usable (an offline "
+                             "SR-IOV secondary controller reads so)"
+        : !CapCssNvm(cap_) ? "no NVM command set (CAP.CSS bit 0)"
+                           : "4 KiB memory pages unsupported (CAP.MPSMIN)"));
+  }
   ready_timeout_ = absl::Milliseconds(500) * static_cast<int64_t>(std::max(CapTo(cap_), 1u));
 
   // Reset: CC.EN = 0, wait CSTS.RDY = 0 (Base §3.5.1 step 1; CC §3.1.3.5, CSTS §3.1.3.6).

@@ -420,6 +420,17 @@ TEST(NvmeHostileTest, AdminLiesFailBringUp) {
   }
 }
 
+// An offline SR-IOV secondary controller (QEMU) reads CAP 0: refused at once, saying why.
+TEST(NvmeHostileTest, InvalidCapRejected) {
+  DeviceModelOptions o;
+  o.mqes = 0;
+  NvmeDeviceModel model(o);
+  absl::StatusOr<std::unique_ptr<Controller>> c =
+      Controller::Create(model.MakeTransport(), FastOptions());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+  EXPECT_NE(c.status().message().find("MQES"), absl::string_view::npos) << c.status();
+}
+
 TEST(NvmeHostileTest, BadIdentifyNamespaceRejected) {
   for (Hostile mode :
        {Hostile::kBadLbaFormat, Hostile::kBadLbaShift, Hostile::kZeroSizeNamespace}) {
