@@ -85,8 +85,8 @@ int g_passed = 0, g_failed = 0;
 bool Check(const std::string& name, const std::function<absl::StatusOr<std::string>()>& fn) {
   const absl::Time start = absl::Now();
   absl::StatusOr<std::string> r = fn();
-  const std::string took = absl::FormatDuration(absl::Trunc(absl::Now() - start,
-                                                            absl::Milliseconds(1)));
+  const std::string took =
+      absl::FormatDuration(absl::Trunc(absl::Now() - start, absl::Milliseconds(1)));
   if (r.ok()) {
     ++g_passed;
     std::printf("CHECK PASS %s: %s [%s]\n", name.c_str(), r->c_str(), took.c_str());
@@ -143,9 +143,9 @@ class Rig {
       queues.push_back(*std::move(qp));
     }
     if (queues.size() < absl::GetFlag(FLAGS_min_queue_pairs)) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "controller allows %u I/O queue pairs, need %u", controller->io_queue_limit(),
-          absl::GetFlag(FLAGS_min_queue_pairs)));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("controller allows %u I/O queue pairs, need %u",
+                          controller->io_queue_limit(), absl::GetFlag(FLAGS_min_queue_pairs)));
     }
     return absl::OkStatus();
   }
@@ -186,8 +186,8 @@ class Rig {
           if (!st.ok()) return st;
           ++next[q];
         }
-        if (stats != nullptr) stats->max_outstanding = std::max(stats->max_outstanding,
-                                                                queue.outstanding());
+        if (stats != nullptr)
+          stats->max_outstanding = std::max(stats->max_outstanding, queue.outstanding());
         absl::StatusOr<uint32_t> sub = queue.Submit();
         if (!sub.ok()) return sub.status();
         const size_t n = queue.Poll(absl::MakeSpan(completions));
@@ -208,8 +208,8 @@ class Rig {
             while (op.buffer[at] == shadow[op.offset + at]) ++at;
             return absl::DataLossError(absl::StrFormat(
                 "read of %u bytes at offset %u (queue %u) differs at byte %u: got 0x%02x, "
-                "expected 0x%02x", op.length, op.offset, q + 1, at, op.buffer[at],
-                shadow[op.offset + at]));
+                "expected 0x%02x",
+                op.length, op.offset, q + 1, at, op.buffer[at], shadow[op.offset + at]));
           }
           if (stats != nullptr) {
             stats->bytes += op.length;
@@ -219,9 +219,9 @@ class Rig {
         }
       }
       if (absl::Now() > deadline) {
-        return absl::DeadlineExceededError(absl::StrFormat(
-            "%u of %u commands completed within %s", done, ops.size(),
-            absl::FormatDuration(kIoTimeout)));
+        return absl::DeadlineExceededError(absl::StrFormat("%u of %u commands completed within %s",
+                                                           done, ops.size(),
+                                                           absl::FormatDuration(kIoTimeout)));
       }
     }
     return absl::OkStatus();
@@ -408,10 +408,11 @@ int Main() {
         return absl::StrFormat(
             "NVMe %u.%u, CAP %s (MQES %u, DSTRD %u, TO %u), SN '%s', MN '%s', CNTLID %u, "
             "MDTS %u, NN %u, ONCS %s, %u I/O queue pairs allocated; nsid %u: %u blocks of %u "
-            "bytes", vs >> 16, (vs >> 8) & 0xFF, Hex(c.cap()), nvme::CapMqes(c.cap()),
-            nvme::CapDstrd(c.cap()), nvme::CapTo(c.cap()), info.serial, info.model,
-            info.cntlid, info.mdts, info.namespaces, Hex(info.oncs), c.io_queue_limit(), nsid,
-            ns.blocks, ns.block_size);
+            "bytes",
+            vs >> 16, (vs >> 8) & 0xFF, Hex(c.cap()), nvme::CapMqes(c.cap()),
+            nvme::CapDstrd(c.cap()), nvme::CapTo(c.cap()), info.serial, info.model, info.cntlid,
+            info.mdts, info.namespaces, Hex(info.oncs), c.io_queue_limit(), nsid, ns.blocks,
+            ns.block_size);
       })) {
     return 1;
   }
@@ -431,12 +432,11 @@ int Main() {
         if (!st.ok()) return st;
         std::vector<std::string> ids;
         for (const auto& q : rig.queues) ids.push_back(absl::StrCat(q->qid()));
-        return absl::StrFormat("%u of %u wanted (qids %s), depth %u, max transfer %u KiB%s",
-                               rig.queues.size(), wanted_queues, absl::StrJoin(ids, ","),
-                               rig.queues[0]->depth(),
-                               rig.geometry().max_transfer_bytes / 1024,
-                               rig.queues.size() < wanted_queues
-                                   ? " (the controller allocates no more)" : "");
+        return absl::StrFormat(
+            "%u of %u wanted (qids %s), depth %u, max transfer %u KiB%s", rig.queues.size(),
+            wanted_queues, absl::StrJoin(ids, ","), rig.queues[0]->depth(),
+            rig.geometry().max_transfer_bytes / 1024,
+            rig.queues.size() < wanted_queues ? " (the controller allocates no more)" : "");
       })) {
     return 1;
   }
@@ -452,7 +452,8 @@ int Main() {
         absl::Status st = rig.queues[0]->Read(at, rig.Read(0), chunk, 1);
         if (!st.ok()) return st;
         (void)rig.queues[0]->Submit();
-        while (rig.queues[0]->Poll(absl::MakeSpan(&c, 1)) == 0) {}
+        while (rig.queues[0]->Poll(absl::MakeSpan(&c, 1)) == 0) {
+        }
         if (!CompletionStatus(c).ok()) return CompletionStatus(c);
         std::memcpy(rig.shadow.data() + at, rig.Read(0), chunk);
       }
@@ -467,8 +468,8 @@ int Main() {
     // mid-page start spanning two pages; three pages (PRP list); 64 KiB; 128 KiB; a list with a
     // mid-page start (33 pages); the driver's maximum.
     const std::pair<uint32_t, uint32_t> cases[] = {
-        {4096, 0},    {8192, 0},     {4096, 2048},       {12288, 0},
-        {65536, 0},   {131072, 0},   {131072 - 512, 512}, {max_transfer, 0}};
+        {4096, 0},  {8192, 0},   {4096, 2048},        {12288, 0},
+        {65536, 0}, {131072, 0}, {131072 - 512, 512}, {max_transfer, 0}};
     std::vector<Op> writes, reads;
     std::vector<uint64_t> cell_order(cells);
     for (uint64_t i = 0; i < cells; ++i) cell_order[i] = i;
@@ -478,7 +479,8 @@ int Main() {
       if (bytes > max_transfer) continue;
       const uint64_t cell = cell_order[slot];
       const uint64_t room = 128 * 1024 - ((bytes + kPage - 1) / kPage) * kPage;
-      const uint64_t offset = cell * 128 * 1024 + (room == 0 ? 0 : (rig.rng() % (room / kPage + 1)) * kPage);
+      const uint64_t offset =
+          cell * 128 * 1024 + (room == 0 ? 0 : (rig.rng() % (room / kPage + 1)) * kPage);
       uint8_t* w = rig.Write(slot * (128 * 1024 + kPage) + in_page);
       uint8_t* r = rig.Read(slot * (128 * 1024 + kPage) + in_page);
       FillPattern(w, bytes, rig.rng());
@@ -494,9 +496,10 @@ int Main() {
     if (too_big.code() != absl::StatusCode::kInvalidArgument) {
       return Fail(absl::StrCat("a read of max+512 bytes staged as: ", too_big.ToString()));
     }
-    return absl::StrFormat("%u sizes from 4 KiB to %u KiB written and read back, incl. "
-                           "mid-page buffers; max+512 refused", writes.size(),
-                           max_transfer / 1024);
+    return absl::StrFormat(
+        "%u sizes from 4 KiB to %u KiB written and read back, incl. "
+        "mid-page buffers; max+512 refused",
+        writes.size(), max_transfer / 1024);
   });
 
   Check("random writes and read-back", [&]() -> absl::StatusOr<std::string> {
@@ -511,7 +514,8 @@ int Main() {
       for (uint32_t s = 0; s < slots && s < cells; ++s) {
         const uint32_t bytes = std::min(sizes[rig.rng() % 8], max_transfer);
         const uint64_t room = 128 * 1024 - bytes;
-        const uint64_t offset = cell_order[s] * 128 * 1024 + (rig.rng() % (room / kPage + 1)) * kPage;
+        const uint64_t offset =
+            cell_order[s] * 128 * 1024 + (rig.rng() % (room / kPage + 1)) * kPage;
         const uint32_t in_page = (rig.rng() % 4 == 0) ? 512 * (rig.rng() % 8) : 0;
         uint8_t* w = rig.Write(size_t{s} * (128 * 1024 + kPage) + in_page);
         uint8_t* r = rig.Read(size_t{s} * (128 * 1024 + kPage) + in_page);
@@ -521,14 +525,17 @@ int Main() {
       }
       absl::Status st = rig.Run(writes, &stats);
       if (st.ok()) st = rig.Run(reads, &stats);
-      if (!st.ok()) return absl::Status(st.code(), absl::StrCat("round ", round, ": ", st.message()));
+      if (!st.ok())
+        return absl::Status(st.code(), absl::StrCat("round ", round, ": ", st.message()));
     }
     if (stats.max_outstanding < std::min(depth, rig.queues[0]->depth())) {
       return Fail(absl::StrCat("only ", stats.max_outstanding, " commands were in flight at once"));
     }
-    return absl::StrFormat("%u rounds, %u commands, %u MiB over %u queue pairs, up to %u in "
-                           "flight per queue", absl::GetFlag(FLAGS_rounds), stats.commands,
-                           stats.bytes >> 20, rig.queues.size(), stats.max_outstanding);
+    return absl::StrFormat(
+        "%u rounds, %u commands, %u MiB over %u queue pairs, up to %u in "
+        "flight per queue",
+        absl::GetFlag(FLAGS_rounds), stats.commands, stats.bytes >> 20, rig.queues.size(),
+        stats.max_outstanding);
   });
 
   Check("flush", [&]() -> absl::StatusOr<std::string> {
@@ -569,7 +576,8 @@ int Main() {
     std::memset(rig.shadow.data() + offset, 0, length);
     std::vector<Op> reads;
     for (uint64_t at = offset - 4096; at < offset + length + 4096; at += 65536) {
-      const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(65536, offset + length + 4096 - at));
+      const uint32_t n =
+          static_cast<uint32_t>(std::min<uint64_t>(65536, offset + length + 4096 - at));
       reads.push_back({Op::kRead, at, n, rig.Read(reads.size() * 65536)});
     }
     st = rig.Run(reads);
@@ -668,7 +676,8 @@ int Main() {
     st = qp.Read(target, got, 4096, 2);
     if (!st.ok()) return st;
     (void)qp.Submit();
-    while (qp.Poll(absl::MakeSpan(&c, 1)) == 0) {}
+    while (qp.Poll(absl::MakeSpan(&c, 1)) == 0) {
+    }
     if (!CompletionStatus(c).ok()) return CompletionStatus(c);
     if (std::all_of(got, got + 4096, [](uint8_t b) { return b == 0xA5; })) {
       return Fail("a device read through the unmapped IOVA fetched the memory behind it");
@@ -689,10 +698,10 @@ int Main() {
     std::vector<Op> r = {{Op::kRead, 8 * 131072, 8192, s}};
     if (st.ok()) st = rig.Run(r);
     if (!st.ok()) return st;
-    return absl::StrFormat("unmapped iova %s: Read status %s with memory untouched, Write "
-                           "status %s with nothing of it stored; remapped at %s, I/O verified",
-                           Hex(*old_iova), Hex(*read_status), Hex(*write_status),
-                           Hex(*new_iova));
+    return absl::StrFormat(
+        "unmapped iova %s: Read status %s with memory untouched, Write "
+        "status %s with nothing of it stored; remapped at %s, I/O verified",
+        Hex(*old_iova), Hex(*read_status), Hex(*write_status), Hex(*new_iova));
   });
 
   if (absl::GetFlag(FLAGS_msix)) {
@@ -747,14 +756,16 @@ int Main() {
         rig.device->iova_allocator().free_pages() != iova_pages || LockedKib() != locked) {
       return Fail(absl::StrFormat(
           "the re-created controller holds %u DMA mappings, %u free IOVA pages, VmLck %d KiB; "
-          "the first held %u, %u, %d KiB", rig.device->iova_allocator().allocation_count(),
+          "the first held %u, %u, %d KiB",
+          rig.device->iova_allocator().allocation_count(),
           rig.device->iova_allocator().free_pages(), LockedKib(), mappings, iova_pages, locked));
     }
     absl::StatusOr<std::string> verified = rig.VerifyAll();
     if (!verified.ok()) return verified.status();
-    return absl::StrFormat("%s; 0 DMA mappings left in between; the new controller holds the "
-                           "same %u mappings and %d KiB pinned; whole namespace matches (%s)",
-                           how, mappings, locked, *verified);
+    return absl::StrFormat(
+        "%s; 0 DMA mappings left in between; the new controller holds the "
+        "same %u mappings and %d KiB pinned; whole namespace matches (%s)",
+        how, mappings, locked, *verified);
   });
 
   if (getuid() != 0) {
@@ -795,9 +806,10 @@ int Main() {
   }
 
   rig.DestroyController();
-  std::printf("nvme_driver_check: %s: %d passed, %d failed in %s\n",
-              g_failed == 0 ? "PASS" : "FAIL", g_passed, g_failed,
-              absl::FormatDuration(absl::Trunc(absl::Now() - all_start, absl::Milliseconds(1))).c_str());
+  std::printf(
+      "nvme_driver_check: %s: %d passed, %d failed in %s\n", g_failed == 0 ? "PASS" : "FAIL",
+      g_passed, g_failed,
+      absl::FormatDuration(absl::Trunc(absl::Now() - all_start, absl::Milliseconds(1))).c_str());
   return g_failed == 0 ? 0 : 1;
 }
 

@@ -176,7 +176,7 @@ absl::Status Controller::Init() {
   }
   ready_timeout_ = absl::Milliseconds(500) * static_cast<int64_t>(std::max(CapTo(cap_), 1u));
 
-  // Reset: CC.EN = 0, wait CSTS.RDY = 0 (Base §3.5.1 step 1; CC §3.1.3.5, CSTS §3.1.3.6).
+  // Reset: CC.EN = 0, wait CSTS.RDY = 0 (Base §3.5.1; CC §3.1.3.5, CSTS §3.1.3.6).
   absl::StatusOr<uint32_t> cc = transport_->Read32(kRegCc);
   if (!cc.ok()) return cc.status();
   absl::Status st = transport_->Write32(kRegCc, *cc & ~kCcEn);
@@ -208,7 +208,7 @@ absl::Status Controller::Init() {
   st = transport_->Write32(kRegAqa, (entries - 1) << 16 | (entries - 1));
   if (st.ok()) st = transport_->Write64(kRegAsq, admin_->sq_iova());
   if (st.ok()) st = transport_->Write64(kRegAcq, admin_->cq_iova());
-  // CC (Base §3.5.1 steps 4-5): first the configuration - CSS = 000b (NVM), MPS = 0 (4 KiB),
+  // CC (Base §3.5.1): first the configuration - CSS = 000b (NVM), MPS = 0 (4 KiB),
   // AMS = 0 (round robin), IOSQES/IOCQES - with EN still 0, then EN in its own write, as Linux
   // does: a controller may latch the fields only while disabled.
   if (st.ok()) st = transport_->Write32(kRegCc, kCcIosqes64 | kCcIocqes16);

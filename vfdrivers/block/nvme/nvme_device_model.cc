@@ -71,7 +71,7 @@ class ModelTransport : public Transport {
 NvmeDeviceModel::NvmeDeviceModel(const DeviceModelOptions& options) : options_(options) {
   const size_t doorbells = 2 * size_t{options.max_queues} * (size_t{4} << options.dstrd);
   bar_.assign((kDoorbellBase + doorbells + kPageSize - 1) / kPageSize * kPageSize / 4, 0);
-  // CAP (§3.1.1): MQES, CQR (bit 16), TO = 1 (500 ms), DSTRD, CSS NVM (bit 37), MPSMIN 0.
+  // CAP (Base §3.1.3.1): MQES, CQR (bit 16), TO = 1 (500 ms), DSTRD, CSS NVM (bit 37), MPSMIN 0.
   const uint64_t cap = uint64_t{options.mqes & 0xFFFF} | uint64_t{1} << 16 | uint64_t{1} << 24 |
                        uint64_t{options.dstrd & 0xF} << 32 | uint64_t{1} << 37;
   bar_[kRegCap / 4] = static_cast<uint32_t>(cap);
@@ -124,7 +124,7 @@ void NvmeDeviceModel::Step() {
     csts = (csts & ~kCstsShstMask) | kCstsShstComplete;
   }
   if (!(cc & kCcEn)) {
-    if (csts & kCstsRdy) {  // controller reset: queues are gone (§7.3)
+    if (csts & kCstsRdy) {  // controller reset: queues are gone (Base §3.7.2)
       for (Ring& r : sqs_) r = Ring{};
       for (Ring& r : cqs_) r = Ring{};
       for (size_t i = kDoorbellBase / 4; i < bar_.size(); ++i) bar_[i] = 0;
@@ -237,8 +237,8 @@ uint16_t NvmeDeviceModel::Execute(uint16_t qid, const Sqe& sqe) {
   }
 }
 
-// PRP walk (§4.3): PRP1 may start mid-page; PRP2 is the second page or a list pointer; every
-// page after the first must be page aligned; a list page's last entry chains to the next list.
+// PRP walk (Base §4.1.1): PRP1 may start mid-page; PRP2 is the second page or a list pointer;
+// every page after the first must be page aligned; a list page's last entry chains to the next.
 uint16_t NvmeDeviceModel::Transfer(const Sqe& sqe, uint8_t* media, size_t length, bool to_host) {
   const uint16_t kBadPrp = MakeStatus(kSctGeneric, 0x13);  // PRP Offset Invalid
   const uint16_t kXferError = MakeStatus(kSctGeneric, kScDataTransferError);

@@ -157,7 +157,8 @@ absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buf
   }
   const uintptr_t addr = reinterpret_cast<uintptr_t>(buffer);
   if (addr % 4 != 0) {
-    return absl::InvalidArgumentError("NVMe I/O: buffer not dword aligned (PRP1, Base §4.1.1)");
+    return absl::InvalidArgumentError(
+        "NVMe I/O: buffer not dword aligned (PRP1, Base §4.1.1)");
   }
   const Registered* region = FindRegistered(addr, length);
   if (region == nullptr) {
@@ -168,8 +169,8 @@ absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buf
   Sqe sqe;
   sqe.opcode = opcode;
   sqe.nsid = config_.nsid;
-  // PRP entries (Base §4.1.1): the IOVA keeps the buffer's offset within its page (the mapping is
-  // page aligned), so iova + first is page aligned.
+  // PRP entries (Base §4.1.1): the IOVA keeps the buffer's offset within its page (the mapping
+  // is page aligned), so iova + first is page aligned.
   sqe.prp1 = iova;
   const uint64_t first = std::min<uint64_t>(length, kPageSize - iova % kPageSize);
   const uint64_t rest = length - first;

@@ -1,7 +1,8 @@
 // QueuePair: one NVMe submission/completion queue pair, polled, implementing block::Queue.
 //
-// The rings (SQ of 64-byte entries, CQ of 16-byte entries; Base §3.3.1, §3.3.3.1, §3.3.3.2) and one
-// PRP-list page per command slot live in one DMA-mapped MemoryRegion allocated at creation.
+// The rings (SQ of 64-byte entries, CQ of 16-byte entries; Base §3.3.1, §3.3.3.1, §3.3.3.2)
+// and one PRP-list page per command slot live in one DMA-mapped MemoryRegion allocated at
+// creation.
 // Staging writes the SQE straight into the ring; Submit() rings the SQ tail doorbell once per
 // batch; Poll() consumes CQEs whose phase tag matches the expected phase (Base §3.3.3.2: the phase
 // inverts on every pass through the ring) and rings the CQ head doorbell once per call.

@@ -16,8 +16,8 @@ absl::StatusOr<std::unique_ptr<VfioTransport>> VfioTransport::Create(vfio::VfioD
   return std::unique_ptr<VfioTransport>(new VfioTransport(device, *bar));
 }
 
-// 64-bit registers (CAP, ASQ, ACQ) as two 32-bit accesses, low half first: §3.1 allows it and
-// not every platform forwards 64-bit MMIO.
+// 64-bit registers (CAP, ASQ, ACQ) as two 32-bit accesses, low half first: Base §3.1.3 allows
+// it and not every platform forwards 64-bit MMIO.
 absl::StatusOr<uint64_t> VfioTransport::Read64(uint64_t offset) {
   absl::StatusOr<uint32_t> lo = bar_->Read32(offset);
   if (!lo.ok()) return lo.status();
