@@ -119,7 +119,8 @@ absl::Status XdpSteering::RemoveFlowRule(const FlowRule& rule) {
 }
 
 absl::StatusOr<std::array<uint64_t, XdpSteering::kStatCount>> XdpSteering::Stats() const {
-  static_assert(kStatCount == VFB_STAT_COUNT, "keep Stat in step with enum vfb_stat");
+  static_assert(static_cast<int>(kStatCount) == static_cast<int>(VFB_STAT_COUNT),
+                "keep Stat in step with enum vfb_stat");
   std::array<uint64_t, kStatCount> out{};
   for (uint32_t i = 0; i < kStatCount; ++i) {
     if (bpf_map_lookup_elem(stats_, &i, &out[i]) != 0) return MapError("stats");
