@@ -594,5 +594,88 @@ TEST_F(AfXdpVethTest, SteeringProgramDeliversOnlyTheLeasedFlow) {
   EXPECT_EQ((*stats)[XdpSteering::kWrongQueue], 0u);
 }
 
+// Revocation while the tenant keeps its descriptors: the broker deletes the tenant's device.
+// The kernel unbinds the socket; the tenant's port keeps its mappings (no crash, nothing
+// arrives, transmit kicks fail and are counted, nothing leaves), and the broker can give the
+// same MAC to a new device and socket whose frames the old port never sees.
+TEST_F(AfXdpVethTest, DeletingTheDeviceRevokesAKeptSocket) {
+  const MacAddress mac{{0x02, 0x76, 0x66, 0x00, 0x00, 0x0c}};
+  const uint32_t ip = Ipv4(10, 77, 0, 12);
+  auto make_device = [&] {
+    return Ip("link add mvr link veth0 address " + MacString(mac) +
+              " type macvlan mode bridge") == 0 &&
+           Ip("link set mvr up") == 0;
+  };
+  ASSERT_TRUE(make_device());
+  UniqueFd peer = PeerUdpSocket();
+  auto setup = [&](std::unique_ptr<XdpProgram>* prog) -> absl::StatusOr<AfXdpSocket> {
+    AfXdpSocketOptions o;
+    o.ifindex = static_cast<int>(if_nametoindex("mvr"));
+    o.layout = TestLayout();
+    auto xsk = CreateAfXdpSocket(o);
+    if (!xsk.ok()) return xsk.status();
+    auto p = XdpProgram::Attach(xdp::kXskRedirectBpf, xdp::kXskRedirectBpfSize, "xsk_redirect",
+                                o.ifindex, XdpAttachMode::kGeneric);
+    if (!p.ok()) return p.status();
+    *prog = std::move(*p);
+    if (auto s = (*prog)->SetXsk("xsks", 0, xsk->socket.get()); !s.ok()) return s;
+    return xsk;
+  };
+  auto adopt = [](AfXdpSocket& xsk) {
+    return AfXdpPort::Adopt(std::move(xsk.socket), std::move(xsk.umem), xsk.layout);
+  };
+  auto drain = [](AfXdpPort& port, int want) {
+    int got = 0;
+    PacketBuffer bufs[32];
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    while (got < want && std::chrono::steady_clock::now() < deadline) {
+      size_t n = port.RxBurst(absl::MakeSpan(bufs));
+      got += static_cast<int>(n);
+      port.FreeBurst(absl::MakeConstSpan(bufs, n));
+    }
+    return got;
+  };
+
+  std::unique_ptr<XdpProgram> old_prog;
+  auto old_xsk = setup(&old_prog);
+  ASSERT_TRUE(old_xsk.ok()) << old_xsk.status();
+  auto old_port = adopt(*old_xsk);
+  ASSERT_TRUE(old_port.ok()) << old_port.status();
+  SendRawFrames("veth1", mac, ip, "old:", 10);
+  EXPECT_EQ(drain(**old_port, 10), 10);
+
+  // Revoke.
+  old_prog.reset();
+  ASSERT_EQ(Ip("link del mvr"), 0);
+  PacketBuffer buf;
+  ASSERT_EQ((*old_port)->AllocBurst(absl::MakeSpan(&buf, 1)), 1u);
+  packet::UdpSpec spec;
+  spec.src_mac = mac;
+  spec.dst_mac = kPeerMac;
+  spec.src_ip = ip;
+  spec.dst_ip = kPeerIp;
+  spec.src_port = kPortUdp;
+  spec.dst_port = kPeerUdp;
+  const std::string after = "sent-after-revoke";
+  buf.length = static_cast<uint32_t>(packet::BuildUdp(
+      spec, reinterpret_cast<const uint8_t*>(after.data()), after.size(), buf.data,
+      buf.capacity));
+  EXPECT_EQ((*old_port)->TxBurst(absl::MakeConstSpan(&buf, 1)), 1u);  // queued, never sent
+  EXPECT_GE((*old_port)->stats().wakeup_errors, 1u);                 // sendto: ENXIO
+  EXPECT_TRUE(ReceiveUdp(peer.get(), 1, std::chrono::milliseconds(300)).empty());
+
+  // The next tenant: same MAC, new device, new socket and UMEM.
+  ASSERT_TRUE(make_device());
+  std::unique_ptr<XdpProgram> new_prog;
+  auto new_xsk = setup(&new_prog);
+  ASSERT_TRUE(new_xsk.ok()) << new_xsk.status();
+  auto new_port = adopt(*new_xsk);
+  ASSERT_TRUE(new_port.ok()) << new_port.status();
+  SendRawFrames("veth1", mac, ip, "new:", 10);
+  EXPECT_EQ(drain(**new_port, 10), 10);
+  EXPECT_EQ(drain(**old_port, 1), 0);
+  EXPECT_EQ((*old_port)->stats().bad_descriptors, 0u);
+}
+
 }  // namespace
 }  // namespace vfdrivers::net
