@@ -57,6 +57,10 @@ verdict() {  # label args...
   grep -q 'nvme_driver_check: PASS:' /tmp/check.out || fail "$label: nvme_driver_check failed"
 }
 
+# 2 MiB hugepages for the buffers (MemoryRegion prefers them; the transport then asks for
+# 2 MiB-aligned IOVAs): VF1 and VF2 run on them, the PF later on 4 KiB pages.
+echo 24 > /proc/sys/vm/nr_hugepages
+log "hugepages: $(cat /proc/sys/vm/nr_hugepages) x 2 MiB"
 verdict "VF1 $VF1 (root)" --pci="$VF1" --nsid=2 --other_nsid=3 --seed=7
 # Its "dma unmap and remap" check sent the device to an unmapped IOVA: the IOMMU must have
 # blocked it and said so.
@@ -77,6 +81,7 @@ cat /tmp/check.out
 grep -q 'CHECK FAIL controller init: FAILED_PRECONDITION: NVMe CAP 0x0 .*MQES 0 is invalid' /tmp/check.out ||
   fail "offline VF2: no clean refusal"
 
+echo 0 > /proc/sys/vm/nr_hugepages
 # The PF: nsid 1, two I/O queue pairs. vfio-pci refuses a PF with SR-IOV enabled ("Cannot
 # bind to PF with SR-IOV enabled"), so the VFs go first (through nvme's sriov_configure).
 echo 0 > "/sys/bus/pci/devices/$NVME_PF/sriov_numvfs" || fail "disable the VFs of $NVME_PF"

@@ -33,7 +33,13 @@ absl::Status VfioTransport::Write64(uint64_t offset, uint64_t value) {
 }
 
 absl::StatusOr<uint64_t> VfioTransport::MapDma(void* vaddr, size_t size) {
-  absl::StatusOr<vfio::DmaMapping> m = device_->MapDma(vaddr, size);
+  // Memory in 2 MiB hugepages gets a 2 MiB-aligned IOVA, so an IOMMU with 2 MiB pages (VT-d
+  // and QEMU's emulation report them) can map it with one entry per hugepage.
+  constexpr uint64_t kHuge = uint64_t{2} << 20;
+  const uint64_t va = reinterpret_cast<uintptr_t>(vaddr);
+  const bool huge = va % kHuge == 0 && size % kHuge == 0 &&
+                    (device_->iommu_info().iova_pgsizes & kHuge) != 0;
+  absl::StatusOr<vfio::DmaMapping> m = device_->MapDma(vaddr, size, huge ? kHuge : 0);
   if (!m.ok()) return m.status();
   return m->iova;
 }
