@@ -99,6 +99,7 @@ NvmeSriovBackend::NvmeSriovBackend(std::string pool_name, std::string pf,
       pf_(std::move(pf)),
       vq_per_vf_(config.io_queues_per_vf() != 0 ? config.io_queues_per_vf() : 2),
       vi_per_vf_(config.interrupts_per_vf() != 0 ? config.interrupts_per_vf() : 1),
+      allow_vf_namespace_management_(config.allow_vf_namespace_management()),
       platform_(std::move(platform)),
       options_(std::move(options)) {
   for (uint32_t nsid : config.namespace_ids()) {
@@ -438,13 +439,40 @@ absl::StatusOr<ProvisionedExtent> NvmeSriovBackend::Provision(uint64_t offset, u
   }
   if (absl::Status s = CheckAttachedOnlyTo(slot); !s.ok()) return undo(s);
   if (absl::Status s = BindVfio(slot.vf); !s.ok()) return undo(s);
-  absl::StatusOr<std::optional<VfioHandles>> vfio =
-      platform_->OpenVfio(absl::StrCat(options_.dev_root, "/vfio"), *group, slot.vf);
+  const std::string vfio_dir = absl::StrCat(options_.dev_root, "/vfio");
+  auto held = [&] {
+    return absl::UnavailableError(
+        absl::StrCat("VFIO group ", *group, " of VF ", slot.vf, " is held open by someone"));
+  };
+  // The VF's own view, before anyone else gets it.
+  absl::StatusOr<std::optional<VfioHandles>> vfio = platform_->OpenVfio(vfio_dir, *group, slot.vf);
   if (!vfio.ok()) return undo(vfio.status());
-  if (!vfio->has_value()) {
-    return undo(absl::UnavailableError(
-        absl::StrCat("VFIO group ", *group, " of VF ", slot.vf, " is held open by someone")));
+  if (!vfio->has_value()) return undo(held());
+  absl::StatusOr<VfFacts> facts = platform_->InspectVf(std::move(**vfio), slot.nsid);
+  if (!facts.ok()) {
+    return undo(absl::Status(facts.status().code(), absl::StrCat("inspecting VF ", slot.vf, ": ",
+                                                                 facts.status().message())));
   }
+  if (facts->active_namespaces != std::vector<uint32_t>{slot.nsid}) {
+    return undo(absl::FailedPreconditionError(absl::StrCat(
+        "VF ", slot.vf, "'s controller sees namespaces [",
+        absl::StrJoin(facts->active_namespaces, ","), "], not namespace ", slot.nsid,
+        " alone")));
+  }
+  if (facts->namespace_management && !allow_vf_namespace_management_) {
+    return undo(absl::FailedPreconditionError(absl::StrCat(
+        "VF ", slot.vf, "'s controller supports Namespace Management/Attachment (OACS bit 3): "
+        "its tenant could attach or detach any namespace of the subsystem; refusing to hand it "
+        "out (allow_vf_namespace_management overrides this, for test rigs only)")));
+  }
+  if (facts->namespace_management) {
+    spdlog::warn("pool={} VF {}: its controller supports Namespace Management/Attachment and "
+                 "allow_vf_namespace_management is set: its tenant is NOT confined to its "
+                 "namespace", pool_name_, slot.vf);
+  }
+  vfio = platform_->OpenVfio(vfio_dir, *group, slot.vf);
+  if (!vfio.ok()) return undo(vfio.status());
+  if (!vfio->has_value()) return undo(held());
 
   ProvisionedExtent extent;
   journal::NvmeSriovState* state = extent.state.mutable_nvme_sriov();

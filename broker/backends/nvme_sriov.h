@@ -16,8 +16,13 @@
 //
 // Provision(slot): refuses a VF whose IOMMU group holds any other device; assigns VI and VQ
 // resources and brings the VF's secondary controller online; attaches the namespace and checks
-// it is attached to that controller only; binds the VF to vfio-pci; opens the VFIO container
-// (type1v2), group and device and returns the three descriptors for the tenant.
+// it is attached to that controller only; binds the VF to vfio-pci; then asks the VF's own
+// controller (through VFIO, with the project's driver) which namespaces it sees - exactly that
+// one - and whether it supports Namespace Management/Attachment (OACS bit 3): a VF that does
+// lets its tenant attach and detach namespaces of the whole subsystem from its own admin queue
+// (QEMU 10's do), so it is refused unless the pool sets the unsafe
+// allow_vf_namespace_management; finally opens the VFIO container (type1v2), group and device
+// afresh and returns the three descriptors for the tenant.
 //
 // Teardown (whole; there is no second half): proves the tenant is cut off - the kernel lets one
 // file at a time open a VFIO group, and a device descriptor keeps its group's file open, so
@@ -56,6 +61,13 @@ struct VfioHandles {
   UniqueFd device;
 };
 
+// What a VF's own controller says about itself (through VFIO, with the project's driver).
+struct VfFacts {
+  uint16_t cntlid = 0;
+  bool namespace_management = false;  // OACS bit 3: Namespace Management and Attachment
+  std::vector<uint32_t> active_namespaces;
+};
+
 // What the backend does to the machine besides sysfs files.
 class NvmeSriovPlatform {
  public:
@@ -72,6 +84,9 @@ class NvmeSriovPlatform {
   // driver in vfdrivers/block/nvme, and reads a sample back: OK only if it is all zeroes.
   // Consumes the handles (closed on return).
   virtual absl::Status ScrubNamespace(VfioHandles handles, uint32_t nsid) = 0;
+  // Brings the VF's controller up, reads Identify Controller (CNTLID, OACS) and the active
+  // namespace list, and disables it again. Consumes the handles.
+  virtual absl::StatusOr<VfFacts> InspectVf(VfioHandles handles, uint32_t nsid) = 0;
 };
 
 // The real one: NVME_IOCTL_ADMIN_CMD, VFIO ioctls, vfdrivers' VfioDevice and NVMe driver.
@@ -134,6 +149,7 @@ class NvmeSriovBackend : public ExtentBackend {
   const std::string pf_;
   const uint32_t vq_per_vf_;
   const uint32_t vi_per_vf_;
+  const bool allow_vf_namespace_management_;
   std::unique_ptr<NvmeSriovPlatform> platform_;
   const NvmeSriovOptions options_;
   std::unique_ptr<nvme_admin::AdminChannel> admin_;

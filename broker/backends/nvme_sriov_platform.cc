@@ -107,6 +107,43 @@ class RealPlatform : public NvmeSriovPlatform {
     return std::optional<VfioHandles>(std::move(h));
   }
 
+  absl::StatusOr<VfFacts> InspectVf(VfioHandles handles, uint32_t nsid) override {
+    absl::StatusOr<std::unique_ptr<vfio::VfioDevice>> device = vfio::VfioDevice::Adopt(
+        std::move(handles.container), std::move(handles.group), std::move(handles.device));
+    if (!device.ok()) return device.status();
+    absl::StatusOr<std::unique_ptr<nvme::VfioTransport>> transport =
+        nvme::VfioTransport::Create(device->get());
+    if (!transport.ok()) return transport.status();
+    nvme::ControllerOptions options;
+    options.nsid = nsid;
+    absl::StatusOr<std::unique_ptr<nvme::Controller>> controller =
+        nvme::Controller::Create(*std::move(transport), options);
+    if (!controller.ok()) return controller.status();
+    VfFacts facts;
+    facts.cntlid = (*controller)->info().cntlid;
+    absl::StatusOr<std::vector<uint32_t>> active = (*controller)->ActiveNamespaces();
+    if (!active.ok()) return active.status();
+    facts.active_namespaces = *std::move(active);
+    // Identify Controller (Base spec 2.0, Identify, CNS 01h): OACS, bytes 257:256, bit 3 =
+    // Namespace Management and Namespace Attachment commands supported.
+    absl::StatusOr<vfdrivers::memory::MemoryRegion> page = vfdrivers::memory::MemoryRegion::Allocate(
+        4096, {vfdrivers::memory::HugePages::kNever});
+    if (!page.ok()) return page.status();
+    absl::StatusOr<vfio::DmaMapping> mapped = (*device)->MapDma(*page);
+    if (!mapped.ok()) return mapped.status();
+    nvme::Sqe identify;
+    identify.opcode = 0x06;
+    identify.prp1 = mapped->iova;
+    identify.cdw10 = 0x01;
+    absl::Status identified = (*controller)->AdminCommand(identify, "identify controller");
+    const uint8_t* data = static_cast<const uint8_t*>(page->base());
+    facts.namespace_management = ((data[256] | data[257] << 8) & (1 << 3)) != 0;
+    controller->reset();  // disables the controller before the mapping goes away
+    (void)(*device)->UnmapDma(mapped->iova);
+    if (!identified.ok()) return identified;
+    return facts;
+  }
+
   absl::Status ScrubNamespace(VfioHandles handles, uint32_t nsid) override {
     absl::StatusOr<std::unique_ptr<vfio::VfioDevice>> device = vfio::VfioDevice::Adopt(
         std::move(handles.container), std::move(handles.group), std::move(handles.device));

@@ -183,6 +183,17 @@ struct FakePlatform : public NvmeSriovPlatform {
     scrubbed->push_back(nsid);
     return absl::OkStatus();
   }
+  // The VF sees what the controller model has attached to its secondary controller.
+  absl::StatusOr<VfFacts> InspectVf(VfioHandles, uint32_t nsid) override {
+    VfFacts facts;
+    facts.namespace_management = vf_namespace_management;
+    for (const auto& [id, ns] : controller->namespaces) {
+      if (ns.attached.count(last_scid_for(nsid))) facts.active_namespaces.push_back(id);
+    }
+    return facts;
+  }
+  uint16_t last_scid_for(uint32_t nsid) { return nsid == 2 ? 2 : 3; }  // slot i: scid i+2
+  bool vf_namespace_management = false;
 };
 
 class NvmeSriovTest : public ::testing::Test {
@@ -304,6 +315,37 @@ TEST_F(NvmeSriovTest, ProvisionBringsTheSlotsVfUpWithItsNamespaceAlone) {
   EXPECT_EQ(controller_.namespaces[3].attached, (std::set<uint16_t>{3}));
   EXPECT_FALSE(controller_.Find(2)->online);  // slot 0 untouched
   EXPECT_EQ(Read(Pci(kVfs[1]) + "/driver_override"), "");  // already vfio-pci: left alone
+}
+
+TEST_F(NvmeSriovTest, ProvisionRefusesAVfWithNamespaceManagementUnlessAllowed) {
+  auto backend = Open();
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  platform_->vf_namespace_management = true;
+  absl::Status refused = (*backend)->Provision(0, 64 * kMiB).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("Namespace Management/Attachment (OACS bit 3)"),
+            std::string::npos)
+      << refused;
+  // Undone: offline and detached again.
+  EXPECT_FALSE(controller_.Find(2)->online);
+  EXPECT_TRUE(controller_.namespaces[2].attached.empty());
+  config_.set_allow_vf_namespace_management(true);
+  backend = Open();
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  platform_->vf_namespace_management = true;
+  EXPECT_TRUE((*backend)->Provision(0, 64 * kMiB).ok());
+}
+
+TEST_F(NvmeSriovTest, ProvisionRefusesAVfThatSeesOtherNamespaces) {
+  auto backend = Open();
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  controller_.namespaces[4];  // an unpooled namespace the VF's controller also has
+  controller_.namespaces[4].attached = {2};
+  absl::Status refused = (*backend)->Provision(0, 64 * kMiB).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("sees namespaces [2,4], not namespace 2 alone"),
+            std::string::npos)
+      << refused;
 }
 
 TEST_F(NvmeSriovTest, ProvisionRefusesAnythingButOneWholeSlot) {

@@ -13,6 +13,12 @@
 // --hold, then "HOLDING" and sleeps until killed), "TENANT FAIL: <why>" and exits 1 otherwise.
 // --hold_device_only: closes every descriptor but the VFIO device's (not adopting), releases
 // the lease and sleeps: the broker must keep the slice quarantined while that one fd lives.
+// --escape_nsid=N --escape_cntlid=C (C: its own controller): after its I/O, asks its own VF's
+// controller to attach namespace N to controller C (Namespace Attachment; detached again if
+// accepted) and to give C a queue resource (Virtualization Management).
+// --steal_nsid=N --steal_cntlid=C2: asks it to detach namespace N from controller C2 (another
+// tenant's), attach it to its own and read it (and puts everything back). Each attempt prints
+// "ESCAPE <what>: ACCEPTED|refused (...)"; the scenario judges.
 // --peek=<path>: first tries to open <path> (another tenant's /dev/vfio/<group>) and prints
 // "PEEK <path> errno=<name>" or "PEEK <path> OPENED" (which is a failure).
 #include <fcntl.h>
@@ -73,7 +79,8 @@ uint8_t PatternByte(uint32_t seed, uint64_t offset) {
 
 int main(int argc, char** argv) {
   std::string socket_dir = "/run/vfbroker", pool = "nvme", peek;
-  uint32_t seed = 1, uid = 0, gid = 0;
+  uint32_t seed = 1, uid = 0, gid = 0, escape_nsid = 0, escape_cntlid = 0, steal_nsid = 0,
+           steal_cntlid = 0;
   bool hold = false, hold_device_only = false, release = false, expect_zeroes = true;
   bool drop = false;
   for (int i = 1; i < argc; ++i) {
@@ -88,6 +95,10 @@ int main(int argc, char** argv) {
     else if (const char* v = value("seed")) (void)absl::SimpleAtoi(v, &seed);
     else if (const char* v = value("uid")) drop = absl::SimpleAtoi(v, &uid);
     else if (const char* v = value("gid")) (void)absl::SimpleAtoi(v, &gid);
+    else if (const char* v = value("escape_nsid")) (void)absl::SimpleAtoi(v, &escape_nsid);
+    else if (const char* v = value("escape_cntlid")) (void)absl::SimpleAtoi(v, &escape_cntlid);
+    else if (const char* v = value("steal_nsid")) (void)absl::SimpleAtoi(v, &steal_nsid);
+    else if (const char* v = value("steal_cntlid")) (void)absl::SimpleAtoi(v, &steal_cntlid);
     else if (arg == "--hold") hold = true;
     else if (arg == "--hold_device_only") hold_device_only = true;
     else if (arg == "--release") release = true;
@@ -210,6 +221,76 @@ int main(int argc, char** argv) {
                                  int(PatternByte(seed, at + i))));
       }
     }
+  }
+  if (escape_nsid != 0 || steal_nsid != 0) {
+    // Admin commands a tenant can send its own VF's controller to reach beyond its namespace.
+    // Reported, not judged: the scenario decides what it expects (the broker refuses VFs that
+    // advertise Namespace Management unless the pool allows it).
+    absl::StatusOr<vfdrivers::memory::MemoryRegion> page =
+        vfdrivers::memory::MemoryRegion::Allocate(8192, {vfdrivers::memory::HugePages::kNever});
+    if (!page.ok()) return Fail(page.status().ToString());
+    absl::StatusOr<vfdrivers::vfio::DmaMapping> mapped = (*device)->MapDma(*page);
+    if (!mapped.ok()) return Fail(mapped.status().ToString());
+    uint8_t* list = static_cast<uint8_t*>(page->base());
+    auto attachment = [&](uint32_t nsid, uint16_t cntlid, bool detach) {
+      std::memset(list, 0, 4096);
+      list[0] = 1;  // Controller List: one entry
+      list[2] = static_cast<uint8_t>(cntlid);
+      list[3] = static_cast<uint8_t>(cntlid >> 8);
+      nvme::Sqe sqe;
+      sqe.opcode = 0x15;  // Namespace Attachment; SEL 0 attach, 1 detach
+      sqe.nsid = nsid;
+      sqe.prp1 = mapped->iova;
+      sqe.cdw10 = detach ? 1 : 0;
+      return (*controller)->AdminCommand(sqe, "namespace attachment");
+    };
+    auto verdict = [](const absl::Status& s) {
+      return s.ok() ? std::string("ACCEPTED") : absl::StrCat("refused (", s.ToString(), ")");
+    };
+    if (escape_nsid != 0) {
+      absl::Status attached = attachment(escape_nsid, escape_cntlid, false);
+      std::printf("ESCAPE ns-attach nsid=%u cntlid=%u: %s\n", escape_nsid, escape_cntlid,
+                  verdict(attached).c_str());
+      if (attached.ok()) (void)attachment(escape_nsid, escape_cntlid, true);  // put it back
+      nvme::Sqe virt;
+      virt.opcode = 0x1c;  // Virtualization Management: act 8 (assign), RT 0 (VQ), 1 resource
+      virt.cdw10 = 8u | uint32_t{escape_cntlid} << 16;
+      virt.cdw11 = 1;
+      std::printf("ESCAPE virt-assign cntlid=%u: %s\n", escape_cntlid,
+                  verdict((*controller)->AdminCommand(virt, "virtualization management")).c_str());
+    }
+    if (steal_nsid != 0) {
+      // Another tenant's namespace: detach it from its controller, attach it to ours, read it.
+      absl::Status detached = attachment(steal_nsid, steal_cntlid, true);
+      std::printf("ESCAPE detach-other nsid=%u from cntlid=%u: %s\n", steal_nsid, steal_cntlid,
+                  verdict(detached).c_str());
+      if (detached.ok()) {
+        absl::Status attached = attachment(steal_nsid, escape_cntlid, false);
+        std::printf("ESCAPE attach-other nsid=%u to cntlid=%u: %s\n", steal_nsid,
+                    escape_cntlid, verdict(attached).c_str());
+        if (attached.ok()) {
+          nvme::Sqe read;
+          read.opcode = 0x02;  // Read, 8 blocks of 512 at LBA 0
+          read.nsid = steal_nsid;
+          read.prp1 = mapped->iova + 4096;
+          read.cdw12 = 7;
+          std::memset(list + 4096, 0, 4096);
+          absl::Status r = (*queue)->StageRaw(read, 99);
+          if (r.ok()) r = (*queue)->Submit().status();
+          Completion done[1];
+          while (r.ok() && (*queue)->Poll(absl::MakeSpan(done)) == 0) {
+          }
+          if (r.ok()) r = CompletionStatus(done[0]);
+          size_t nonzero = 0;
+          for (int i = 0; i < 4096; ++i) nonzero += list[4096 + i] != 0;
+          std::printf("ESCAPE read-other nsid=%u: %s, %zu of 4096 bytes non-zero, first %02x\n",
+                      steal_nsid, verdict(r).c_str(), nonzero, list[4096]);
+          (void)attachment(steal_nsid, escape_cntlid, true);
+        }
+        (void)attachment(steal_nsid, steal_cntlid, false);  // give it back
+      }
+    }
+    (void)(*device)->UnmapDma(mapped->iova);
   }
   std::printf("TENANT OK lease=%s vf=%s nsid=%u group=%s uid=%u bytes=%llu\n", lease_id.c_str(),
               extent.pci_address().c_str(), extent.nvme_namespace_id(),
