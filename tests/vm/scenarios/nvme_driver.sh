@@ -72,6 +72,21 @@ verdict "VF2 $VF2 (uid 60001)" --pci="$VF2" --nsid=3 --other_nsid=2 --seed=7 \
   --run_as_uid=60001 --scrub_at_end
 ls -ln /dev/vfio | while read -r l; do log "/dev/vfio: $l"; done
 
+# Both tenants at once, each in its own container on its own VF: the namespaces now hold data
+# (read into each check's shadow first), and neither run may disturb the other.
+log "VF1 (root) and VF2 (uid 60001) concurrently"
+run_check "VF1 concurrent" --pci="$VF1" --nsid=2 --other_nsid=3 --seed=11 --expect_fresh=false \
+  --rounds=4 --msix=false > /tmp/check1.out &
+pid1=$!
+run_check "VF2 concurrent" --pci="$VF2" --nsid=3 --other_nsid=2 --seed=12 --expect_fresh=false \
+  --rounds=4 --msix=false --run_as_uid=60001 > /tmp/check2.out &
+pid2=$!
+wait $pid1; wait $pid2
+for f in /tmp/check1.out /tmp/check2.out; do
+  cat $f
+  grep -q 'nvme_driver_check: PASS:' $f || fail "concurrent run ($f) failed"
+done
+
 # A VF whose secondary controller is offline reads CAP 0 and CSTS.CFS 1 (QEMU): the driver must
 # refuse it at once with the reason, not hang or crash.
 scid2=$(nvme_vadmin $NV list | sed -n 's/^scid=\([0-9]*\) vfn=2 .*/\1/p')

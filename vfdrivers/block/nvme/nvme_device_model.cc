@@ -95,6 +95,12 @@ uint64_t NvmeDeviceModel::Map(void* vaddr, size_t size) {
 
 bool NvmeDeviceModel::Unmap(uint64_t iova) { return dma_.erase(iova) == 1; }
 
+size_t NvmeDeviceModel::mapped_bytes() const {
+  size_t n = 0;
+  for (const auto& [iova, m] : dma_) n += m.size;
+  return n;
+}
+
 uint32_t NvmeDeviceModel::live_io_queues() const {
   uint32_t n = 0;
   for (size_t q = 1; q < sqs_.size(); ++q) n += sqs_[q].exists ? 1 : 0;

@@ -77,6 +77,7 @@ class NvmeDeviceModel {
   std::vector<uint8_t>& media() { return media_; }
   // DMA mappings the driver made and has not unmapped.
   size_t live_mappings() const { return dma_.size(); }
+  size_t mapped_bytes() const;
   // I/O queues (SQs) that exist on the device now.
   uint32_t live_io_queues() const;
   bool shutdown_notified() const { return shutdowns_ > 0; }

@@ -34,7 +34,10 @@ absl::StatusOr<std::unique_ptr<QueuePair>> QueuePair::Create(Transport* transpor
   const uint32_t slots = config.entries - 1;
   const size_t sq_bytes = RoundUpPage(size_t{config.entries} * sizeof(Sqe));
   const size_t cq_bytes = RoundUpPage(size_t{config.entries} * sizeof(Cqe));
-  const size_t total = sq_bytes + cq_bytes + size_t{slots} * kPageSize;
+  // A PRP-list page per command slot, for transfers over two pages. Admin commands here carry
+  // at most one page (Identify), so the admin queue pins no list pages.
+  const uint32_t list_pages = config.qid == 0 ? 0 : slots;
+  const size_t total = sq_bytes + cq_bytes + size_t{list_pages} * kPageSize;
   absl::StatusOr<memory::MemoryRegion> region =
       memory::MemoryRegion::Allocate(total, {memory::HugePages::kNever});
   if (!region.ok()) return region.status();
@@ -50,9 +53,11 @@ absl::StatusOr<std::unique_ptr<QueuePair>> QueuePair::Create(Transport* transpor
   qp->slots_.resize(slots);
   qp->free_.resize(slots);
   for (uint32_t i = 0; i < slots; ++i) {
-    const size_t off = sq_bytes + cq_bytes + size_t{i} * kPageSize;
-    qp->slots_[i].prp_list = reinterpret_cast<uint64_t*>(base + off);
-    qp->slots_[i].prp_list_iova = qp->iova_ + off;
+    if (i < list_pages) {
+      const size_t off = sq_bytes + cq_bytes + size_t{i} * kPageSize;
+      qp->slots_[i].prp_list = reinterpret_cast<uint64_t*>(base + off);
+      qp->slots_[i].prp_list_iova = qp->iova_ + off;
+    }
     qp->free_[i] = static_cast<uint16_t>(slots - 1 - i);  // hand out cid 0 first
   }
   qp->free_top_ = slots;
@@ -180,6 +185,9 @@ absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buf
     sqe.prp2 = iova + first;
   } else {
     uint64_t* list = slots_[cid].prp_list;
+    if (list == nullptr) {
+      return absl::InvalidArgumentError("NVMe I/O: this queue has no PRP list pages");
+    }
     const uint64_t pages = (rest + kPageSize - 1) / kPageSize;  // <= 32 by the cap
     for (uint64_t i = 0; i < pages; ++i) list[i] = iova + first + i * kPageSize;
     sqe.prp2 = slots_[cid].prp_list_iova;

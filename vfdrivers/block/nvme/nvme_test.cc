@@ -284,6 +284,19 @@ TEST(NvmeTest, TeardownDeletesQueuesAndUnmapsEverything) {
   }
 }
 
+// What a controller pins: admin rings and the identify page, no PRP-list pages (admin commands
+// move one page at most); an I/O queue pair of depth 32 adds its rings and 32 list pages.
+TEST(NvmeTest, PinnedMemoryIsWhatTheQueuesNeed) {
+  NvmeDeviceModel model;
+  absl::StatusOr<std::unique_ptr<Controller>> c =
+      Controller::Create(model.MakeTransport(), FastOptions());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(model.mapped_bytes(), 3 * kPageSize);  // ASQ (32 x 64 B), ACQ, identify page
+  absl::StatusOr<std::unique_ptr<QueuePair>> qp = (*c)->CreateIoQueuePair(32);
+  ASSERT_TRUE(qp.ok()) << qp.status();
+  EXPECT_EQ(model.mapped_bytes(), 3 * kPageSize + (1 + 1 + 32) * kPageSize);
+}
+
 TEST(NvmeTest, UnregisterMemoryUnmapsAndRegisterAgainWorks) {
   Rig rig;
   ASSERT_TRUE(rig.Start().ok());
