@@ -72,6 +72,11 @@ absl::StatusOr<AfXdpSocket> CreateAfXdpSocket(const AfXdpSocketOptions& options)
   if (!out.socket) return Errno("socket(AF_XDP)");
   const int fd = out.socket.get();
 
+  if (options.mark != 0 &&
+      setsockopt(fd, SOL_SOCKET, SO_MARK, &options.mark, sizeof(options.mark)) != 0) {
+    return Errno("SO_MARK");
+  }
+
   // "XDP_UMEM_REG setsockopt": the kernel pins [addr, addr+len) and keeps the pages.
   void* area = mmap(nullptr, l.umem_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
                     out.umem.get(), 0);

@@ -37,6 +37,9 @@ struct AfXdpSocketOptions {
   uint32_t queue_id = 0;
   XdpBindMode mode = XdpBindMode::kCopy;
   AfXdpLayout layout;  // layout.queue_id is overwritten with queue_id
+  // SO_MARK for the socket (0: none). Frames it transmits carry it as skb->mark, which the
+  // egress guard (tc_egress_guard.h) checks; the tenant cannot change it (CAP_NET_ADMIN).
+  uint32_t mark = 0;
 };
 
 // What the broker sends the tenant: both descriptors (close-on-exec) and the layout.

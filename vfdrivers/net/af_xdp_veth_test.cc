@@ -45,6 +45,7 @@
 #include "vfdrivers/net/af_xdp_port.h"
 #include "vfdrivers/net/af_xdp_socket.h"
 #include "vfdrivers/net/packet.h"
+#include "vfdrivers/net/tc_egress_guard.h"
 #include "vfdrivers/net/xdp/xdp_objects.h"
 #include "vfdrivers/net/xdp_program.h"
 #include "vfdrivers/net/xdp_steering.h"
@@ -178,6 +179,10 @@ std::string TenantMain(int session, const TenantPlan& plan) {
     return "a bound socket could be bound again";
   }
   if (ftruncate(fds[1].get(), 4096) == 0) return "the UMEM memfd could be shrunk";
+  int mark = 0;
+  if (setsockopt(fds[0].get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0) {
+    return "the tenant could change its socket's mark (the egress guard's key)";
+  }
 
   auto port_or = AfXdpPort::Adopt(std::move(fds[0]), std::move(fds[1]), layout);
   if (!port_or.ok()) return "adopt: " + port_or.status().ToString();
@@ -407,6 +412,20 @@ void SendRawFrames(const std::string& ifname, const MacAddress& dst_mac, uint32_
               static_cast<ssize_t>(n))
         << strerror(errno);
   }
+}
+
+// Sends one frame as it is through an AF_PACKET socket (unmarked: the host's own traffic).
+void SendFrame(const std::string& ifname, const std::vector<uint8_t>& frame) {
+  UniqueFd raw(socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL)));
+  ASSERT_TRUE(raw.valid()) << strerror(errno);
+  sockaddr_ll ll{};
+  ll.sll_family = AF_PACKET;
+  ll.sll_ifindex = static_cast<int>(if_nametoindex(ifname.c_str()));
+  ll.sll_protocol = htons(ETH_P_ALL);
+  ASSERT_EQ(sendto(raw.get(), frame.data(), frame.size(), 0, reinterpret_cast<sockaddr*>(&ll),
+                   sizeof(ll)),
+            static_cast<ssize_t>(frame.size()))
+      << strerror(errno);
 }
 
 // Receives `count` datagrams on the peer's UDP socket; returns their payloads.
@@ -675,6 +694,116 @@ TEST_F(AfXdpVethTest, DeletingTheDeviceRevokesAKeptSocket) {
   EXPECT_EQ(drain(**new_port, 10), 10);
   EXPECT_EQ(drain(**old_port, 1), 0);
   EXPECT_EQ((*old_port)->stats().bad_descriptors, 0u);
+}
+
+// A tenant's socket transmits whatever the tenant writes; the broker's egress guard on the
+// lower device lets out only frames with the lease's source MAC, VLAN, IPv4 source and ARP
+// sender, keyed by the socket's mark. The host's own (unmarked) traffic is untouched.
+TEST_F(AfXdpVethTest, EgressGuardDropsSpoofedFrames) {
+  const MacAddress mac{{0x02, 0x76, 0x66, 0x00, 0x00, 0x0d}};
+  const uint32_t ip = Ipv4(10, 77, 0, 13);
+  const uint32_t mark = TcEgressGuard::kMarkBase + 1;
+  // vepa: every frame of the macvlan leaves through the lower device (and its egress hook).
+  ASSERT_EQ(Ip("link add mvg link veth0 address " + MacString(mac) + " type macvlan mode vepa"),
+            0);
+  ASSERT_EQ(Ip("link set mvg up"), 0);
+  auto guard = TcEgressGuard::Attach(static_cast<int>(if_nametoindex("veth0")));
+  ASSERT_TRUE(guard.ok()) << guard.status();
+  EgressLease lease;
+  lease.mac = mac;
+  lease.src_ip = ip;
+  ASSERT_TRUE((*guard)->SetLease(mark, lease).ok());
+  UniqueFd peer = PeerUdpSocket();
+
+  AfXdpSocketOptions o;
+  o.ifindex = static_cast<int>(if_nametoindex("mvg"));
+  o.layout = TestLayout();
+  o.mark = mark;
+  auto xsk = CreateAfXdpSocket(o);
+  ASSERT_TRUE(xsk.ok()) << xsk.status();
+  auto port = AfXdpPort::Adopt(std::move(xsk->socket), std::move(xsk->umem), xsk->layout);
+  ASSERT_TRUE(port.ok()) << port.status();
+
+  auto send = [&](const packet::UdpSpec& spec, const std::string& payload,
+                  bool as_arp = false) {
+    PacketBuffer buf;
+    ASSERT_EQ((*port)->AllocBurst(absl::MakeSpan(&buf, 1)), 1u);
+    if (as_arp) {
+      // RFC 826 request: who has the peer, tell <spec.src_ip> at <spec.src_mac>.
+      uint8_t arp[42] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+      std::memcpy(arp + 6, spec.src_mac.bytes.data(), 6);
+      const uint8_t fixed[] = {0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01};
+      std::memcpy(arp + 12, fixed, sizeof(fixed));
+      std::memcpy(arp + 22, spec.src_mac.bytes.data(), 6);
+      uint32_t spa = htonl(spec.src_ip), tpa = htonl(kPeerIp);
+      std::memcpy(arp + 28, &spa, 4);
+      std::memcpy(arp + 38, &tpa, 4);
+      std::memcpy(buf.data, arp, sizeof(arp));
+      buf.length = sizeof(arp);
+    } else {
+      buf.length = static_cast<uint32_t>(packet::BuildUdp(
+          spec, reinterpret_cast<const uint8_t*>(payload.data()), payload.size(), buf.data,
+          buf.capacity));
+    }
+    ASSERT_EQ((*port)->TxBurst(absl::MakeConstSpan(&buf, 1)), 1u);
+  };
+  packet::UdpSpec good;
+  good.src_mac = mac;
+  good.dst_mac = kPeerMac;
+  good.src_ip = ip;
+  good.dst_ip = kPeerIp;
+  good.src_port = kPortUdp;
+  good.dst_port = kPeerUdp;
+  packet::UdpSpec bad_mac = good;
+  bad_mac.src_mac = kTenantBMac;
+  packet::UdpSpec bad_ip = good;
+  bad_ip.src_ip = kTenantBIp;
+  packet::UdpSpec bad_vlan = good;
+  bad_vlan.has_vlan = true;
+  bad_vlan.vlan_tci = 5;
+  packet::UdpSpec bad_arp = good;
+  bad_arp.src_ip = kTenantBIp;
+  send(good, "legit");
+  send(bad_mac, "spoofed-mac");
+  send(bad_ip, "spoofed-ip");
+  send(bad_vlan, "spoofed-vlan");
+  send(bad_arp, "", /*as_arp=*/true);
+  send(good, "", /*as_arp=*/true);  // a truthful ARP request passes
+  for (int i = 0; i < 100 && (*port)->tx_frames() > 0; ++i) {
+    (*port)->Service();
+    usleep(1000);
+  }
+  // The host's own frame on the lower device, from an address no lease names.
+  packet::UdpSpec host = good;
+  host.src_mac = MacAddress{{0x02, 0x76, 0x66, 0x00, 0x00, 0x99}};
+  host.src_ip = Ipv4(10, 77, 0, 99);
+  std::vector<uint8_t> host_frame(packet::UdpFrameLength(host, 4));
+  packet::BuildUdp(host, reinterpret_cast<const uint8_t*>("host"), 4, host_frame.data(),
+                   host_frame.size());
+  SendFrame("veth0", host_frame);
+
+  std::set<std::string> got = ReceiveUdp(peer.get(), 3, std::chrono::milliseconds(500));
+  EXPECT_EQ(got, (std::set<std::string>{"legit", "host"}));
+  auto st = (*guard)->Stats();
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ((*st)[TcEgressGuard::kPassedTenant], 2u);
+  EXPECT_EQ((*st)[TcEgressGuard::kDropMac], 1u);
+  EXPECT_EQ((*st)[TcEgressGuard::kDropIp], 1u);
+  EXPECT_EQ((*st)[TcEgressGuard::kDropVlan], 1u);
+  EXPECT_EQ((*st)[TcEgressGuard::kDropArp], 1u);
+  EXPECT_GE((*st)[TcEgressGuard::kPassedHost], 1u);
+
+  // Lease gone: the same socket's frames stop at the guard.
+  ASSERT_TRUE((*guard)->RemoveLease(mark).ok());
+  send(good, "after-release");
+  for (int i = 0; i < 100 && (*port)->tx_frames() > 0; ++i) {
+    (*port)->Service();
+    usleep(1000);
+  }
+  EXPECT_TRUE(ReceiveUdp(peer.get(), 1, std::chrono::milliseconds(300)).empty());
+  st = (*guard)->Stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ((*st)[TcEgressGuard::kDropNoLease], 1u);
 }
 
 }  // namespace

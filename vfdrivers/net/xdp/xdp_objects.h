@@ -16,6 +16,11 @@ extern const size_t kXskRedirectBpfSize;
 extern const unsigned char kSteerBpf[];
 extern const size_t kSteerBpfSize;
 
+// egress_guard.bpf.c: tc program "vfb_egress_guard", maps "leases", "egress_stats"
+// (egress_maps.h).
+extern const unsigned char kEgressGuardBpf[];
+extern const size_t kEgressGuardBpfSize;
+
 }  // namespace vfdrivers::net::xdp
 
 #endif  // VFBROKER_VFDRIVERS_NET_XDP_XDP_OBJECTS_H_
