@@ -19,9 +19,14 @@
 // --run_as_uid drops to that uid (and gid) before anything is opened, after raising
 // RLIMIT_MEMLOCK as root (VFIO pins and charges every DMA-mapped page to it); unprivileged, the
 // check also verifies that hitting the limit gives a clear RESOURCE_EXHAUSTED.
+#include <fcntl.h>
 #include <grp.h>
+#include <linux/vfio.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,6 +51,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/fd_passing.h"
+#include "common/unique_fd.h"
 #include "vfdrivers/block/nvme/nvme_controller.h"
 #include "vfdrivers/block/nvme/nvme_queue_pair.h"
 #include "vfdrivers/block/nvme/nvme_spec.h"
@@ -57,6 +64,9 @@ ABSL_FLAG(std::string, pci, "", "PCI address of the NVMe function, bound to vfio
 ABSL_FLAG(uint32_t, nsid, 1, "the namespace attached to this controller");
 ABSL_FLAG(uint32_t, other_nsid, 0, "a namespace of another controller (commands must fail)");
 ABSL_FLAG(int, run_as_uid, -1, "drop to this uid and gid (same number) before opening anything");
+ABSL_FLAG(int, handoff_uid, -1,
+          "broker flow: open container, group and device as root, pass them over SCM_RIGHTS to "
+          "a child running as this uid, which adopts them (VfioDevice::Adopt)");
 ABSL_FLAG(uint32_t, queue_pairs, 2, "I/O queue pairs to use (at most what the controller has)");
 ABSL_FLAG(uint32_t, min_queue_pairs, 1, "fail if the controller allows fewer queue pairs");
 ABSL_FLAG(uint32_t, depth, 32, "commands in flight per queue pair");
@@ -311,6 +321,36 @@ absl::Status DropPrivileges(int uid) {
 
 std::string Hex(uint64_t v) { return absl::StrFormat("0x%x", v); }
 
+// What the broker does for a grant, by hand: container, group (attached, type1v2 selected) and
+// device fds for `pci`.
+absl::StatusOr<std::vector<vfbroker::UniqueFd>> BrokerOpen(const std::string& pci) {
+  const std::string link = absl::StrCat("/sys/bus/pci/devices/", pci, "/iommu_group");
+  char target[256];
+  const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("readlink ", link));
+  const std::string group_name(
+      std::string(target, n).substr(std::string(target, n).rfind('/') + 1));
+  vfbroker::UniqueFd container(open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC));
+  if (!container) return absl::ErrnoToStatus(errno, "open /dev/vfio/vfio");
+  vfbroker::UniqueFd group(
+      open(absl::StrCat("/dev/vfio/", group_name).c_str(), O_RDWR | O_CLOEXEC));
+  if (!group) return absl::ErrnoToStatus(errno, absl::StrCat("open /dev/vfio/", group_name));
+  int container_fd = container.get();
+  if (ioctl(group.get(), VFIO_GROUP_SET_CONTAINER, &container_fd) != 0) {
+    return absl::ErrnoToStatus(errno, "VFIO_GROUP_SET_CONTAINER");
+  }
+  if (ioctl(container.get(), VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) != 0) {
+    return absl::ErrnoToStatus(errno, "VFIO_SET_IOMMU");
+  }
+  vfbroker::UniqueFd device(ioctl(group.get(), VFIO_GROUP_GET_DEVICE_FD, pci.c_str()));
+  if (!device) return absl::ErrnoToStatus(errno, "VFIO_GROUP_GET_DEVICE_FD");
+  std::vector<vfbroker::UniqueFd> fds;
+  fds.push_back(std::move(container));
+  fds.push_back(std::move(group));
+  fds.push_back(std::move(device));
+  return fds;
+}
+
 // VmLck of this process in KiB: what VFIO has pinned and charged to RLIMIT_MEMLOCK.
 int64_t LockedKib() {
   FILE* f = std::fopen("/proc/self/status", "re");
@@ -347,9 +387,60 @@ int Main() {
     return 1;
   }
 
+  // The broker flow: this process (root) plays the broker and forks the tenant, which gets the
+  // three descriptors over a SEQPACKET socket and nothing else (its group node stays root's).
+  const int handoff_uid = absl::GetFlag(FLAGS_handoff_uid);
+  std::vector<vfbroker::UniqueFd> received;
+  if (handoff_uid >= 0) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+      std::perror("socketpair");
+      return 1;
+    }
+    std::fflush(stdout);  // or the child would print the buffered header again
+    const pid_t child = fork();
+    if (child < 0) {
+      std::perror("fork");
+      return 1;
+    }
+    if (child > 0) {  // the broker
+      close(sv[1]);
+      bool sent = Check("broker hands off fds", [&]() -> absl::StatusOr<std::string> {
+        absl::StatusOr<std::vector<vfbroker::UniqueFd>> fds = BrokerOpen(pci);
+        if (!fds.ok()) return fds.status();
+        const int raw[3] = {(*fds)[0].get(), (*fds)[1].get(), (*fds)[2].get()};
+        absl::Status st = vfbroker::SendWithFds(sv[0], "vfio", raw);
+        if (!st.ok()) return st;
+        return absl::StrFormat("container, group, device of %s sent to pid %d (uid %d)", pci, child,
+                               handoff_uid);
+      });
+      close(sv[0]);  // the broker keeps nothing here; the tenant's copies are what count
+      int status = 0;
+      waitpid(child, &status, 0);
+      const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return sent ? code : 1;
+    }
+    close(sv[0]);
+    if (!Check("tenant receives fds", [&]() -> absl::StatusOr<std::string> {
+          absl::Status st = DropPrivileges(handoff_uid);
+          if (!st.ok()) return st;
+          std::string payload;
+          st = vfbroker::ReceiveWithFds(sv[1], absl::Seconds(30), &payload, &received);
+          if (!st.ok()) return st;
+          if (received.size() != 3) return Fail(absl::StrCat(received.size(), " fds received"));
+          return absl::StrFormat("uid %d gid %d received %u fds (payload '%s')", getuid(), getgid(),
+                                 received.size(), payload);
+        })) {
+      return 1;
+    }
+  }
+
   if (!Check("vfio open", [&]() -> absl::StatusOr<std::string> {
         absl::StatusOr<std::unique_ptr<vfio::VfioDevice>> d =
-            vfio::VfioDevice::OpenByPciAddress(pci);
+            received.empty()
+                ? vfio::VfioDevice::OpenByPciAddress(pci)
+                : vfio::VfioDevice::Adopt(std::move(received[0]), std::move(received[1]),
+                                          std::move(received[2]));
         if (!d.ok()) return d.status();
         rig.device = *std::move(d);
         const vfio::IommuInfo& info = rig.device->iommu_info();
@@ -357,11 +448,19 @@ int Main() {
         for (const vfio::IovaRange& r : info.iova_ranges) {
           ranges.push_back(absl::StrCat(Hex(r.start), "-", Hex(r.last)));
         }
+        if (handoff_uid >= 0) {  // the group node is root's 0600: only the received fd works
+          const int fd = open(rig.device->group_path().c_str(), O_RDWR | O_CLOEXEC);
+          if (fd >= 0) {
+            close(fd);
+            return Fail(absl::StrCat("uid ", getuid(), " can open ", rig.device->group_path()));
+          }
+        }
         return absl::StrFormat(
-            "%s, %u regions, %u irq types, reset %s, IOMMU pages %s, IOVA ranges [%s], %s",
-            rig.device->group_path(), rig.device->num_regions(), rig.device->num_irqs(),
-            rig.device->supports_reset() ? "yes" : "no", Hex(info.iova_pgsizes),
-            absl::StrJoin(ranges, " "), vfio::DescribeIommuModel(vfio::DetectIommuModel()));
+            "%s%s, %u regions, %u irq types, reset %s, IOMMU pages %s, IOVA ranges [%s], %s",
+            handoff_uid >= 0 ? "adopted " : "", rig.device->group_path(), rig.device->num_regions(),
+            rig.device->num_irqs(), rig.device->supports_reset() ? "yes" : "no",
+            Hex(info.iova_pgsizes), absl::StrJoin(ranges, " "),
+            vfio::DescribeIommuModel(vfio::DetectIommuModel()));
       })) {
     return 1;
   }

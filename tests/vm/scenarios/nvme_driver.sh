@@ -87,6 +87,11 @@ for f in /tmp/check1.out /tmp/check2.out; do
   grep -q 'nvme_driver_check: PASS:' $f || fail "concurrent run ($f) failed"
 done
 
+# The broker's flow: root opens container, group and device and passes them over SCM_RIGHTS to
+# a process of uid 60002, which adopts them; VF1's group node stays root's 0600.
+verdict "VF1 handoff to uid 60002" --pci="$VF1" --nsid=2 --other_nsid=3 --seed=13 \
+  --expect_fresh=false --rounds=2 --handoff_uid=60002
+
 # A VF whose secondary controller is offline reads CAP 0 and CSTS.CFS 1 (QEMU): the driver must
 # refuse it at once with the reason, not hang or crash.
 scid2=$(nvme_vadmin $NV list | sed -n 's/^scid=\([0-9]*\) vfn=2 .*/\1/p')
