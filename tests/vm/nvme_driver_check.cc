@@ -9,16 +9,20 @@
 // The checks: IDENTIFY data is sane and the active namespace list is exactly --nsid; a fresh
 // namespace reads as zeroes; patterns written at random 4 KiB-aligned offsets read back, with
 // transfers of 1 page, 2 pages and PRP lists up to the driver's maximum, buffers starting
-// mid-page, on every I/O queue pair with --depth commands in flight each; Flush; Write Zeroes
-// then zeroes read back; out-of-range LBAs and another controller's namespace fail with clean
-// NVMe statuses; DMA to an unmapped IOVA fails (the IOMMU blocks it) and remapping works;
-// optionally an MSI-X interrupt arrives on an eventfd; the controller is destroyed, the device
-// reset through VFIO (VFIO_DEVICE_RESET) and a new controller still reads everything written.
-// A shadow copy of the namespace in memory is what every read is compared against.
+// mid-page, on every I/O queue pair with --depth commands in flight each, and again with one
+// thread per queue pair; the admin ring wraps; Flush; Write Zeroes then zeroes read back;
+// out-of-range LBAs and another controller's namespace fail with clean NVMe statuses; DMA to an
+// unmapped IOVA is blocked by the IOMMU and remapping works; an MSI-X interrupt arrives on an
+// eventfd; the controller is destroyed, the device reset through VFIO (VFIO_DEVICE_RESET) and
+// a new controller holds exactly the DMA mappings and pinned memory the first one did and
+// still reads everything written. A shadow copy of the namespace in memory is what every read
+// is compared against. --scrub_at_end zeroes the namespace with nvme::ZeroNamespace.
 //
 // --run_as_uid drops to that uid (and gid) before anything is opened, after raising
 // RLIMIT_MEMLOCK as root (VFIO pins and charges every DMA-mapped page to it); unprivileged, the
-// check also verifies that hitting the limit gives a clear RESOURCE_EXHAUSTED.
+// check also verifies that hitting the limit gives a clear RESOURCE_EXHAUSTED. --handoff_uid
+// is the broker's flow instead: root opens container, group and device and passes them over
+// SCM_RIGHTS to a child of that uid, which adopts them with vfio::VfioDevice::Adopt.
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/vfio.h>

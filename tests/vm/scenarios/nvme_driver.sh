@@ -2,11 +2,14 @@
 # nvme_driver: the project's NVMe driver and VFIO layer on real VFIO (nvme_driver_check).
 #   - releases the primary's flexible resources, enables 2 NVMe VFs, brings each secondary
 #     controller online with private namespace vfn+1 attached to it only, binds both to vfio-pci;
-#   - VF1 (namespace 2) as root; VF2 (namespace 3) as uid 60001, owner of its /dev/vfio group only,
-#     with the same seed, so it reads zeroes exactly where VF1 wrote, and each names the other's
-#     namespace in a command that must fail; VF2 ends with a whole-namespace scrub;
+#   - VF1 (namespace 2) as root, on hugepages; VF2 (namespace 3) as uid 60001, owner of its
+#     /dev/vfio group node only: it reads zeroes on its whole namespace after VF1 wrote its own,
+#     and each names the other's namespace in a command that must fail; VF2 ends with a
+#     whole-namespace scrub; then both at once; then VF1 in the broker's flow (fds handed over
+#     SCM_RIGHTS to uid 60002); then VF2's controller offline, which must be refused cleanly;
 #   - a VF has 2 VQ resources here (run_vm.sh: sriov_vq_flexible=4 for 2 VFs), i.e. one I/O queue
-#     pair, so the two-queue-pair run is on the PF: unbound from nvme, bound to vfio-pci, nsid 1.
+#     pair, so the two-queue-pair run is on the PF: SR-IOV off (vfio-pci refuses a PF with VFs),
+#     unbound from nvme, bound to vfio-pci, nsid 1.
 . /lib/vm_lib.sh
 CHECK=nvme_driver_check
 
