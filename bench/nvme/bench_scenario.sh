@@ -10,17 +10,20 @@
 #     over each run from /proc/stat; all that $BENCH_REPEAT times; then
 #     nvme_bench under callgrind for exactly $BENCH_IOS I/Os at QD 1 and QD $BENCH_QD;
 #   - tries perf stat once (TCG emulates no PMU: expected to report instructions unsupported).
+# With BENCH_MODE=insn (run_nvme_bench.sh's second boot, under insn_count_plugin) it runs fixed
+# numbers of I/Os per engine between marks instead, for whole-guest instruction counts.
 # Prints machine-readable lines for bench/nvme/run_nvme_bench.sh:
 #   BENCH-PARAMS RUNTIME=.. QD=.. IOS=.. REPEAT=.. RWS=a,b       (once, first)
 #   BENCH-RESULT <engine> <rw> <qd> {json}        (nvme_bench's own JSON; once per round)
 #   BENCH-CPU <engine> <rw> <qd> <busy ticks, all CPUs> <ticks per second>
 #   BENCH-FIO-BEGIN <engine> <rw> <qd> ... BENCH-FIO-END    (fio --output-format=json)
 #   BENCH-CALLGRIND-BEGIN <rw> <qd> ... BENCH-CALLGRIND-END (gzip | base64 of callgrind.out)
+#   BENCH-INSN <engine> <rw> <qd> <ios> <first mark> <last mark> [<idle-loop marks>]  (insn mode)
 # run_nvme_bench.sh inserts its parameters (BENCH_*=...) as line 3; the defaults below otherwise.
 . /lib/vm_lib.sh
 : "${BENCH_RUNTIME:=10}" "${BENCH_QD:=32}" "${BENCH_IOS:=20000}" "${BENCH_RWS:=randread randwrite}"
-: "${BENCH_REPEAT:=1}"
-echo "BENCH-PARAMS RUNTIME=$BENCH_RUNTIME QD=$BENCH_QD IOS=$BENCH_IOS REPEAT=$BENCH_REPEAT RWS=$(echo $BENCH_RWS | tr ' ' ,)"
+: "${BENCH_REPEAT:=1}" "${BENCH_MODE:=timed}" "${BENCH_INSN_IOS:=2000 10000}"
+echo "BENCH-PARAMS MODE=$BENCH_MODE RUNTIME=$BENCH_RUNTIME QD=$BENCH_QD IOS=$BENCH_IOS REPEAT=$BENCH_REPEAT RWS=$(echo $BENCH_RWS | tr ' ' ,) INSN_IOS=$(echo $BENCH_INSN_IOS | tr ' ' ,)"
 
 [ -n "$NVME_PF" ] || { fail "no NVMe controller 1b36:0010"; exit 1; }
 NV=/dev/$NVME_CTRL
@@ -83,6 +86,56 @@ fio_run() {  # label engine rw qd [extra fio options]
   echo "BENCH-FIO-END"
   echo "BENCH-CPU $label $rw $qd $((t1 - t0)) 100"
 }
+
+# BENCH_MODE=insn (a boot under QEMU with insn_count_plugin): whole-guest instruction counts.
+# Each engine runs exactly N I/Os for each N in $BENCH_INSN_IOS, bracketed by insn_mark; the
+# plugin prints the running total at each mark, so the host gets instructions per I/O from the
+# difference of two runs (process start-up and the marks cancel).
+MARKS=0
+mark() { insn_mark; MARKS=$((MARKS + 1)); }
+if [ "$BENCH_MODE" = insn ]; then
+  # The cpuidle POLL state spins in the idle loop while a short wait is expected: instructions
+  # that depend on the emulated device's speed, as our driver's empty polls do. Off, so that
+  # a waiting vCPU halts (and executes nothing).
+  log "insn: cpuidle driver $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none), governor $(cat /sys/devices/system/cpu/cpuidle/current_governor_ro 2>/dev/null || cat /sys/devices/system/cpu/cpuidle/current_governor 2>/dev/null || echo none)"
+  for st in /sys/devices/system/cpu/cpu*/cpuidle/state*; do
+    [ -e "$st/name" ] || continue
+    if [ "$(cat "$st/name")" = POLL ]; then echo 1 > "$st/disable" && log "insn: disabled $st (POLL)"; fi
+  done
+  for rw in $BENCH_RWS; do
+    for n in $BENCH_INSN_IOS; do
+      for qd in $BENCH_QD 1; do
+        log "insn: $rw, our driver QD $qd, $n I/Os"
+        # Marks inside nvme_bench, around its I/O loop only: start-up (controller bring-up spins
+        # for CSTS.RDY a device-speed-dependent number of times) stays out.
+        # Then as many polls of the idle queue between two more marks: an empty poll's cost.
+        out=$(nvme_bench --pci="$VF1" --nsid=2 --rw="$rw" --qd="$qd" --ios="$n" \
+            --empty_polls="$n" --insn_marks --json 2>/tmp/err)
+        line=$(echo "$out" | grep '^NVMEBENCH ' | tail -1)
+        [ -n "$line" ] || { fail "nvme_bench $rw QD $qd $n I/Os: $(tr '\n' ' ' < /tmp/err)"; continue; }
+        MARKS=$((MARKS + 4))
+        echo "BENCH-RESULT insn-ours $rw $qd ${line#NVMEBENCH }"
+        echo "BENCH-INSN insn-ours $rw $qd $n $((MARKS - 3)) $((MARKS - 2)) $((MARKS - 1)) $MARKS"
+      done
+      for e in "io_uring $BENCH_QD" "psync 1"; do
+        engine=${e% *}; qd=${e#* }
+        log "insn: $rw, fio $engine QD $qd, $n I/Os"
+        mark; b=$MARKS
+        fio --name=bench --filename="$DISK" --direct=1 --rw="$rw" --bs=4k --ioengine="$engine" \
+            --iodepth="$qd" --norandommap --randseed=1 --io_size=$((n * 4))k \
+            --output-format=json --output=/tmp/fio.json >/tmp/err 2>&1 ||
+          { mark; fail "fio $engine $rw $n I/Os: $(tr '\n' ' ' < /tmp/err)"; continue; }
+        mark
+        echo "BENCH-FIO-BEGIN insn-fio-$engine $rw $qd"
+        cat /tmp/fio.json
+        echo "BENCH-FIO-END"
+        echo "BENCH-INSN insn-fio-$engine $rw $qd $n $b $MARKS"
+      done
+    done
+  done
+  check_failed
+  exit
+fi
 
 # Rounds of the timed runs, every engine once per round (noise on the host spreads over all).
 for round in $(seq "$BENCH_REPEAT"); do

@@ -14,10 +14,16 @@
 //            --toggle-collect='*IdlePollLoop*' nvme_bench --ios=K --empty_polls=E ...
 // MeasuredIoLoop reaches the driver only through the noinline wrappers StageOne (Read or Write),
 // SubmitStaged (Submit) and PollIo (Poll), and IdlePollLoop through PollIdle, so the inclusive
-// cost of each wrapper is the driver's cost of that step (plus a call and a return). The loop
-// counts the polls that found nothing (a polling driver spins while the device works: under TCG
-// that is most of the polls), so an empty poll's cost, measured in IdlePollLoop, can be
-// subtracted to get the cost per I/O of submission plus completion alone.
+// cost of each wrapper minus its own is the driver's cost of that step. The loop counts the
+// polls that found nothing (a polling driver spins while the device works: under TCG that is
+// most of the polls), so an empty poll's cost, measured in IdlePollLoop (which runs the same
+// PollStep and loop test), can be subtracted to get the cost per I/O of submission plus
+// completion alone.
+//
+// With --insn_marks, count mode executes the marker instruction of insn_count_plugin.c (a QEMU
+// TCG plugin) right before and after MeasuredIoLoop, and before and after IdlePollLoop, so that
+// the whole guest's instructions during exactly K I/Os, and per empty poll, can be read off
+// (run_nvme_bench.sh's second boot).
 //
 // Always prints one line "NVMEBENCH {json}" (machine-readable); --json prints only that line.
 // Writes overwrite the namespace.
@@ -57,6 +63,9 @@ ABSL_FLAG(uint64_t, empty_polls, 0, "count mode: then poll the idle queue this m
 ABSL_FLAG(uint64_t, span_mb, 0, "confine offsets to the first N MiB (0: whole namespace)");
 ABSL_FLAG(bool, yield, false, "timed mode: sched_yield() after an empty poll");
 ABSL_FLAG(bool, json, false, "print only the NVMEBENCH line");
+ABSL_FLAG(bool, insn_marks, false,
+          "count mode: execute bench/nvme/insn_count_plugin.c's marker instruction right before "
+          "and right after MeasuredIoLoop (x86-64; a NOP without the plugin)");
 
 namespace nvme_bench {
 
@@ -105,6 +114,17 @@ __attribute__((noinline)) size_t PollIdle(block::Queue& q, absl::Span<block::Com
   return q.Poll(out);
 }
 
+// One poll of the I/O loop, counted. A template on the poll wrapper so that the I/O loop and the
+// idle loop below run the same code around different wrappers.
+template <size_t (*kPoll)(block::Queue&, absl::Span<block::Completion>)>
+__attribute__((noinline)) size_t PollStep(block::Queue& q, absl::Span<block::Completion> out,
+                                          CountResult& r) {
+  const size_t n = kPoll(q, out);
+  ++r.polls;
+  if (n == 0) ++r.empty_polls;
+  return n;
+}
+
 // Exactly `total` commands, `qd` in flight, each completion's slot re-staged at once and the
 // batch submitted once per poll that found completions.
 __attribute__((noinline)) absl::Status MeasuredIoLoop(block::Queue& q, BufferPool& buffers,
@@ -125,12 +145,8 @@ __attribute__((noinline)) absl::Status MeasuredIoLoop(block::Queue& q, BufferPoo
   if (absl::StatusOr<uint32_t> s = SubmitStaged(q); !s.ok()) return s.status();
   ++r.submit_calls;
   while (q.outstanding() > 0) {
-    const size_t n = PollIo(q, absl::MakeSpan(completions));
-    ++r.polls;
-    if (n == 0) {
-      ++r.empty_polls;
-      continue;
-    }
+    const size_t n = PollStep<PollIo>(q, absl::MakeSpan(completions), r);
+    if (n == 0) continue;
     uint32_t staged = 0;
     for (size_t k = 0; k < n; ++k) {
       const block::Completion& c = completions[k];
@@ -159,16 +175,28 @@ __attribute__((noinline)) absl::Status MeasuredIoLoop(block::Queue& q, BufferPoo
   return failure;
 }
 
-__attribute__((noinline)) uint64_t IdlePollLoop(block::Queue& q, uint64_t count) {
+// `count` polls of the idle queue, each iteration as an empty one of MeasuredIoLoop (the loop
+// test, PollStep): its cost per iteration is what an empty poll costs the I/O loop. Returns the
+// completions found (0 on a sane device).
+__attribute__((noinline)) uint64_t IdlePollLoop(block::Queue& q, uint64_t count, CountResult& r) {
   block::Completion completions[1];
   uint64_t found = 0;
-  for (uint64_t i = 0; i < count; ++i) found += PollIdle(q, absl::MakeSpan(completions));
+  for (uint64_t i = 0; i < count && q.outstanding() == 0; ++i) {
+    found += PollStep<PollIdle>(q, absl::MakeSpan(completions), r);
+  }
   return found;
 }
 
 double CpuSeconds(const rusage& u, bool user) {
   const timeval& t = user ? u.ru_utime : u.ru_stime;
   return double(t.tv_sec) + double(t.tv_usec) / 1e6;
+}
+
+// The marker bench/nvme/insn_count_plugin.c counts at (nopl 0x7654321(%rax), a NOP).
+void InsnMark() {
+#if defined(__x86_64__)
+  __asm__ volatile(".byte 0x0f, 0x1f, 0x80, 0x21, 0x43, 0x65, 0x07" ::: "memory");
+#endif
 }
 
 int Fail(const std::string& message) {
@@ -237,16 +265,19 @@ int Main() {
                                              : geometry.size_bytes;
     const uint64_t blocks = std::max<uint64_t>(span / bs, 1);
     CountResult r;
-    if (absl::Status s = MeasuredIoLoop(**queue, *buffers, write, bs, qd, blocks, count, r);
-        !s.ok()) {
-      return Fail(s.ToString());
-    }
+    const bool marks = absl::GetFlag(FLAGS_insn_marks);
+    if (marks) InsnMark();
+    absl::Status loop = MeasuredIoLoop(**queue, *buffers, write, bs, qd, blocks, count, r);
+    if (marks) InsnMark();
+    if (!loop.ok()) return Fail(loop.ToString());
     getrusage(RUSAGE_SELF, &after);  // the CPU time of the I/O loop only
     if (const uint64_t idle = absl::GetFlag(FLAGS_empty_polls); idle > 0) {
-      if (uint64_t found = IdlePollLoop(**queue, idle); found != 0) {
-        return Fail(absl::StrFormat("%u completions on an idle queue", found));
-      }
-      r.idle_polls = idle;
+      CountResult idle_result;
+      if (marks) InsnMark();
+      const uint64_t found = IdlePollLoop(**queue, idle, idle_result);
+      if (marks) InsnMark();
+      if (found != 0) return Fail(absl::StrFormat("%u completions on an idle queue", found));
+      r.idle_polls = idle_result.polls;
     }
     ios = r.ios;
     iops = r.ns ? double(r.ios) * 1e9 / double(r.ns) : 0;

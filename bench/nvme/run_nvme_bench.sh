@@ -13,8 +13,13 @@
 #        REPEAT    rounds of the timed runs, every engine once per round; the table shows the
 #                  round with the median IOPS (default 3)
 #        VM_TIMEOUT  guest timeout in seconds (default 1800)
+#        INSN      1 (default): a second boot with insn_count_plugin.so loaded into QEMU, for the
+#                  whole guest's instructions per I/O (user + kernel, every vCPU) of every
+#                  engine; 0: skip it
+#        INSN_IOS  the two I/O counts of each engine's instruction runs (default "2000 10000")
 #        KEEP_DIR  keep the guest console, the fio JSON and the callgrind files there
-#        PARSE_ONLY=CONSOLE_LOG  build and boot nothing: print the table from a kept console
+#        PARSE_ONLY=CONSOLE_LOG [PARSE_ONLY_INSN=CONSOLE_LOG]  build and boot nothing: print the
+#                  tables from kept consoles (console.txt, console-insn.txt)
 #
 # Builds //bench/nvme:nvme_bench, installs fio and valgrind with apt-get if they are missing
 # (Debian packages; they run in the guest from the host's copies, with their libraries), builds
@@ -35,6 +40,8 @@ QD=${QD:-32}
 IOS=${IOS:-20000}
 RWS=${RWS:-randread randwrite}
 REPEAT=${REPEAT:-3}
+INSN=${INSN:-1}
+INSN_IOS=${INSN_IOS:-2000 10000}
 export VM_TIMEOUT=${VM_TIMEOUT:-1800}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-nvme-bench.XXXXXX")
@@ -42,6 +49,7 @@ trap 'rm -rf "$WORK"' EXIT
 status=0
 if [[ -n ${PARSE_ONLY:-} ]]; then
   tr -d '\r' < "$PARSE_ONLY" > "$WORK/console.txt"
+  [[ -f ${PARSE_ONLY_INSN:-} ]] && tr -d '\r' < "$PARSE_ONLY_INSN" > "$WORK/console-insn.txt"
   : > "$WORK/run_vm.out"
   REV="(from $PARSE_ONLY)"
 else
@@ -68,7 +76,7 @@ else
   SCENARIO=$WORK/nvme-bench.sh
   {
     sed -n 1,2p "$HERE/bench_scenario.sh"
-    echo "BENCH_RUNTIME=$RUNTIME BENCH_QD=$QD BENCH_IOS=$IOS BENCH_RWS='$RWS' BENCH_REPEAT=$REPEAT"
+    echo "BENCH_RUNTIME=$RUNTIME BENCH_QD=$QD BENCH_IOS=$IOS BENCH_RWS='$RWS' BENCH_REPEAT=$REPEAT BENCH_INSN_IOS='$INSN_IOS'"
     sed -n '3,$p' "$HERE/bench_scenario.sh"
   } > "$SCENARIO"
 
@@ -90,6 +98,30 @@ else
     echo "run_nvme_bench: the guest run failed (run_vm.sh status $status); the tail of its output:" >&2
     grep -a -v -E '^[A-Za-z0-9+/=]{60,}$' "$WORK/run_vm.out" | tail -40 >&2
   fi
+
+  # Second boot: QEMU with insn_count_plugin (through run_vm.sh's VM_QEMU), the scenario in insn
+  # mode, insn_mark in the guest.
+  if [[ $INSN == 1 ]]; then
+    gcc -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden -o "$WORK/insn_count_plugin.so" \
+      "$HERE/insn_count_plugin.c"
+    gcc -static -O2 -Wall -Werror -o "$WORK/insn_mark" "$HERE/insn_mark.c"
+    printf '#!/bin/sh\nexec %q -plugin %q "$@"\n' "${VM_QEMU:-qemu-system-x86_64}" \
+      "$WORK/insn_count_plugin.so" > "$WORK/qemu-insn"
+    chmod +x "$WORK/qemu-insn"
+    sed "3s/\$/ BENCH_MODE=insn/" "$SCENARIO" > "$WORK/nvme-bench-insn.sh"
+    "$REPO/tests/vm/build_initramfs.sh" "$WORK/initramfs-insn.cpio.gz" "$WORK/nvme-bench-insn.sh" \
+      "${BINARIES[@]}" "$WORK/insn_mark"
+    s2=0
+    VM_QEMU=$WORK/qemu-insn "$REPO/tests/vm/run_vm.sh" "$WORK/initramfs-insn.cpio.gz" \
+      "$WORK/console-insn.log" > "$WORK/run_vm-insn.out" 2>&1 || s2=$?
+    tr -d '\r' < "$WORK/console-insn.log" > "$WORK/console-insn.txt"
+    grep -a -E '^(vm:|VM-|insn_count_plugin)' "$WORK/console-insn.txt" || true
+    if ((s2 != 0)); then
+      echo "run_nvme_bench: the instruction-count boot failed (run_vm.sh status $s2):" >&2
+      tail -40 "$WORK/run_vm-insn.out" >&2
+      status=$s2
+    fi
+  fi
 fi
 
 # --- parse -----------------------------------------------------------------------------------
@@ -99,21 +131,26 @@ for kv in $(grep -a -m1 '^BENCH-PARAMS ' "$WORK/console.txt" | cut -d' ' -f2-); 
   case $kv in
     RUNTIME=*) RUNTIME=$v ;; QD=*) QD=$v ;; IOS=*) IOS=$v ;; REPEAT=*) REPEAT=$v ;;
     RWS=*) RWS=${v//,/ } ;;
+    INSN_IOS=*) INSN_IOS=${v//,/ } ;;
   esac
 done
 D=$WORK/out; mkdir -p "$D"
-awk -v d="$D" '
-  function key(e, rw, qd, ext) { k = e "." rw "." qd "." ext; return d "/" k "." (++seen[k]) }
-  /^BENCH-FIO-BEGIN / { f = key($2, $3, $4, "json"); printf "" > f; next }
-  /^BENCH-FIO-END/ { close(f); f = ""; next }
-  /^BENCH-CALLGRIND-BEGIN / { c = d "/callgrind." $2 "." $3 ".b64"; printf "" > c; next }
-  /^BENCH-CALLGRIND-END/ { close(c); c = ""; next }
-  f != "" { print >> f; next }
-  c != "" { print >> c; next }
-  /^BENCH-CPU / { o = key($2, $3, $4, "cpu"); print $5, $6 > o; close(o); next }
-  /^BENCH-RESULT / { j = $0; sub(/^BENCH-RESULT [^ ]+ [^ ]+ [^ ]+ /, "", j);
-                     o = key($2, $3, $4, "result"); print j > o; close(o) }
-' "$WORK/console.txt"
+split_console() {  # console file
+  awk -v d="$D" '
+    function key(e, rw, qd, ext) { k = e "." rw "." qd "." ext; return d "/" k "." (++seen[k]) }
+    /^BENCH-FIO-BEGIN / { f = key($2, $3, $4, "json"); printf "" > f; next }
+    /^BENCH-FIO-END/ { close(f); f = ""; next }
+    /^BENCH-CALLGRIND-BEGIN / { c = d "/callgrind." $2 "." $3 ".b64"; printf "" > c; next }
+    /^BENCH-CALLGRIND-END/ { close(c); c = ""; next }
+    f != "" { print >> f; next }
+    c != "" { print >> c; next }
+    /^BENCH-CPU / { o = key($2, $3, $4, "cpu"); print $5, $6 > o; close(o); next }
+    /^BENCH-RESULT / { j = $0; sub(/^BENCH-RESULT [^ ]+ [^ ]+ [^ ]+ /, "", j);
+                       o = key($2, $3, $4, "result"); print j > o; close(o) }
+  ' "$1"
+}
+split_console "$WORK/console.txt"
+[[ -s $WORK/console-insn.txt ]] && split_console "$WORK/console-insn.txt"
 for b in "$D"/callgrind.*.b64; do
   [[ -e $b ]] || continue
   base64 -d "$b" | gunzip > "${b%.b64}.out" 2>/dev/null || echo "run_nvme_bench: $b: corrupt" >&2
@@ -155,7 +192,7 @@ measure() {  # engine rw qd
 # Instructions per I/O from callgrind: "driver stage submit poll loop empty_per_io empty_cost"
 instr() {  # rw qd
   local cg=$D/callgrind.$1.$2.out
-  [[ -s $cg && -s $D/ours-callgrind.$1.$2.result.1 ]] || { echo "- - - - - - -"; return; }
+  [[ -s $cg && -s $D/ours-callgrind.$1.$2.result.1 ]] || { echo "- - - - - - - -"; return; }
   # Inclusive cost of each wrapper minus its own (self) cost: what the driver call under it cost.
   local costs
   costs=$( (callgrind_annotate --inclusive=yes --threshold=100 "$cg" | sed 's/^/incl /'
@@ -172,8 +209,44 @@ instr() {  # rw qd
     stage = d["StageOne"] / ios; submit = d["SubmitStaged"] / ios
     poll = (d["PollIo"] - empty * e) / ios
     loop = (c["incl:MeasuredIoLoop"] - empty * el) / ios
-    printf "%.0f %.0f %.1f %.0f %.0f %.1f %.0f\n", stage + submit + poll, stage, submit, poll, loop, empty / ios, e
+    printf "%.0f %.0f %.1f %.0f %.0f %.1f %.0f %.0f\n", stage + submit + poll, stage, submit, poll, loop, empty / ios, e, el
   }'
+}
+# Whole-guest instructions per I/O from the insn boot, "raw spin_free" ("- -" when missing).
+# fio: the slope between its two runs (N1 and N2 I/Os; its start-up and exit cancel).
+# Ours: the run with the most I/Os, whose marks enclose only the I/O loop. raw counts everything;
+# spin_free takes out our driver's empty polls (busy-waiting on the emulated device, their number
+# depends on its speed) at the cost of an empty poll as the plugin counted it in IdlePollLoop.
+guest_instr() {  # engine rw qd
+  local e=$1 rw=$2 qd=$3 f=$WORK/console-insn.txt
+  [[ -s $f ]] || { echo "- -"; return; }
+  mark_at() { awk -v m="$1" '$1 == "INSN-MARK" && $2 == m { print $3; exit }' "$f"; }
+  local pts=() k=0 line n b x ib ix ios empty idle t0 t1 el
+  while read -r line; do
+    read -r _ _ _ _ n b x ib ix <<< "$line"
+    k=$((k + 1))
+    t0=$(mark_at "$b"); t1=$(mark_at "$x")
+    [[ -n $t0 && -n $t1 ]] || continue
+    empty=0 el=0
+    if [[ $e == ours ]]; then
+      read -r ios empty idle < <(jq -r '"\(.ios) \(.empty_polls) \(.idle_polls)"' "$D/insn-ours.$rw.$qd.result.$k")
+      local i0 i1; i0=$(mark_at "$ib"); i1=$(mark_at "$ix")
+      [[ -n $i0 && -n $i1 ]] && ((idle > 0)) && el=$(awk -v a="$i0" -v b="$i1" -v n="$idle" 'BEGIN { print (b - a) / n }')
+    else
+      local dir=read; [[ $rw == *write* ]] && dir=write
+      ios=$(jq -r --arg d "$dir" '.jobs[0][$d].total_ios' "$D/insn-$e.$rw.$qd.json.$k")
+    fi
+    pts+=("$ios $((t1 - t0)) $empty $el")
+  done < <(grep -a "^BENCH-INSN insn-$e $rw $qd " "$f")
+  ((${#pts[@]})) || { echo "- -"; return; }
+  if [[ $e == ours ]]; then
+    awk '{ printf "%.0f %.0f %.1f %.1f\n", $2 / $1, ($2 - $3 * $4) / $1, $3 / $1, $4 }' <<< "${pts[-1]}"
+    return
+  fi
+  ((${#pts[@]} >= 2)) || { echo "- -"; return; }
+  printf '%s\n' "${pts[0]}" "${pts[-1]}" | awk '
+    NR == 1 { n1 = $1; c1 = $2 } NR == 2 { n2 = $1; c2 = $2 }
+    END { if (n2 == n1) print "- -"; else printf "%.0f %.0f\n", (c2 - c1) / (n2 - n1), (c2 - c1) / (n2 - n1) }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
 num() {  # 1234567.8 -> 1,234,568; "-" stays
@@ -187,20 +260,23 @@ fmt1() { awk -v a="$1" 'BEGIN { if (a == "-" || a == "") print "-"; else printf 
 echo
 echo "NVMe VF, 4 KiB random I/O, QEMU TCG guest ($(date -u +%F)); RUNTIME=$RUNTIME s, QD=$QD, REPEAT=$REPEAT (median round), callgrind IOS=$IOS; tree $REV"
 echo
-echo "| workload | engine | QD | IOPS (TCG) | vs fio io_uring | vs fio psync | process CPU us/IO (TCG) | guest CPU us/IO (TCG) | instr/IO submit+completion |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| workload | engine | QD | IOPS (TCG) | vs fio io_uring | vs fio psync | process CPU us/IO (TCG) | guest CPU us/IO (TCG) | guest instr/IO (all) | guest instr/IO w/o our empty polls | fio io_uring instr/IO ÷ this | driver instr/IO submit+completion (callgrind) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for rw in $RWS; do
   read -r uring_iops _ < <(measure fio-io_uring "$rw" "$QD")
   read -r psync_iops _ < <(measure fio-psync "$rw" 1)
+  read -r uring_gi _ < <(guest_instr fio-io_uring "$rw" "$QD")
   for row in "ours $QD vfbroker nvme driver (VFIO, polled)" "ours 1 vfbroker nvme driver (VFIO, polled)" \
              "fio-io_uring $QD kernel nvme, fio io_uring" \
              "fio-io_uring-tuned $QD kernel nvme, fio io_uring --fixedbufs --registerfiles --norandommap" \
              "fio-psync 1 kernel nvme, fio psync"; do
     read -r e qd label <<< "$row"
     read -r iops cpu guest rounds < <(measure "$e" "$rw" "$qd")
-    ins="n/a (no PMU in TCG)"
+    ins="n/a (kernel)"
     if [[ $e == ours ]]; then read -r ins _ < <(instr "$rw" "$qd"); ins=$(num "$ins"); fi
-    echo "| $rw | $label | $qd | $(num "$iops") | $(ratio "$iops" "$uring_iops") | $(ratio "$iops" "$psync_iops") | $(fmt1 "$cpu") | $(fmt1 "$guest") | $ins |"
+    gi=- gs=-
+    [[ $e == fio-io_uring-tuned ]] || read -r gi gs < <(guest_instr "$e" "$rw" "$qd")
+    echo "| $rw | $label | $qd | $(num "$iops") | $(ratio "$iops" "$uring_iops") | $(ratio "$iops" "$psync_iops") | $(fmt1 "$cpu") | $(fmt1 "$guest") | $(num "$gi") | $(num "$gs") | $(ratio "$uring_gi" "$gs") | $ins |"
   done
 done
 echo
@@ -210,16 +286,17 @@ echo "| workload | QD | stage (Read/Write) | submit (doorbell) | poll (completio
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for rw in $RWS; do
   for qd in 1 "$QD"; do
-    read -r drv stage submit poll loop epi ecost < <(instr "$rw" "$qd")
+    read -r drv stage submit poll loop epi ecost _ < <(instr "$rw" "$qd")
     echo "| $rw | $qd | $(num "$stage") | $(fmt1 "$submit") | $(num "$poll") | $(num "$drv") | $(num "$loop") | $epi | $ecost |"
   done
 done
 echo
-echo "Command: RUNTIME=$RUNTIME QD=$QD IOS=$IOS REPEAT=$REPEAT bench/nvme/run_nvme_bench.sh"
+echo "Command: RUNTIME=$RUNTIME QD=$QD IOS=$IOS REPEAT=$REPEAT INSN_IOS='$INSN_IOS' bench/nvme/run_nvme_bench.sh"
 
 if [[ -n ${KEEP_DIR:-} ]]; then
   mkdir -p "$KEEP_DIR"
   cp "$WORK/console.txt" "$WORK/run_vm.out" "$KEEP_DIR/"
+  [[ -f $WORK/console-insn.txt ]] && cp "$WORK/console-insn.txt" "$KEEP_DIR/"
   find "$D" -type f ! -name '*.b64' -exec cp {} "$KEEP_DIR/" \;
   echo "run_nvme_bench: kept the console, fio JSON and callgrind files in $KEEP_DIR"
 fi
