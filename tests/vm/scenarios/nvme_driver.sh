@@ -19,13 +19,23 @@ CHECK=nvme_driver_check
 chmod 755 /
 command -v $CHECK >/dev/null || { fail "no $CHECK in the guest"; check_failed; exit; }
 NV=/dev/$NVME_CTRL
+# 3 VQ resources (admin + two I/O queue pairs) if the controller allows that many per VF
+# (QEMU: sriov_max_vq_per_vf, by default sriov_vq_flexible / sriov_max_vfs), else vm_lib's 2.
+vf_online() {  # SCID
+  if nvme_vadmin $NV virt "$1" 1 8 1 2>/dev/null && nvme_vadmin $NV virt "$1" 0 8 3 2>/dev/null &&
+    nvme_vadmin $NV virt "$1" 0 9 0 2>/dev/null; then
+    log "controller $1: 3 VQ (two I/O queue pairs)"
+    return 0
+  fi
+  nvme_vf_online $NV "$1"
+}
 nvme_release_primary_resources "$NVME_PF" "$NVME_CTRL" || { check_failed; exit; }
 enable_vfs "$NVME_PF" 2
 for line in $(nvme_vadmin $NV list | sed -n 's/^scid=\([0-9]*\) vfn=\([0-9]*\).*/\1:\2/p'); do
   scid=${line%:*}; vfn=${line#*:}
   [ "$vfn" -ge 1 ] && [ "$vfn" -le 2 ] || continue
   nsid=$((vfn + 1))
-  nvme_vf_online $NV "$scid" || fail "VF$vfn: bring controller $scid online"
+  vf_online "$scid" || fail "VF$vfn: bring controller $scid online"
   nvme_vadmin $NV attach "$nsid" "$scid" || fail "VF$vfn: attach namespace $nsid to controller $scid"
   attached=$(nvme_vadmin $NV ctrls "$nsid")
   [ "$attached" = "$scid" ] || fail "namespace $nsid attached to controllers '$attached', want only $scid"
