@@ -203,6 +203,36 @@ TEST_F(AfXdpPortTest, TransmitsAndReclaimsWithWakeupOnlyWhenAsked) {
   ExpectConserved(0);
 }
 
+TEST_F(AfXdpPortTest, RxWakesTheKernelOnlyWhenTheFillRingAsksAndNothingCame) {
+  PacketBuffer bufs[4];
+  EXPECT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 0u);
+  EXPECT_EQ(port->stats().wakeups, 0u);
+  kernel.fill.flags = XDP_RING_NEED_WAKEUP;
+  EXPECT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 0u);
+  EXPECT_EQ(port->stats().wakeups, 1u);
+  kernel.Receive(std::vector<uint8_t>(64, 2));
+  EXPECT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 1u);  // frames came: no system call
+  EXPECT_EQ(port->stats().wakeups, 1u);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 1)), 1u);
+}
+
+TEST_F(AfXdpPortTest, ServiceKicksOnlyForUnsentDescriptors) {
+  PacketBuffer buf;
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(&buf, 1)), 1u);
+  buf.length = 64;
+  kernel.tx.flags = XDP_RING_NEED_WAKEUP;
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(&buf, 1)), 1u);
+  EXPECT_EQ(port->stats().wakeups, 1u);
+  port->Service();  // still in the TX ring (the kernel sent nothing): kick again
+  EXPECT_EQ(port->stats().wakeups, 2u);
+  kernel.tx.consumer = kernel.tx.producer;  // consumed, completion pending
+  port->Service();
+  EXPECT_EQ(port->stats().wakeups, 2u);
+  kernel.SendAll();
+  port->Service();
+  ExpectConserved(0);
+}
+
 TEST_F(AfXdpPortTest, EchoesAReceivedBuffer) {
   kernel.Receive(std::vector<uint8_t>(80, 1));
   PacketBuffer buf;
