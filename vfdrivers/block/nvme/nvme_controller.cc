@@ -209,9 +209,16 @@ absl::Status Controller::Init() {
   if (st.ok()) st = transport_->Write64(kRegAsq, admin_->sq_iova());
   if (st.ok()) st = transport_->Write64(kRegAcq, admin_->cq_iova());
   // CC (Base §3.5.1): first the configuration - CSS = 000b (NVM), MPS = 0 (4 KiB),
-  // AMS = 0 (round robin), IOSQES/IOCQES - with EN still 0, then EN in its own write, as Linux
-  // does: a controller may latch the fields only while disabled.
+  // AMS = 0 (round robin), IOSQES/IOCQES - with EN still 0, then EN in its own write, as
+  // Linux's nvme_enable_ctrl does; like it, read CAP again in between (its value may change
+  // after the first CC write) and wait for ready by the longer CAP.TO.
   if (st.ok()) st = transport_->Write32(kRegCc, kCcIosqes64 | kCcIocqes16);
+  if (st.ok()) {
+    absl::StatusOr<uint64_t> cap_again = transport_->Read64(kRegCap);
+    if (!cap_again.ok()) return cap_again.status();
+    ready_timeout_ = std::max(
+        ready_timeout_, absl::Milliseconds(500) * static_cast<int64_t>(CapTo(*cap_again)));
+  }
   if (st.ok()) st = transport_->Write32(kRegCc, kCcIosqes64 | kCcIocqes16 | kCcEn);
   if (st.ok()) st = WaitReady(true);
   if (!st.ok()) return st;

@@ -335,6 +335,7 @@ absl::Status ZeroRange(QueuePair& qp, uint64_t offset, uint64_t length, absl::Du
                                                               done[i].tag, st.message()));
       }
     }
+    if (!qp.health().ok()) return qp.health();  // an untrustworthy completion: stop at once
     if (absl::Now() > deadline) {
       return absl::DeadlineExceededError(absl::StrFormat(
           "ZeroRange: %u commands still outstanding after %s", qp.outstanding(),

@@ -353,6 +353,13 @@ TEST(NvmeTest, ZeroNamespaceZeroesEverything) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST(NvmeHostileTest, ZeroNamespaceStopsOnBogusCompletion) {
+  Rig rig;
+  ASSERT_TRUE(rig.Start().ok());
+  rig.model.set_hostile(Hostile::kBogusCid);
+  EXPECT_EQ(ZeroNamespace(*rig.qp, absl::Seconds(5)).code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(NvmeParseTest, NamespaceListBounds) {
   std::vector<uint8_t> d(4096, 0);
   absl::StatusOr<std::vector<uint32_t>> empty = ParseNamespaceList(d);
