@@ -58,6 +58,13 @@ absl::StatusOr<NamespaceInfo> ParseIdentifyNamespace(absl::Span<const uint8_t> d
     return absl::FailedPreconditionError(absl::StrFormat(
         "identify namespace: LBA format %u of %u formats", format, nlbaf + 1));
   }
+  // Since NVMe 2.0 (NVM Command Set 1.0; Linux: nvme_lbaf_index), FLBAS bits 6:5 are the
+  // format index's upper bits, for more than 16 formats (the LBA format extension, which this
+  // driver never enables): set, they would name another format than bits 3:0 give.
+  if (data[26] & 0x60) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "identify namespace: FLBAS 0x%x names an extended LBA format", data[26]));
+  }
   const uint32_t lbaf = Le32(data, 128 + 4 * format);  // LBAF table (bytes 128..191)
   const uint32_t ms = lbaf & 0xFFFF;
   const uint32_t lbads = (lbaf >> 16) & 0xFF;

@@ -478,6 +478,12 @@ TEST(NvmeParseTest, IdentifyNamespaceBounds) {
   d[25] = 16;  // beyond the 16-entry table
   EXPECT_FALSE(ParseIdentifyNamespace(d).ok());
   d[25] = 15;
+  d[26] = 0x20 | 15;  // FLBAS upper index bits: format 47, not 15
+  EXPECT_FALSE(ParseIdentifyNamespace(d).ok());
+  d[26] = 0x10 | 15;  // bit 4 (metadata placement) alone is harmless: no metadata here
+  EXPECT_TRUE(ParseIdentifyNamespace(d).ok());
+  d[26] = 15;
+  d[25] = 15;
   const uint32_t with_metadata = (12u << 16) | 8;
   std::memcpy(&d[128 + 60], &with_metadata, 4);
   EXPECT_FALSE(ParseIdentifyNamespace(d).ok());
