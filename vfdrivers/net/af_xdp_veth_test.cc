@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/if_xdp.h>
@@ -22,11 +23,14 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -804,6 +808,85 @@ TEST_F(AfXdpVethTest, EgressGuardDropsSpoofedFrames) {
   st = (*guard)->Stats();
   ASSERT_TRUE(st.ok());
   EXPECT_EQ((*st)[TcEgressGuard::kDropNoLease], 1u);
+}
+
+// Keeps only `keep` in this process's capability sets and bounding set (so programs it runs,
+// like ip, get no more either). Stays uid 0.
+bool KeepOnlyCapabilities(const std::vector<int>& keep) {
+  for (int c = 0; c <= 63; ++c) {
+    if (std::find(keep.begin(), keep.end(), c) == keep.end()) prctl(PR_CAPBSET_DROP, c, 0, 0, 0);
+  }
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  for (int c : keep) {
+    data[c / 32].effective |= 1u << (c % 32);
+    data[c / 32].permitted |= 1u << (c % 32);
+    data[c / 32].inheritable |= 1u << (c % 32);
+  }
+  return syscall(SYS_capset, &header, data) == 0;
+}
+
+// Everything the broker does for an xdp_nic lease, in a child with only `caps` and Debian's
+// default 8 MiB RLIMIT_MEMLOCK. Returns "" or the first step that failed.
+std::string BrokerSetupWith(const std::vector<int>& caps) {
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return "pipe";
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(pipefd[0]);
+    std::string err = [&]() -> std::string {
+      rlimit rl{8 << 20, 8 << 20};
+      if (setrlimit(RLIMIT_MEMLOCK, &rl) != 0) return "setrlimit";
+      if (!KeepOnlyCapabilities(caps)) return "capset";
+      if (Ip("link add mvc link veth0 type macvlan mode vepa") != 0 || Ip("link set mvc up") != 0) {
+        return "macvlan";
+      }
+      const int mvc = static_cast<int>(if_nametoindex("mvc"));
+      AfXdpSocketOptions o;
+      o.ifindex = mvc;
+      o.mark = TcEgressGuard::kMarkBase + 9;  // default layout: 16 MiB UMEM
+      auto xsk = CreateAfXdpSocket(o);
+      if (!xsk.ok()) return "socket: " + xsk.status().ToString();
+      auto steering = XdpSteering::Attach(mvc, XdpAttachMode::kAuto, true);
+      if (!steering.ok()) return "steering: " + steering.status().ToString();
+      if (auto s = (*steering)->SetSocket(0, xsk->socket.get()); !s.ok()) return s.ToString();
+      if (auto s = (*steering)->AddMacRule(MacAddress{{2, 0, 0, 0, 0, 9}},
+                                           XdpSteering::kUntagged, {0, 0});
+          !s.ok()) {
+        return s.ToString();
+      }
+      auto guard = TcEgressGuard::Attach(static_cast<int>(if_nametoindex("veth0")));
+      if (!guard.ok()) return "guard: " + guard.status().ToString();
+      EgressLease lease;
+      if (auto s = (*guard)->SetLease(o.mark, lease); !s.ok()) return s.ToString();
+      return "";
+    }();
+    (void)!write(pipefd[1], err.data(), err.size());
+    _exit(0);
+  }
+  close(pipefd[1]);
+  std::string out;
+  char buf[512];
+  ssize_t n;
+  while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) out.append(buf, n);
+  close(pipefd[0]);
+  waitpid(pid, nullptr, 0);
+  Ip("link del mvc");
+  return out;
+}
+
+// The capabilities the broker's xdp_nic backend needs, measured: CAP_NET_ADMIN (devices, XDP
+// and tc attach, SO_MARK), CAP_NET_RAW (AF_XDP socket), CAP_BPF (programs and maps; the
+// programs are written to verify without CAP_PERFMON) and CAP_IPC_LOCK (the UMEM is pinned
+// and charged to RLIMIT_MEMLOCK otherwise: 16 MiB does not fit Debian's default 8 MiB).
+TEST_F(AfXdpVethTest, BrokerSideNeedsNetAdminNetRawBpfIpcLock) {
+  EXPECT_EQ(BrokerSetupWith({CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_IPC_LOCK}), "");
+  EXPECT_NE(BrokerSetupWith({CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF}).find("XDP_UMEM_REG"),
+            std::string::npos);
+  EXPECT_NE(BrokerSetupWith({CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK}).find("steering"),
+            std::string::npos);
+  EXPECT_NE(BrokerSetupWith({CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK}).find("socket"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -90,6 +90,7 @@ int vfb_steer(struct xdp_md *ctx) {
   __be16 proto = eth->h_proto;
   __u16 vlan = VFB_UNTAGGED;
   void *l3 = eth + 1;
+  __u32 l3_offset = sizeof(*eth);  // kept as a number: see the port read below
   if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
     struct vlan_hdr *vh = l3;
     if ((void *)(vh + 1) > end) {
@@ -99,6 +100,7 @@ int vfb_steer(struct xdp_md *ctx) {
     vlan = bpf_ntohs(vh->tci) & 0x0FFF;
     proto = vh->encapsulated_proto;
     l3 = vh + 1;
+    l3_offset += sizeof(*vh);
   }
 
   if (proto == bpf_htons(ETH_P_IP)) {
@@ -111,8 +113,11 @@ int vfb_steer(struct xdp_md *ctx) {
     // Ports only in the first fragment of an unfragmented datagram; fragments fall back to MAC.
     if (ihl >= sizeof(*ip) && (ip->frag_off & bpf_htons(0x3FFF)) == 0 &&
         (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP)) {
-      __be16 *ports = (void *)ip + ihl;
-      if ((void *)(ports + 2) > end) {
+      // The ports sit after a variable-length IPv4 header. Adding a variable to a packet
+      // pointer needs CAP_PERFMON (the verifier's Spectre v1 rule); reading at a variable
+      // offset with bpf_xdp_load_bytes (5.18+) needs only CAP_BPF + CAP_NET_ADMIN.
+      __be16 ports[2];
+      if (bpf_xdp_load_bytes(ctx, l3_offset + ihl, ports, sizeof(ports)) != 0) {
         count(VFB_STAT_MALFORMED);
         return unmatched();
       }
