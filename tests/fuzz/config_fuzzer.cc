@@ -55,12 +55,22 @@ void CheckAccepted(const config::BrokerConfig& config) {
   for (const config::PoolConfig& pool : config.pools()) {
     BlockPoolSpec spec;
     spec.name = pool.name();
+    spec.access = ToAccessPolicy(pool.access());
+    if (pool.has_nvme_sriov()) {
+      // One slot per namespace; the slot size comes from the device, so any power of two will do
+      // (vfbrokerd_main sets alignment = max extent = slot size the same way).
+      constexpr uint64_t kSlotBytes = uint64_t{1} << 20;
+      spec.alignment_bytes = kSlotBytes;
+      spec.max_extent_bytes = kSlotBytes;
+      spec.capacity_bytes = kSlotBytes * pool.nvme_sriov().namespace_ids_size();
+      specs.push_back(std::move(spec));
+      continue;
+    }
     spec.alignment_bytes = pool.loop_extent().alignment_bytes();
     // size_bytes 0 means "the file's size", unknown here; any small pool will do.
     spec.capacity_bytes = pool.loop_extent().size_bytes() != 0 ? pool.loop_extent().size_bytes()
                                                                : 16 * spec.alignment_bytes;
     spec.max_extent_bytes = pool.loop_extent().max_extent_bytes();
-    spec.access = ToAccessPolicy(pool.access());
     specs.push_back(std::move(spec));
   }
   absl::StatusOr<Allocator> allocator = Allocator::Create(specs, ToQuotaPolicy(config));
