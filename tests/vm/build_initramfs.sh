@@ -36,6 +36,7 @@ MD=$CACHE/kernel/lib/modules/$KV
   { echo "build_initramfs: need busybox-static (/bin/busybox)" >&2; exit 1; }
 
 ROOT=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-initramfs.XXXXXX")
+chmod 0755 "$ROOT"  # mktemp makes it 0700, which would become the guest's / and lock out its tenants
 trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,etc,lib/modules/"$KV"}
 cp /bin/busybox "$ROOT/bin/busybox"

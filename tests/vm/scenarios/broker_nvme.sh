@@ -19,8 +19,6 @@
 #   6. a second broker with a pool on $NVME_NOACS_PF (its VF shares an IOMMU group with the port
 #      and the PF) refuses to hand that VF out: FAILED_PRECONDITION naming the group's members.
 . /lib/vm_lib.sh
-# The initramfs root comes out 0700; tenants need to traverse it.
-chmod 755 /
 for b in vfbrokerd nvme_tenant; do
   command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
 done

@@ -7,27 +7,18 @@
 #     and each names the other's namespace in a command that must fail; VF2 ends with a
 #     whole-namespace scrub; then both at once; then VF1 in the broker's flow (fds handed over
 #     SCM_RIGHTS to uid 60002); then VF2's controller offline, which must be refused cleanly;
-#   - a VF has 2 VQ resources here (run_vm.sh: sriov_vq_flexible=4 for 2 VFs), i.e. one I/O queue
-#     pair, so the two-queue-pair run is on the PF: SR-IOV off (vfio-pci refuses a PF with VFs),
-#     unbound from nvme, bound to vfio-pci, nsid 1.
+#   - each VF gets 3 VQ resources (run_vm.sh: sriov_vq_flexible=6 for 2 VFs): an admin queue and
+#     two I/O queue pairs; the PF's own two-queue-pair run comes last: SR-IOV off (vfio-pci refuses
+#     a PF with VFs), unbound from nvme, bound to vfio-pci, nsid 1.
 . /lib/vm_lib.sh
 CHECK=nvme_driver_check
 
 [ -n "$NVME_PF" ] || { fail "no NVMe controller 1b36:0010"; check_failed; exit; }
-# The initramfs root comes out 0700 (build_initramfs.sh packs a mktemp -d directory), which
-# keeps every unprivileged uid out of /sys, /dev and /bin; tenants need to traverse it.
-chmod 755 /
 command -v $CHECK >/dev/null || { fail "no $CHECK in the guest"; check_failed; exit; }
 NV=/dev/$NVME_CTRL
-# 3 VQ resources (admin + two I/O queue pairs) if the controller allows that many per VF
-# (QEMU: sriov_max_vq_per_vf, by default sriov_vq_flexible / sriov_max_vfs), else vm_lib's 2.
+# 3 VQ resources: admin + two I/O queue pairs (QEMU allows sriov_vq_flexible / sriov_max_vfs per VF).
 vf_online() {  # SCID
-  if nvme_vadmin $NV virt "$1" 1 8 1 2>/dev/null && nvme_vadmin $NV virt "$1" 0 8 3 2>/dev/null &&
-    nvme_vadmin $NV virt "$1" 0 9 0 2>/dev/null; then
-    log "controller $1: 3 VQ (two I/O queue pairs)"
-    return 0
-  fi
-  nvme_vf_online $NV "$1"
+  nvme_vadmin $NV virt "$1" 1 8 1 && nvme_vadmin $NV virt "$1" 0 8 3 && nvme_vadmin $NV virt "$1" 0 9 0
 }
 nvme_release_primary_resources "$NVME_PF" "$NVME_CTRL" || { check_failed; exit; }
 enable_vfs "$NVME_PF" 2
