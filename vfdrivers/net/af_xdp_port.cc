@@ -284,6 +284,16 @@ void AfXdpPort::KickTx() {
   }
 }
 
+absl::StatusOr<xdp_statistics> AfXdpPort::KernelStatistics() const {
+  if (!socket_) return absl::FailedPreconditionError("AfXdpPort: no socket (test mode)");
+  xdp_statistics st{};
+  socklen_t len = sizeof(st);
+  if (getsockopt(socket_.get(), SOL_XDP, XDP_STATISTICS, &st, &len) != 0) {
+    return Errno("XDP_STATISTICS");
+  }
+  return st;
+}
+
 size_t AfXdpPort::RxBurst(absl::Span<PacketBuffer> out) {
   ReclaimCompletions();
   Refill();

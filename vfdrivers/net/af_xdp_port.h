@@ -75,6 +75,11 @@ class AfXdpPort final : public Port {
   size_t FreeBurst(absl::Span<const PacketBuffer> bufs) override;
   void Service() override;
 
+  // The kernel's own counters for the socket (XDP_STATISTICS: frames dropped for want of
+  // fill buffers or RX ring room, invalid descriptors). A system call: not for the fast path.
+  // FAILED_PRECONDITION in test mode.
+  absl::StatusOr<xdp_statistics> KernelStatistics() const;
+
   // The socket, for poll(POLLIN) when the caller wants to sleep instead of spinning.
   int fd() const { return socket_.get(); }
   // Chunks currently in the port's free stack / in the fill ring / sent and not completed.
