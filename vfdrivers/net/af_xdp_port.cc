@@ -346,12 +346,14 @@ size_t AfXdpPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
         const PacketBuffer& b = pkts[k];
         // The buffer must be one of ours that the caller holds, and the frame must lie in
         // its chunk.
+        const uintptr_t base = reinterpret_cast<uintptr_t>(umem_);
+        const uintptr_t at = reinterpret_cast<uintptr_t>(b.data);
         if (b.pool != this || b.index >= layout_.frame_count ||
-            state_[b.index] != FrameState::kApp || b.data < umem_) {
+            state_[b.index] != FrameState::kApp || at < base) {
           ++stats_.bad_buffers;
           break;
         }
-        const uint64_t addr = static_cast<uint64_t>(b.data - umem_);
+        const uint64_t addr = static_cast<uint64_t>(at - base);
         const uint64_t end = (uint64_t{b.index} + 1) << frame_shift_;
         if ((addr >> frame_shift_) != b.index || b.length == 0 || b.length > end - addr) {
           ++stats_.bad_buffers;

@@ -52,7 +52,8 @@ struct PacketBuffer {
 struct PortInfo {
   uint32_t queue_id = 0;           // device queue this port drives
   uint32_t buffer_count = 0;       // buffers in the pool
-  uint32_t buffer_capacity = 0;    // PacketBuffer::capacity of a fresh buffer
+  uint32_t buffer_capacity = 0;    // PacketBuffer::capacity of a buffer from AllocBurst
+                                   // (received ones may have less: the device's headroom)
   uint32_t rx_ring_size = 0;       // most frames the device can hold for RxBurst
   uint32_t tx_ring_size = 0;       // most frames in flight to the device
   bool zero_copy = false;          // the device DMAs into the buffers (else the kernel copies)
