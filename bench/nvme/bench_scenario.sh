@@ -8,7 +8,8 @@
 #     at QD $BENCH_QD (default options, then --fixedbufs --registerfiles --norandommap) and fio
 #     psync (QD 1) on VF2's block device, $BENCH_RUNTIME s each, with the guest's CPU busy time
 #     over each run from /proc/stat; all that $BENCH_REPEAT times; then
-#     nvme_bench under callgrind for exactly $BENCH_IOS I/Os at QD 1 and QD $BENCH_QD;
+#     nvme_bench under callgrind for exactly $BENCH_IOS I/Os at QD 1 and QD $BENCH_QD, and fio
+#     under callgrind for each N of $BENCH_INSN_IOS I/Os (fio's user-space share);
 #   - tries perf stat once (TCG emulates no PMU: expected to report instructions unsupported).
 # With BENCH_MODE=insn (run_nvme_bench.sh's second boot, under insn_count_plugin) it runs fixed
 # numbers of I/Os per engine between marks instead, for whole-guest instruction counts.
@@ -18,6 +19,7 @@
 #   BENCH-CPU <engine> <rw> <qd> <busy ticks, all CPUs> <ticks per second>
 #   BENCH-FIO-BEGIN <engine> <rw> <qd> ... BENCH-FIO-END    (fio --output-format=json)
 #   BENCH-CALLGRIND-BEGIN <rw> <qd> ... BENCH-CALLGRIND-END (gzip | base64 of callgrind.out)
+#   BENCH-FIOCG <engine> <rw> <qd> <ios> <user instructions of the whole fio run, callgrind>
 #   BENCH-INSN <engine> <rw> <qd> <ios> <first mark> <last mark> [<idle-loop marks>]  (insn mode)
 # run_nvme_bench.sh inserts its parameters (BENCH_*=...) as line 3; the defaults below otherwise.
 . /lib/vm_lib.sh
@@ -171,6 +173,26 @@ for rw in $BENCH_RWS; do
     gzip -c $cg | base64
     echo "BENCH-CALLGRIND-END"
     rm -f $cg
+  done
+done
+
+# fio's own user-space instructions per I/O (callgrind sees no kernel), two runs of N1 and N2 I/Os
+# (--thread: one process, one callgrind file), so that the host can tell fio's share of the
+# whole-guest counts of the insn boot from the kernel's.
+for rw in $BENCH_RWS; do
+  for e in "io_uring $BENCH_QD" "psync 1"; do
+    engine=${e% *}; qd=${e#* }
+    for n in $BENCH_INSN_IOS; do
+      log "$rw: fio $engine QD $qd under callgrind, $n I/Os"
+      rm -f /tmp/cgfio.*
+      valgrind --tool=callgrind --callgrind-out-file=/tmp/cgfio.%p \
+          fio --thread --name=bench --filename="$DISK" --direct=1 --rw="$rw" --bs=4k \
+          --ioengine="$engine" --iodepth="$qd" --norandommap --randseed=1 --io_size=$((n * 4))k \
+          --output-format=terse >/tmp/err 2>&1 ||
+        { fail "callgrind fio $engine $rw $n I/Os: $(tail -5 /tmp/err | tr '\n' ' ')"; continue; }
+      total=$(cat /tmp/cgfio.* | sed -n 's/^summary: *\([0-9]*\).*/\1/p' | awk '{ t += $1 } END { print t + 0 }')
+      echo "BENCH-FIOCG fio-$engine $rw $qd $n $total"
+    done
   done
 done
 

@@ -248,6 +248,12 @@ guest_instr() {  # engine rw qd
     NR == 1 { n1 = $1; c1 = $2 } NR == 2 { n2 = $1; c2 = $2 }
     END { if (n2 == n1) print "- -"; else printf "%.0f %.0f\n", (c2 - c1) / (n2 - n1), (c2 - c1) / (n2 - n1) }'
 }
+# fio's user-space instructions per I/O (callgrind, slope between its two runs); "-" if missing.
+fio_user_instr() {  # engine rw qd
+  grep -a "^BENCH-FIOCG $1 $2 $3 " "$WORK/console.txt" | awk '
+    NR == 1 { n1 = $5; c1 = $6 } { n2 = $5; c2 = $6 }
+    END { if (NR < 2 || n2 == n1) print "-"; else printf "%.0f\n", (c2 - c1) / (n2 - n1) }'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
 num() {  # 1234567.8 -> 1,234,568; "-" stays
   awk -v a="$1" 'BEGIN { if (a == "-" || a == "") { print "-"; exit }
@@ -260,8 +266,8 @@ fmt1() { awk -v a="$1" 'BEGIN { if (a == "-" || a == "") print "-"; else printf 
 echo
 echo "NVMe VF, 4 KiB random I/O, QEMU TCG guest ($(date -u +%F)); RUNTIME=$RUNTIME s, QD=$QD, REPEAT=$REPEAT (median round), callgrind IOS=$IOS; tree $REV"
 echo
-echo "| workload | engine | QD | IOPS (TCG) | vs fio io_uring | vs fio psync | process CPU us/IO (TCG) | guest CPU us/IO (TCG) | guest instr/IO (all) | guest instr/IO w/o our empty polls | fio io_uring instr/IO ÷ this | driver instr/IO submit+completion (callgrind) |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| workload | engine | QD | IOPS (TCG) | vs fio io_uring | vs fio psync | process CPU us/IO (TCG) | guest CPU us/IO (TCG) | guest instr/IO (all) | guest instr/IO w/o our empty polls | fio io_uring instr/IO ÷ this | user-space instr/IO (callgrind) | driver instr/IO submit+completion (callgrind) |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for rw in $RWS; do
   read -r uring_iops _ < <(measure fio-io_uring "$rw" "$QD")
   read -r psync_iops _ < <(measure fio-psync "$rw" 1)
@@ -272,11 +278,15 @@ for rw in $RWS; do
              "fio-psync 1 kernel nvme, fio psync"; do
     read -r e qd label <<< "$row"
     read -r iops cpu guest rounds < <(measure "$e" "$rw" "$qd")
-    ins="n/a (kernel)"
-    if [[ $e == ours ]]; then read -r ins _ < <(instr "$rw" "$qd"); ins=$(num "$ins"); fi
+    ins="n/a (kernel)" user=-
+    if [[ $e == ours ]]; then
+      read -r ins _ _ _ user _ < <(instr "$rw" "$qd"); ins=$(num "$ins")
+    elif [[ $e != fio-io_uring-tuned ]]; then
+      user=$(fio_user_instr "$e" "$rw" "$qd")
+    fi
     gi=- gs=-
     [[ $e == fio-io_uring-tuned ]] || read -r gi gs < <(guest_instr "$e" "$rw" "$qd")
-    echo "| $rw | $label | $qd | $(num "$iops") | $(ratio "$iops" "$uring_iops") | $(ratio "$iops" "$psync_iops") | $(fmt1 "$cpu") | $(fmt1 "$guest") | $(num "$gi") | $(num "$gs") | $(ratio "$uring_gi" "$gs") | $ins |"
+    echo "| $rw | $label | $qd | $(num "$iops") | $(ratio "$iops" "$uring_iops") | $(ratio "$iops" "$psync_iops") | $(fmt1 "$cpu") | $(fmt1 "$guest") | $(num "$gi") | $(num "$gs") | $(ratio "$uring_gi" "$gs") | $(num "$user") | $ins |"
   done
 done
 echo
