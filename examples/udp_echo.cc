@@ -1,0 +1,146 @@
+// udp_echo: a UDP echo server on a net::Port, Arrakis's first benchmark. Every IPv4/UDP
+// datagram that reaches the port goes back to its sender from the same buffer (addresses
+// swapped in place, see udp_echo_loop.h), in bursts, busy-polling, with no system call per
+// packet.
+//
+// Where the port comes from:
+//   --self_provision --interface=IF   (root) create the AF_XDP socket and UMEM on IF's queue
+//                                     and attach the redirect-all program, as the broker would
+//                                     (udp_echo_provision.h); for benchmarks and host tests.
+//                                     Every frame arriving on that queue goes to the echo.
+//   (broker mode: a NIC lease from vfbrokerd through libvfclient's AllocateNic is not built
+//    yet: libvfclient has no AllocateNic at the time of writing.)
+//
+//   udp_echo --self_provision --interface=veth0 [--udp_port=7] [--cpu=1] [--seconds=0]
+//
+// Prints "ready" on stdout once the port receives, and its counters when it stops (SIGINT,
+// SIGTERM or --seconds).
+#include <pthread.h>
+#include <sched.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cinttypes>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "examples/udp_echo_loop.h"
+#include "examples/udp_echo_provision.h"
+
+ABSL_FLAG(bool, self_provision, false,
+          "Create the AF_XDP socket on --interface ourselves (root) instead of asking a broker");
+ABSL_FLAG(std::string, interface, "", "Device for --self_provision");
+ABSL_FLAG(uint32_t, queue, 0, "Device queue for --self_provision");
+ABSL_FLAG(std::string, xdp_mode, "native", "XDP attach mode: native, generic or auto");
+ABSL_FLAG(uint32_t, frame_size, 2048, "UMEM chunk size (2048 or 4096)");
+ABSL_FLAG(uint32_t, frames, 4096, "UMEM chunks");
+ABSL_FLAG(uint32_t, ring_size, 2048, "Size of each of the four rings");
+ABSL_FLAG(uint32_t, burst, 32, "Frames per RxBurst");
+ABSL_FLAG(uint32_t, udp_port, 0, "Echo only datagrams to this UDP port (0: any)");
+ABSL_FLAG(bool, verify, false, "Drop frames whose IPv4/UDP checksums do not verify");
+ABSL_FLAG(std::string, checksum, "keep",
+          "keep: swap only (sums stay valid); recompute: recompute the UDP checksum");
+ABSL_FLAG(std::string, idle, "spin", "When nothing arrived: spin (busy-poll) or poll (sleep)");
+ABSL_FLAG(int, cpu, -1, "Pin the echo thread to this CPU (-1: no)");
+ABSL_FLAG(double, seconds, 0, "Stop after this long (0: at SIGINT/SIGTERM)");
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop.store(true); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("UDP echo server on a net::Port (AF_XDP)");
+  absl::ParseCommandLine(argc, argv);
+  using vfbroker::examples::ChecksumMode;
+
+  if (!absl::GetFlag(FLAGS_self_provision)) {
+    fprintf(stderr,
+            "udp_echo: only --self_provision is built; the broker mode waits for libvfclient's "
+            "AllocateNic\n");
+    return 2;
+  }
+  vfdrivers::net::XdpAttachMode mode;
+  if (!vfbroker::examples::ParseXdpAttachMode(absl::GetFlag(FLAGS_xdp_mode), &mode)) {
+    fprintf(stderr, "udp_echo: bad --xdp_mode\n");
+    return 2;
+  }
+  vfbroker::examples::EchoOptions options;
+  options.burst = absl::GetFlag(FLAGS_burst);
+  options.udp_port = static_cast<uint16_t>(absl::GetFlag(FLAGS_udp_port));
+  options.verify = absl::GetFlag(FLAGS_verify);
+  const std::string checksum = absl::GetFlag(FLAGS_checksum);
+  if (checksum == "keep") {
+    options.checksum = ChecksumMode::kKeep;
+  } else if (checksum == "recompute") {
+    options.checksum = ChecksumMode::kRecompute;
+  } else {
+    fprintf(stderr, "udp_echo: bad --checksum\n");
+    return 2;
+  }
+  const std::string idle = absl::GetFlag(FLAGS_idle);
+  if (idle != "spin" && idle != "poll") {
+    fprintf(stderr, "udp_echo: bad --idle\n");
+    return 2;
+  }
+
+  vfdrivers::net::AfXdpLayout layout;
+  layout.frame_size = absl::GetFlag(FLAGS_frame_size);
+  layout.frame_count = absl::GetFlag(FLAGS_frames);
+  layout.fill_size = layout.completion_size = layout.rx_size = layout.tx_size =
+      absl::GetFlag(FLAGS_ring_size);
+  auto provisioned = vfbroker::examples::SelfProvisionAfXdpPort(
+      absl::GetFlag(FLAGS_interface), absl::GetFlag(FLAGS_queue), mode, layout);
+  if (!provisioned.ok()) {
+    fprintf(stderr, "udp_echo: %s\n", provisioned.status().ToString().c_str());
+    return 1;
+  }
+  vfdrivers::net::AfXdpPort& port = *provisioned->port;
+
+  if (int cpu = absl::GetFlag(FLAGS_cpu); cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof(set), &set) != 0) perror("udp_echo: sched_setaffinity");
+  }
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  if (double s = absl::GetFlag(FLAGS_seconds); s > 0) {
+    std::thread([s] {
+      std::this_thread::sleep_for(std::chrono::duration<double>(s));
+      g_stop.store(true);
+    }).detach();
+  }
+
+  port.Service();  // give the kernel its fill buffers before anyone sends
+  printf("ready\n");
+  fflush(stdout);
+
+  std::function<void()> on_idle;
+  if (idle == "poll") {
+    const int fd = port.fd();
+    on_idle = [fd] {
+      pollfd pfd{fd, POLLIN, 0};
+      poll(&pfd, 1, 100);
+    };
+  }
+  const vfbroker::examples::EchoStats st = RunUdpEcho(port, options, g_stop, on_idle);
+  const vfdrivers::net::PortStats& ps = port.stats();
+  printf("udp_echo: received=%" PRIu64 " echoed=%" PRIu64 " ignored=%" PRIu64
+         " tx_dropped=%" PRIu64 " idle_polls=%" PRIu64 " wakeups=%" PRIu64
+         " bad_descriptors=%" PRIu64 " zero_copy=%d\n",
+         st.received, st.echoed, st.ignored, st.tx_dropped, st.idle_polls, ps.wakeups,
+         ps.bad_descriptors, port.info().zero_copy ? 1 : 0);
+  fflush(stdout);
+  return 0;
+}
