@@ -26,6 +26,7 @@
 #include "broker/allocator/allocator.h"
 #include "broker/backends/loop_extent.h"
 #include "broker/backends/nvme_sriov.h"
+#include "broker/backends/xdp_nic.h"
 #include "broker/config/config_loader.h"
 #include "broker/core/broker_core.h"
 #include "broker/journal/journal.h"
@@ -88,6 +89,17 @@ int Run(const config::BrokerConfig& config) {
     BlockPoolSpec spec;
     spec.name = pool.name();
     spec.access = ToAccessPolicy(pool.access());
+    if (pool.has_xdp_nic()) {
+      absl::StatusOr<std::unique_ptr<XdpNicBackend>> backend =
+          XdpNicBackend::Open(pool.name(), pool.xdp_nic());
+      if (!backend.ok()) {
+        spdlog::critical("pool {}: {}", pool.name(), backend.status().message());
+        return 1;
+      }
+      specs.push_back(XdpNicPoolSpec(pool));  // one slot per tenant
+      backends.emplace(pool.name(), *std::move(backend));
+      continue;
+    }
     if (pool.has_nvme_sriov()) {
       absl::StatusOr<std::unique_ptr<NvmeSriovBackend>> backend = NvmeSriovBackend::Open(
           pool.name(), pool.nvme_sriov(), MakeRealNvmeSriovPlatform());

@@ -14,6 +14,8 @@ PACKAGES=(
   util-linux systemd fio python3 iproute2
   # AF_XDP driver (vfdrivers/net): libbpf/libxdp, and clang to build XDP programs (-target bpf)
   libbpf-dev libxdp-dev clang
+  # broker xdp_nic backend: rtnetlink (macvlan and VLAN devices)
+  libmnl-dev
 )
 
 missing=()

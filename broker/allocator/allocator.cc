@@ -205,6 +205,10 @@ absl::Status ValidatePoolSpecs(const std::vector<BlockPoolSpec>& pools) {
       return absl::InvalidArgumentError(
           absl::StrCat("pool \"", spec.name, "\" is configured more than once"));
     }
+    if (spec.slots && (spec.alignment_bytes != 1 || spec.max_extent_bytes > 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "pool \"", spec.name, "\": a slot pool has alignment 1 and one slot per lease"));
+    }
     if (absl::Status status = ExtentMap::CheckGeometry(spec.capacity_bytes, spec.alignment_bytes);
         !status.ok()) {
       return absl::InvalidArgumentError(
@@ -248,6 +252,23 @@ const Allocator::Pool* Allocator::FindPool(std::string_view name) const {
 absl::StatusOr<ExtentLeaseRecord> Allocator::AllocateExtent(const Tenant& tenant,
                                                             std::string_view pool_name,
                                                             uint64_t size, std::string lease_id) {
+  return Allocate(tenant, pool_name, size, std::move(lease_id), /*slot=*/false);
+}
+
+absl::StatusOr<ExtentLeaseRecord> Allocator::AllocateSlot(const Tenant& tenant,
+                                                          std::string_view pool_name,
+                                                          std::string lease_id) {
+  return Allocate(tenant, pool_name, 1, std::move(lease_id), /*slot=*/true);
+}
+
+uint64_t Allocator::ChargedBytes(const ExtentLeaseRecord& record) const {
+  const Pool* pool = FindPool(record.pool);
+  return pool != nullptr && pool->spec.slots ? 0 : record.size;
+}
+
+absl::StatusOr<ExtentLeaseRecord> Allocator::Allocate(const Tenant& tenant,
+                                                      std::string_view pool_name, uint64_t size,
+                                                      std::string lease_id, bool slot) {
   Pool* pool = FindPool(pool_name);
   if (pool == nullptr) {
     return absl::NotFoundError(absl::StrCat("no pool named \"", AsAbsl(pool_name), "\""));
@@ -256,6 +277,11 @@ absl::StatusOr<ExtentLeaseRecord> Allocator::AllocateExtent(const Tenant& tenant
     return absl::PermissionDeniedError(absl::StrCat("uid ", tenant.uid, " (gid ", tenant.gid,
                                                     ") may not allocate from pool \"",
                                                     pool->spec.name, "\""));
+  }
+  if (pool->spec.slots != slot) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "pool \"", pool->spec.name, "\" is a ", pool->spec.slots ? "NIC" : "block",
+        " pool; use ", pool->spec.slots ? "AllocateNic" : "AllocateExtent"));
   }
   if (lease_id.empty()) return absl::InvalidArgumentError("lease id must not be empty");
   if (leases_.contains(lease_id)) {
@@ -282,11 +308,13 @@ absl::StatusOr<ExtentLeaseRecord> Allocator::AllocateExtent(const Tenant& tenant
   const Quota& quota = quotas_.For(tenant.uid);
   const uint64_t held_bytes = BytesHeldBy(tenant.uid);
   const uint32_t held_leases = LeasesHeldBy(tenant.uid);
+  // What the byte quota sees: nothing for a slot.
+  const uint64_t charged = slot ? 0 : rounded;
   // held_bytes never exceeds max_bytes for a grant made here, but leases restored from the
   // journal skip the quota check (and quotas may have shrunk since), so compare without
   // subtracting past zero.
   if (quota.max_bytes != 0 &&
-      (held_bytes > quota.max_bytes || rounded > quota.max_bytes - held_bytes)) {
+      (held_bytes > quota.max_bytes || charged > quota.max_bytes - held_bytes)) {
     return absl::ResourceExhaustedError(
         absl::StrCat("uid ", tenant.uid, " holds ", held_bytes, " bytes; another ", rounded,
                      " would exceed its quota of ", quota.max_bytes, " bytes"));
@@ -296,7 +324,7 @@ absl::StatusOr<ExtentLeaseRecord> Allocator::AllocateExtent(const Tenant& tenant
                                                      " leases, its quota is ", quota.max_leases));
   }
   // Unlimited quotas still have to fit the counters.
-  if (rounded > kMaxU64 - held_bytes || held_leases == std::numeric_limits<uint32_t>::max()) {
+  if (charged > kMaxU64 - held_bytes || held_leases == std::numeric_limits<uint32_t>::max()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("uid ", tenant.uid, " holds too much to count another lease"));
   }
@@ -319,7 +347,7 @@ absl::StatusOr<ExtentLeaseRecord> Allocator::AllocateExtent(const Tenant& tenant
   record.size = rounded;
   record.state = SliceState::kLive;
   Usage& usage = usage_[tenant.uid];
-  usage.bytes += rounded;  // cannot wrap: checked against kMaxU64 - held_bytes above
+  usage.bytes += charged;  // cannot wrap: checked against kMaxU64 - held_bytes above
   usage.leases += 1;       // cannot wrap: checked against the uint32 maximum above
   leases_.emplace(record.lease_id, record);
   return record;
@@ -345,7 +373,8 @@ absl::Status Allocator::RestoreExtent(const ExtentLeaseRecord& record) {
     // Saturate rather than wrap. Only totals beyond 2^64 bytes or 2^32 leases saturate, which
     // no real set of devices reaches; a saturated total still refuses further grants.
     Usage& usage = usage_[record.owner_uid];
-    usage.bytes = record.size > kMaxU64 - usage.bytes ? kMaxU64 : usage.bytes + record.size;
+    const uint64_t charged = ChargedBytes(record);
+    usage.bytes = charged > kMaxU64 - usage.bytes ? kMaxU64 : usage.bytes + charged;
     if (usage.leases < std::numeric_limits<uint32_t>::max()) usage.leases += 1;
   }
   leases_.emplace(record.lease_id, record);
@@ -357,7 +386,7 @@ void Allocator::Uncharge(const ExtentLeaseRecord& record) {
   // Every live lease was charged when it was granted or restored, so the entry exists and holds
   // at least this lease; min() only matters for totals that saturated in RestoreExtent.
   if (usage == usage_.end()) return;
-  usage->second.bytes -= std::min(usage->second.bytes, record.size);
+  usage->second.bytes -= std::min(usage->second.bytes, ChargedBytes(record));
   if (usage->second.leases > 0) usage->second.leases -= 1;
   if (usage->second.leases == 0) usage_.erase(usage);
 }
@@ -431,6 +460,7 @@ std::vector<PoolUsage> Allocator::Pools() const {
     usage.free_bytes = pool.map.free_bytes();
     usage.largest_free_bytes = pool.map.largest_free();
     usage.alignment_bytes = pool.map.alignment();
+    usage.slots = pool.spec.slots;
     out.push_back(std::move(usage));
   }
   for (const auto& [id, record] : leases_) {

@@ -95,6 +95,11 @@ struct BlockPoolSpec {
   uint64_t alignment_bytes = 1 << 20;
   uint64_t max_extent_bytes = 0;  // 0 = capacity
   AccessPolicy access;
+  // A pool of slots (NIC leases, xdp_nic): capacity_bytes is the number of slots, alignment 1,
+  // and a lease is one slot, taken with AllocateSlot (AllocateExtent refuses the pool, and
+  // AllocateSlot refuses block pools). Slots count against a tenant's lease quota only, never
+  // against max_bytes.
+  bool slots = false;
 };
 
 enum class SliceState { kLive, kEnding };
@@ -116,6 +121,7 @@ struct PoolUsage {
   uint64_t alignment_bytes = 0;
   uint32_t live_leases = 0;
   uint32_t ending_leases = 0;
+  bool slots = false;  // a pool of slots: capacity_bytes / free_bytes count slots
 };
 
 // OK if every spec is usable by Allocator: names non-empty and unique, alignments non-zero
@@ -140,6 +146,13 @@ class Allocator {
   //   RESOURCE_EXHAUSTED quota (bytes or leases) exceeded, or no free range large enough
   absl::StatusOr<ExtentLeaseRecord> AllocateExtent(const Tenant& tenant, std::string_view pool,
                                                    uint64_t size, std::string lease_id);
+
+  // Grants one slot of a slot pool (the lowest free one: record.offset is the slot index,
+  // record.size is 1). Same errors as AllocateExtent, except that the lease quota is the only
+  // quota, and FAILED_PRECONDITION if `pool` is a block pool. AllocateExtent answers
+  // FAILED_PRECONDITION for a slot pool.
+  absl::StatusOr<ExtentLeaseRecord> AllocateSlot(const Tenant& tenant, std::string_view pool,
+                                                 std::string lease_id);
 
   // Re-creates a lease from the journal after a restart, in the given state. No policy or quota
   // check (the grant was valid when made); FAILED_PRECONDITION if the range overlaps another or
@@ -173,8 +186,12 @@ class Allocator {
     uint32_t leases = 0;
   };
 
+  absl::StatusOr<ExtentLeaseRecord> Allocate(const Tenant& tenant, std::string_view pool,
+                                             uint64_t size, std::string lease_id, bool slot);
   // Removes a live lease's charge from its owner's usage.
   void Uncharge(const ExtentLeaseRecord& record);
+  // Bytes a live lease is charged for: its size, or 0 in a slot pool.
+  uint64_t ChargedBytes(const ExtentLeaseRecord& record) const;
   Pool* FindPool(std::string_view name);
   const Pool* FindPool(std::string_view name) const;
 

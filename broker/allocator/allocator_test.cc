@@ -985,3 +985,83 @@ TEST(AllocatorInvariantTest, RandomOperationsKeepTheBooks) {
 
 }  // namespace
 }  // namespace vfbroker
+
+namespace vfbroker {
+namespace {
+
+// NIC pools: leases are slots; only the lease quota counts them.
+TEST(AllocatorSlotsTest, SlotsAreLeasesNotBytes) {
+  BlockPoolSpec nic;
+  nic.name = "nic";
+  nic.capacity_bytes = 3;
+  nic.alignment_bytes = 1;
+  nic.max_extent_bytes = 1;
+  nic.slots = true;
+  nic.access.any_user = true;
+  BlockPoolSpec block;
+  block.name = "block";
+  block.capacity_bytes = 8 << 20;
+  block.access.any_user = true;
+  QuotaPolicy quotas;
+  quotas.default_quota.max_bytes = 1 << 20;
+  quotas.default_quota.max_leases = 3;
+  auto allocator = Allocator::Create({nic, block}, quotas);
+  ASSERT_TRUE(allocator.ok()) << allocator.status();
+  Tenant t{1000, 1000, {}};
+
+  EXPECT_EQ(allocator->AllocateExtent(t, "nic", 1, "x").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(allocator->AllocateSlot(t, "block", "x").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto a = allocator->AllocateSlot(t, "nic", "a");
+  auto b = allocator->AllocateSlot(t, "nic", "b");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->offset, 0u);
+  EXPECT_EQ(b->offset, 1u);
+  EXPECT_EQ(a->size, 1u);
+  EXPECT_EQ(allocator->BytesHeldBy(1000), 0u);
+  EXPECT_EQ(allocator->LeasesHeldBy(1000), 2u);
+  // Bytes quota untouched by slots: a full 1 MiB extent still fits; then the lease quota is used.
+  ASSERT_TRUE(allocator->AllocateExtent(t, "block", 1 << 20, "c").ok());
+  EXPECT_EQ(allocator->AllocateSlot(t, "nic", "d").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(allocator->EndLease("a").ok());
+  EXPECT_EQ(allocator->LeasesHeldBy(1000), 2u);
+  // Ending slot still taken: the next slot is 2.
+  auto d = allocator->AllocateSlot(t, "nic", "d");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->offset, 2u);
+  Tenant u{1001, 1001, {}};
+  EXPECT_EQ(allocator->AllocateSlot(u, "nic", "e").status().code(),
+            absl::StatusCode::kResourceExhausted);  // all three slots in use
+  ASSERT_TRUE(allocator->FreeSlice("a").ok());
+  auto e = allocator->AllocateSlot(u, "nic", "e");
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->offset, 0u);
+  std::vector<PoolUsage> pools = allocator->Pools();
+  EXPECT_TRUE(pools[0].slots);
+  EXPECT_EQ(pools[0].capacity_bytes, 3u);
+  EXPECT_EQ(pools[0].free_bytes, 0u);
+  EXPECT_EQ(pools[0].live_leases, 3u);
+  // Restored slot leases are charged as leases only.
+  auto restored = Allocator::Create({nic}, quotas);
+  ASSERT_TRUE(restored.ok());
+  ExtentLeaseRecord r{"r", "nic", 7, 1, 1, SliceState::kLive};
+  ASSERT_TRUE(restored->RestoreExtent(r).ok());
+  EXPECT_EQ(restored->BytesHeldBy(7), 0u);
+  EXPECT_EQ(restored->LeasesHeldBy(7), 1u);
+  ASSERT_TRUE(restored->EndLease("r").ok());
+  EXPECT_EQ(restored->LeasesHeldBy(7), 0u);
+}
+
+TEST(AllocatorSlotsTest, SlotPoolGeometryIsChecked) {
+  BlockPoolSpec nic;
+  nic.name = "nic";
+  nic.capacity_bytes = 4;
+  nic.alignment_bytes = 4096;
+  nic.slots = true;
+  EXPECT_EQ(Allocator::Create({nic}, {}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace vfbroker

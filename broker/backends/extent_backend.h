@@ -19,6 +19,7 @@
 #ifndef VFBROKER_BROKER_BACKENDS_EXTENT_BACKEND_H_
 #define VFBROKER_BROKER_BACKENDS_EXTENT_BACKEND_H_
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -49,13 +50,16 @@ struct ProvisionedExtent {
   uint32_t logical_block_size = 512;
 };
 
-// Offset and size of any backend's extent state (0 for an empty state).
+// Offset and size of any backend's extent state in the allocator's space (0 for an empty
+// state). An xdp_nic lease is one slot: offset = slot, size = 1.
 inline uint64_t ExtentOffset(const journal::ExtentState& state) {
   if (state.has_nvme_sriov()) return state.nvme_sriov().offset_bytes();
+  if (state.has_xdp_nic()) return state.xdp_nic().slot();
   return state.loop_extent().offset_bytes();
 }
 inline uint64_t ExtentSize(const journal::ExtentState& state) {
   if (state.has_nvme_sriov()) return state.nvme_sriov().size_bytes();
+  if (state.has_xdp_nic()) return 1;
   return state.loop_extent().size_bytes();
 }
 // The extent state a grant record carries (kind unset if it carries none).
@@ -63,12 +67,23 @@ inline journal::ExtentState ExtentStateOf(const journal::LeaseGranted& granted) 
   journal::ExtentState state;
   if (granted.has_loop_extent()) *state.mutable_loop_extent() = granted.loop_extent();
   if (granted.has_nvme_sriov()) *state.mutable_nvme_sriov() = granted.nvme_sriov();
+  if (granted.has_xdp_nic()) *state.mutable_xdp_nic() = granted.xdp_nic();
   return state;
 }
 inline void SetExtentState(const journal::ExtentState& state, journal::LeaseGranted* granted) {
   if (state.has_loop_extent()) *granted->mutable_loop_extent() = state.loop_extent();
   if (state.has_nvme_sriov()) *granted->mutable_nvme_sriov() = state.nvme_sriov();
+  if (state.has_xdp_nic()) *granted->mutable_xdp_nic() = state.xdp_nic();
 }
+
+// A NIC lease as the core asks a NIC backend (xdp_nic) for it, already validated
+// (broker/allocator/nic_request.h).
+struct NicRequest {
+  std::array<uint8_t, 6> mac{};    // a unicast address
+  uint32_t vlan = 0;               // 0: untagged; 1..4094
+  std::vector<journal::NicFilter> filters;  // normalized, non-overlapping, ids assigned
+  uint32_t next_filter_id = 0;
+};
 
 enum class TeardownResult {
   kFreed,      // tenant cut off, range scrubbed (reads as zeroes), kernel objects gone
@@ -112,6 +127,22 @@ class ExtentBackend {
   // At graceful shutdown, after the core's last teardown: stops the backend's own background
   // work and releases what it keeps in reserve (loop_extent: its spare devices). Idempotent.
   virtual void StopBackground() {}
+
+  // NIC backends (xdp_nic) hand out slots, not byte ranges: Provision answers UNIMPLEMENTED
+  // and the core calls ProvisionNic with the allocator's slot instead. The provisioned state is
+  // an ExtentState too (kind xdp_nic), so teardown, recovery and the journal work unchanged.
+  virtual bool is_nic() const { return false; }
+  // ALREADY_EXISTS if the MAC is in use on the pool's interface (by a lease, or by the kernel).
+  virtual absl::StatusOr<ProvisionedExtent> ProvisionNic(uint64_t /*slot*/,
+                                                         const NicRequest& /*request*/) {
+    return absl::UnimplementedError("this pool's backend does not hand out NICs");
+  }
+  // Changes a live lease's receive steering from `before`'s filters to `after`'s (same lease,
+  // same device). On error the steering is as `before` said.
+  virtual absl::Status ChangeFilters(const journal::ExtentState& /*before*/,
+                                     const journal::ExtentState& /*after*/) {
+    return absl::UnimplementedError("this pool's backend has no flow filters");
+  }
 };
 
 }  // namespace vfbroker

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <limits>
@@ -195,6 +196,45 @@ void CheckNvmeSriov(const std::string& field, const config::NvmeSriovPool& nvme,
   }
 }
 
+// An interface name the kernel accepts (net/core/dev.c dev_valid_name): 1..15 bytes, not "."
+// or "..", no '/', ':' or whitespace.
+bool IsValidInterfaceName(const std::string& name) {
+  if (name.empty() || name.size() > 15 || name == "." || name == "..") return false;
+  for (char c : name) {
+    if (c == '/' || c == ':' || c <= ' ' || c == 0x7f) return false;
+  }
+  return true;
+}
+
+void CheckXdpNic(const std::string& field, const config::XdpNicPool& nic, Problems& problems) {
+  if (!IsValidInterfaceName(nic.interface())) {
+    problems.Add(absl::StrCat(field, ".interface"),
+                 absl::StrCat("must be a network interface name of 1..15 bytes without '/', ':' "
+                              "or spaces, got ", Quoted(nic.interface())));
+  }
+  if (nic.max_tenants() < 1 || nic.max_tenants() > kMaxXdpTenants) {
+    problems.Add(absl::StrCat(field, ".max_tenants"),
+                 absl::StrCat("must be 1..", kMaxXdpTenants, ", got ", nic.max_tenants()));
+  }
+  if (!IsPowerOfTwo(nic.frame_size()) || nic.frame_size() < 2048 || nic.frame_size() > 4096) {
+    problems.Add(absl::StrCat(field, ".frame_size"),
+                 absl::StrCat("must be 2048 or 4096 (an AF_XDP chunk: a power of two no larger "
+                              "than a page), got ", nic.frame_size()));
+  }
+  if (!IsPowerOfTwo(nic.frame_count()) || nic.frame_count() < 64 ||
+      nic.frame_count() > kMaxXdpFrameCount) {
+    problems.Add(absl::StrCat(field, ".frame_count"),
+                 absl::StrCat("must be a power of two 64..", kMaxXdpFrameCount, ", got ",
+                              nic.frame_count()));
+  }
+  if (!IsPowerOfTwo(nic.ring_size()) || nic.ring_size() < 64 ||
+      nic.ring_size() > nic.frame_count()) {
+    problems.Add(absl::StrCat(field, ".ring_size"),
+                 absl::StrCat("must be a power of two from 64 to frame_count (", nic.frame_count(),
+                              "), got ", nic.ring_size()));
+  }
+}
+
 void CheckPools(const config::BrokerConfig& config, Problems& problems) {
   if (config.pools().empty()) {
     problems.Add("pools", "at least one pool is required");
@@ -203,6 +243,7 @@ void CheckPools(const config::BrokerConfig& config, Problems& problems) {
   absl::flat_hash_map<std::string, int> pool_by_name;
   absl::flat_hash_map<std::string, int> pool_by_backing_path;
   absl::flat_hash_map<std::string, int> pool_by_pf;
+  absl::flat_hash_map<std::string, int> pool_by_interface;
   for (int i = 0; i < config.pools_size(); ++i) {
     const config::PoolConfig& pool = config.pools(i);
     const std::string field = absl::StrCat("pools[", i, "]");
@@ -250,9 +291,23 @@ void CheckPools(const config::BrokerConfig& config, Problems& problems) {
         }
         break;
       }
+      case config::PoolConfig::kXdpNic: {
+        const std::string nic_field = absl::StrCat(field, ".xdp_nic");
+        CheckXdpNic(nic_field, pool.xdp_nic(), problems);
+        const std::string& interface = pool.xdp_nic().interface();
+        if (!interface.empty()) {
+          // Two pools on one interface would hand out the same MACs twice.
+          if (auto [it, inserted] = pool_by_interface.emplace(interface, i); !inserted) {
+            problems.Add(absl::StrCat(nic_field, ".interface"),
+                         absl::StrCat(Quoted(interface), " is already the interface of pools[",
+                                      it->second, "]"));
+          }
+        }
+        break;
+      }
       case config::PoolConfig::BACKEND_NOT_SET:
-        problems.Add(field, "no backend set; add a backend block such as loop_extent { ... } or "
-                     "nvme_sriov { ... }");
+        problems.Add(field, "no backend set; add a backend block such as loop_extent { ... }, "
+                     "nvme_sriov { ... } or xdp_nic { ... }");
         break;
     }
   }
@@ -304,6 +359,14 @@ void ApplyBrokerConfigDefaults(config::BrokerConfig* config) {
   for (config::PoolConfig& pool : *config->mutable_pools()) {
     if (pool.has_loop_extent() && pool.loop_extent().alignment_bytes() == 0) {
       pool.mutable_loop_extent()->set_alignment_bytes(kDefaultExtentAlignment);
+    }
+    if (pool.has_xdp_nic()) {
+      config::XdpNicPool* nic = pool.mutable_xdp_nic();
+      if (nic->frame_size() == 0) nic->set_frame_size(kDefaultXdpFrameSize);
+      if (nic->frame_count() == 0) nic->set_frame_count(kDefaultXdpFrameCount);
+      if (nic->ring_size() == 0) {
+        nic->set_ring_size(std::min(kDefaultXdpRingSize, nic->frame_count()));
+      }
     }
     if (pool.has_nvme_sriov()) {
       config::NvmeSriovPool* nvme = pool.mutable_nvme_sriov();
@@ -396,6 +459,17 @@ AccessPolicy ToAccessPolicy(const config::Access& access) {
   policy.gids.assign(access.gids().begin(), access.gids().end());
   policy.any_user = access.any_user();
   return policy;
+}
+
+BlockPoolSpec XdpNicPoolSpec(const config::PoolConfig& pool) {
+  BlockPoolSpec spec;
+  spec.name = pool.name();
+  spec.access = ToAccessPolicy(pool.access());
+  spec.slots = true;
+  spec.capacity_bytes = pool.xdp_nic().max_tenants();
+  spec.alignment_bytes = 1;
+  spec.max_extent_bytes = 1;
+  return spec;
 }
 
 QuotaPolicy ToQuotaPolicy(const config::BrokerConfig& config) {

@@ -33,6 +33,9 @@ inline constexpr uint32_t kDefaultMaxLeasesPerSession = 256;
 inline constexpr uint64_t kDefaultExtentAlignment = uint64_t{1} << 20;
 inline constexpr uint32_t kDefaultNvmeIoQueuesPerVf = 2;
 inline constexpr uint32_t kDefaultNvmeInterruptsPerVf = 1;
+inline constexpr uint32_t kDefaultXdpFrameSize = 4096;
+inline constexpr uint32_t kDefaultXdpFrameCount = 4096;
+inline constexpr uint32_t kDefaultXdpRingSize = 2048;
 
 // Limits that validation enforces.
 inline constexpr uint64_t kMinExtentAlignment = 4096;  // the largest common page size
@@ -40,6 +43,8 @@ inline constexpr uint64_t kMaxExtentAlignment = uint64_t{1} << 30;
 inline constexpr size_t kMaxConfigBytes = size_t{1} << 20;  // a config is a few KiB at most
 inline constexpr int kMaxNvmeSlots = 128;               // VFs per nvme_sriov pool
 inline constexpr uint32_t kMaxNvmeQueuesPerVf = 64;     // VQ and VI resources per VF
+inline constexpr uint32_t kMaxXdpTenants = 4096;         // leases per xdp_nic pool
+inline constexpr uint32_t kMaxXdpFrameCount = 65536;     // UMEM chunks per lease
 
 // Parses `text` (protobuf text format), fills defaults and validates.
 //   INVALID_ARGUMENT  a syntax error or unknown field ("line L, column C: ..." with 1-based
@@ -61,6 +66,9 @@ absl::Status ValidateBrokerConfig(const config::BrokerConfig& config);
 
 // The allocator's view of a pool's `access` block.
 AccessPolicy ToAccessPolicy(const config::Access& access);
+
+// The allocator's view of an xdp_nic pool: a slot pool of max_tenants slots (one lease each).
+BlockPoolSpec XdpNicPoolSpec(const config::PoolConfig& pool);
 
 // The allocator's view of `default_quota` and `quotas`. For a validated config each uid appears
 // once; otherwise its first entry counts.

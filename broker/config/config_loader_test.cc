@@ -669,5 +669,66 @@ TEST(ToQuotaPolicyTest, FirstEntryWinsForDuplicateUids) {
   EXPECT_EQ(ToQuotaPolicy(config).For(7).max_leases, 1u);
 }
 
+
+TEST(ParseBrokerConfigTest, XdpNicDefaultsAndRules) {
+  const std::string base = R"pb(
+    pools {
+      name: "net"
+      access { uids: 60001 }
+      xdp_nic { interface: "eth1" max_tenants: 8 }
+    }
+  )pb";
+  absl::StatusOr<config::BrokerConfig> config = ParseBrokerConfig(base);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->pools(0).xdp_nic().frame_size(), 4096u);
+  EXPECT_EQ(config->pools(0).xdp_nic().frame_count(), 4096u);
+  EXPECT_EQ(config->pools(0).xdp_nic().ring_size(), 2048u);
+  // A small UMEM gets rings no larger than itself by default.
+  config = ParseBrokerConfig(R"pb(pools {
+    name: "net" access { any_user: true }
+    xdp_nic { interface: "veth0" max_tenants: 1 frame_count: 256 frame_size: 2048 }
+  })pb");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->pools(0).xdp_nic().ring_size(), 256u);
+
+  struct Case {
+    std::string nic;
+    std::string expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"max_tenants: 8", "pools[0].xdp_nic.interface: must be a network interface name"},
+           {"interface: \"eth1/../x\" max_tenants: 8", "pools[0].xdp_nic.interface"},
+           {"interface: \"eth 1\" max_tenants: 8", "pools[0].xdp_nic.interface"},
+           {"interface: \"..\" max_tenants: 8", "pools[0].xdp_nic.interface"},
+           {"interface: \"a234567890123456\" max_tenants: 8", "pools[0].xdp_nic.interface"},
+           {"interface: \"eth1\"", "pools[0].xdp_nic.max_tenants: must be 1..4096, got 0"},
+           {"interface: \"eth1\" max_tenants: 5000", "pools[0].xdp_nic.max_tenants"},
+           {"interface: \"eth1\" max_tenants: 1 frame_size: 3000",
+            "pools[0].xdp_nic.frame_size: must be 2048 or 4096"},
+           {"interface: \"eth1\" max_tenants: 1 frame_size: 8192", "pools[0].xdp_nic.frame_size"},
+           {"interface: \"eth1\" max_tenants: 1 frame_count: 100",
+            "pools[0].xdp_nic.frame_count: must be a power of two 64..65536, got 100"},
+           {"interface: \"eth1\" max_tenants: 1 frame_count: 131072",
+            "pools[0].xdp_nic.frame_count"},
+           {"interface: \"eth1\" max_tenants: 1 frame_count: 256 ring_size: 512",
+            "pools[0].xdp_nic.ring_size: must be a power of two from 64 to frame_count (256)"},
+           {"interface: \"eth1\" max_tenants: 1 ring_size: 100", "pools[0].xdp_nic.ring_size"},
+       }) {
+    auto parsed = ParseBrokerConfig(absl::StrCat(
+        "pools { name: \"net\" access { any_user: true } xdp_nic { ", c.nic, " } }"));
+    ASSERT_FALSE(parsed.ok()) << c.nic;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(parsed.status().message()), HasSubstr(c.expected)) << c.nic;
+  }
+  auto shared = ParseBrokerConfig(R"pb(
+    pools { name: "a" access { any_user: true } xdp_nic { interface: "eth1" max_tenants: 1 } }
+    pools { name: "b" access { any_user: true } xdp_nic { interface: "eth1" max_tenants: 1 } }
+  )pb");
+  ASSERT_FALSE(shared.ok());
+  EXPECT_THAT(std::string(shared.status().message()),
+              HasSubstr("pools[1].xdp_nic.interface: \"eth1\" is already the interface of "
+                        "pools[0]"));
+}
+
 }  // namespace
 }  // namespace vfbroker

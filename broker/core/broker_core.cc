@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "broker/allocator/nic_request.h"
 #include "common/process_identity.h"
 #include "common/random_id.h"
 #include "common/logging.h"
@@ -42,6 +44,30 @@ absl::Duration RetryDelay(int attempts, absl::Duration first = kFirstRetry,
   return std::min(delay, max);
 }
 
+// What the tenant is told about an xdp_nic lease: enough to adopt its two descriptors.
+void FillNicInfo(const journal::XdpNicState& state, v1::Nic* nic) {
+  MacBytes mac{};
+  if (state.mac().size() == mac.size()) std::copy(state.mac().begin(), state.mac().end(), mac.begin());
+  nic->set_mac(FormatMac(mac));
+  nic->set_vlan(state.vlan());
+  nic->set_queues(1);
+  nic->clear_filters();
+  for (const journal::NicFilter& filter : state.filters()) *nic->add_filters() = ToApiFilter(filter);
+  nic->set_interface(state.interface());
+  nic->set_queue_id(0);
+  nic->set_device(state.device());
+  nic->set_ifindex(static_cast<uint32_t>(state.ifindex()));
+  nic->set_frame_size(state.frame_size());
+  nic->set_frame_count(state.frame_count());
+  nic->set_frame_headroom(state.frame_headroom());
+  nic->set_fill_ring_size(state.ring_size());
+  nic->set_completion_ring_size(state.ring_size());
+  nic->set_rx_ring_size(state.ring_size());
+  nic->set_tx_ring_size(state.ring_size());
+  nic->set_need_wakeup(state.need_wakeup());
+  nic->set_zero_copy(state.zero_copy());
+}
+
 v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block_size,
                     std::string device_path) {
   v1::Lease info;
@@ -50,6 +76,10 @@ v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block
   info.set_owner_uid(granted.owner().uid());
   info.set_owner_pid(granted.owner().pid());
   info.set_granted_unix_ms(granted.granted_unix_ms());
+  if (granted.has_xdp_nic()) {
+    FillNicInfo(granted.xdp_nic(), info.mutable_nic());
+    return info;
+  }
   v1::Extent* extent = info.mutable_extent();
   extent->set_size_bytes(ExtentSize(ExtentStateOf(granted)));
   extent->set_logical_block_size(logical_block_size);
@@ -68,7 +98,13 @@ std::string DevicePathOf(const journal::ExtentState& state) {
 }
 
 // What a grant log line calls the slice.
-std::string SliceLabel(const v1::Extent& extent) {
+std::string SliceLabel(const v1::Lease& lease) {
+  if (lease.has_nic()) {
+    return absl::StrCat("device ", lease.nic().device(), " mac ", lease.nic().mac(),
+                        lease.nic().vlan() != 0 ? absl::StrCat(" vlan ", lease.nic().vlan()) : "",
+                        " on ", lease.nic().interface());
+  }
+  const v1::Extent& extent = lease.extent();
   if (!extent.pci_address().empty()) {
     return absl::StrCat("VF ", extent.pci_address(), " namespace ", extent.nvme_namespace_id());
   }
@@ -455,24 +491,42 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
     return absl::UnavailableError(std::move(message));
   }
 
+  return CompleteGrant(token, peer, lease_id, record.pool, *std::move(provisioned),
+                       provision_start, provisioned_at,
+                       absl::StrCat(record.size, " bytes at offset ", record.offset));
+}
+
+absl::StatusOr<v1::Lease> BrokerCore::CompleteGrant(absl::string_view token,
+                                                    const PeerCredentials& peer,
+                                                    const std::string& lease_id,
+                                                    const std::string& pool,
+                                                    ProvisionedExtent provisioned,
+                                                    absl::Time provision_start,
+                                                    absl::Time provisioned_at,
+                                                    const std::string& what) {
+  ExtentBackend& backend = *backends_.at(pool);
+  auto release_reservation = [&] {
+    absl::MutexLock lock(&mu_);
+    (void)allocator_->FreeSlice(lease_id);
+  };
   journal::Record journal_record;
   journal::LeaseGranted* granted = journal_record.mutable_granted();
   granted->set_lease_id(lease_id);
-  granted->set_pool(record.pool);
+  granted->set_pool(pool);
   granted->mutable_owner()->set_pid(peer.pid);
   granted->mutable_owner()->set_start_time_ticks(peer.start_time);
   granted->mutable_owner()->set_uid(peer.tenant.uid);
   granted->mutable_owner()->set_gid(peer.tenant.gid);
   granted->set_granted_unix_ms(absl::ToUnixMillis(absl::Now()));
-  SetExtentState(provisioned->state, granted);
-  v1::Lease info = LeaseInfo(*granted, provisioned->logical_block_size, provisioned->device_path);
+  SetExtentState(provisioned.state, granted);
+  v1::Lease info = LeaseInfo(*granted, provisioned.logical_block_size, provisioned.device_path);
 
   absl::Status durable = journal_->Append(journal_record);
   const absl::Time journaled_at = absl::Now();
   if (!durable.ok()) {
     // Nobody has the descriptor yet, so the slice can be taken apart at once.
-    provisioned->fds.clear();
-    absl::StatusOr<TeardownResult> undone = backend.Teardown(provisioned->state);
+    provisioned.fds.clear();
+    absl::StatusOr<TeardownResult> undone = backend.Teardown(provisioned.state);
     if (undone.ok() && *undone == TeardownResult::kFreed) release_reservation();
     spdlog::error("lease={} tenant={}: journal write failed: {}", lease_id, TenantLabel(peer),
                   durable.message());
@@ -495,14 +549,14 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
     v1::SessionGrant grant;
     grant.set_lease_id(lease_id);
     std::vector<int> fds;
-    for (const TenantFd& fd : provisioned->fds) {
+    for (const TenantFd& fd : provisioned.fds) {
       grant.add_fd_roles(fd.role);
       fds.push_back(fd.fd.get());
     }
     sent = link->SendGrant(grant, fds);
   }
   // The broker's copies: the tenant has its own now (or none, if the handoff failed).
-  provisioned->fds.clear();
+  provisioned.fds.clear();
   if (!sent.ok()) {
     std::vector<PendingTeardown> ended;
     {
@@ -517,16 +571,189 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
   }
   grants_total_.fetch_add(1, std::memory_order_relaxed);
   const absl::Time handed_off_at = absl::Now();
-  spdlog::info("lease={} tenant={} pool={} granted {} bytes at offset {} as {} (provision {} us, "
-               "journal {} us, handoff {} us)",
-               lease_id, TenantLabel(peer), record.pool, record.size, record.offset,
-               SliceLabel(info.extent()),
+  spdlog::info("lease={} tenant={} pool={} granted {} as {} (provision {} us, journal {} us, "
+               "handoff {} us)",
+               lease_id, TenantLabel(peer), pool, what, SliceLabel(info),
                absl::ToInt64Microseconds(provisioned_at - provision_start),
                absl::ToInt64Microseconds(journaled_at - provisioned_at),
                absl::ToInt64Microseconds(handed_off_at - journaled_at));
-  events_.Publish(MakeEvent(v1::Event::KIND_GRANTED, info,
-                            absl::StrCat(record.size, " bytes")));
+  events_.Publish(MakeEvent(v1::Event::KIND_GRANTED, info, what));
   return info;
+}
+
+absl::StatusOr<v1::Lease> BrokerCore::AllocateNic(absl::string_view token,
+                                                  const v1::AllocateNicRequest& request) {
+  if (request.pool().empty() || request.pool().size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("pool: must be a pool name of 1..", kMaxNameBytes, " bytes"));
+  }
+  // Hostile input first: nothing is reserved for a malformed request.
+  if (absl::Status shape = ValidateNicShape(request); !shape.ok()) return shape;
+  absl::StatusOr<std::vector<journal::NicFilter>> filters = NormalizeFilters(request.filters());
+  if (!filters.ok()) return filters.status();
+  NicRequest nic;
+  nic.vlan = request.vlan();
+  for (journal::NicFilter& filter : *filters) {
+    filter.set_id(absl::StrCat("f", ++nic.next_filter_id));
+    nic.filters.push_back(std::move(filter));
+  }
+  const bool pick_mac = request.mac().empty();
+  if (!pick_mac) nic.mac = *ParseUnicastMac(request.mac());  // checked by ValidateNicShape
+
+  const std::string lease_id = RandomId("lease-", 8);
+  PeerCredentials peer;
+  ExtentLeaseRecord record;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<Session*> session = FindSession(token);
+    if (!session.ok()) return session.status();
+    if ((*session)->lease_ids.size() >= options_.max_leases_per_session) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this session already holds ", (*session)->lease_ids.size(),
+          " leases (max_leases_per_session)"));
+    }
+    peer = (*session)->peer;
+    absl::StatusOr<ExtentLeaseRecord> reserved =
+        allocator_->AllocateSlot(peer.tenant, request.pool(), lease_id);
+    if (!reserved.ok()) {
+      spdlog::info("lease=- tenant={} pool={} NIC refused: {}", TenantLabel(peer), request.pool(),
+                   reserved.status().message());
+      return reserved.status();
+    }
+    record = *std::move(reserved);
+  }
+  ExtentBackend& backend = *backends_.at(record.pool);
+  const absl::Time provision_start = absl::Now();
+  absl::StatusOr<ProvisionedExtent> provisioned =
+      absl::FailedPreconditionError("pool's backend does not hand out NICs");
+  if (backend.is_nic()) {
+    // A picked MAC that happens to be in use is picked again; a requested one is refused.
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      if (pick_mac) {
+        uint64_t bits = 0;
+        const std::string random = RandomId("", 8);  // 16 hex digits from getrandom
+        for (char c : random) bits = bits << 4 | static_cast<uint64_t>(c <= '9' ? c - '0' : c - 'a' + 10);
+        nic.mac = LocalUnicastMac(bits);
+      }
+      provisioned = backend.ProvisionNic(record.offset, nic);
+      if (!pick_mac || !absl::IsAlreadyExists(provisioned.status())) break;
+    }
+  }
+  const absl::Time provisioned_at = absl::Now();
+  if (!provisioned.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      (void)allocator_->FreeSlice(lease_id);
+    }
+    const absl::StatusCode code = provisioned.status().code();
+    spdlog::info("lease={} tenant={} pool={}: NIC not provisioned: {}", lease_id,
+                 TenantLabel(peer), record.pool, provisioned.status().message());
+    std::string message = absl::StrCat("pool ", record.pool, ": ", provisioned.status().message());
+    // The tenant's own doing (a MAC in use) or the operator's (a missing interface) keep their
+    // codes; anything else may pass.
+    if (code == absl::StatusCode::kAlreadyExists || code == absl::StatusCode::kFailedPrecondition ||
+        code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kUnimplemented) {
+      return absl::Status(code, message);
+    }
+    return absl::UnavailableError(std::move(message));
+  }
+  return CompleteGrant(token, peer, lease_id, record.pool, *std::move(provisioned),
+                       provision_start, provisioned_at, absl::StrCat("NIC slot ", record.offset));
+}
+
+absl::StatusOr<v1::FlowFilter> BrokerCore::ChangeFlowFilter(absl::string_view token,
+                                                           absl::string_view lease_id,
+                                                           const v1::FlowFilter* add,
+                                                           absl::string_view remove_id) {
+  if (lease_id.empty() || lease_id.size() > kMaxLeaseIdBytes) {
+    return absl::InvalidArgumentError("lease_id: must be a lease id as returned by a grant");
+  }
+  std::optional<journal::NicFilter> added;
+  if (add != nullptr) {
+    absl::StatusOr<journal::NicFilter> normalized = NormalizeFilter(*add);
+    if (!normalized.ok()) return normalized.status();
+    added = *std::move(normalized);
+  } else if (remove_id.empty() || remove_id.size() > kMaxLeaseIdBytes) {
+    return absl::InvalidArgumentError("filter_id: must be a filter id as returned by the broker");
+  }
+  // One filter change at a time: the steering maps, the journal and the lease table move
+  // together.
+  absl::MutexLock change_lock(&filter_mu_);
+  journal::ExtentState before, after;
+  std::string pool;
+  v1::FlowFilter answer;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<Session*> session = FindSession(token);
+    if (!session.ok()) return session.status();
+    auto it = leases_.find(lease_id);
+    // A lease of another tenant is reported exactly like a missing one.
+    if (it == leases_.end() || (it->second.info.owner_uid() != (*session)->peer.tenant.uid &&
+                                !IsOperator((*session)->peer.tenant.uid))) {
+      return absl::NotFoundError(absl::StrCat("no lease ", lease_id));
+    }
+    if (!it->second.granted.has_xdp_nic()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("lease ", lease_id, " is not a NIC lease; it has no flow filters"));
+    }
+    pool = it->second.granted.pool();
+    *before.mutable_xdp_nic() = it->second.granted.xdp_nic();
+    after = before;
+    journal::XdpNicState* state = after.mutable_xdp_nic();
+    if (added.has_value()) {
+      std::vector<journal::NicFilter> existing(state->filters().begin(), state->filters().end());
+      if (absl::Status fits = CheckFilterFits(existing, *added); !fits.ok()) return fits;
+      state->set_next_filter_id(state->next_filter_id() + 1);
+      added->set_id(absl::StrCat("f", state->next_filter_id()));
+      *state->add_filters() = *added;
+      answer = ToApiFilter(*added);
+    } else {
+      auto* filters = state->mutable_filters();
+      auto found = std::find_if(filters->begin(), filters->end(),
+                                [&](const journal::NicFilter& f) { return f.id() == remove_id; });
+      if (found == filters->end()) {
+        return absl::NotFoundError(
+            absl::StrCat("lease ", lease_id, " has no filter ", remove_id));
+      }
+      filters->erase(found);
+    }
+  }
+  ExtentBackend& backend = *backends_.at(pool);
+  if (absl::Status changed = backend.ChangeFilters(before, after); !changed.ok()) {
+    if (changed.code() == absl::StatusCode::kFailedPrecondition) return changed;
+    return absl::UnavailableError(absl::StrCat("could not change the steering: ", changed.message()));
+  }
+  journal::Record record;
+  record.mutable_updated()->set_lease_id(std::string(lease_id));
+  *record.mutable_updated()->mutable_xdp_nic() = after.xdp_nic();
+  if (absl::Status durable = journal_->Append(record); !durable.ok()) {
+    (void)backend.ChangeFilters(after, before);
+    return absl::UnavailableError(
+        absl::StrCat("the broker could not record the change: ", durable.message()));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = leases_.find(lease_id);
+    if (it != leases_.end()) {
+      *it->second.granted.mutable_xdp_nic() = after.xdp_nic();
+      FillNicInfo(after.xdp_nic(), it->second.info.mutable_nic());
+    }
+  }
+  spdlog::info("lease={} pool={}: flow filter {} {} ({} filters now)", lease_id, pool,
+               added.has_value() ? added->id() : std::string(remove_id),
+               added.has_value() ? "added" : "removed", after.xdp_nic().filters_size());
+  return answer;
+}
+
+absl::StatusOr<v1::FlowFilter> BrokerCore::AddFlowFilter(absl::string_view token,
+                                                        absl::string_view lease_id,
+                                                        const v1::FlowFilter& filter) {
+  return ChangeFlowFilter(token, lease_id, &filter, "");
+}
+
+absl::Status BrokerCore::RemoveFlowFilter(absl::string_view token, absl::string_view lease_id,
+                                          absl::string_view filter_id) {
+  return ChangeFlowFilter(token, lease_id, nullptr, filter_id).status();
 }
 
 BrokerCore::PendingTeardown BrokerCore::TakeLeaseLocked(absl::string_view lease_id,
@@ -627,9 +854,16 @@ absl::StatusOr<std::vector<v1::Pool>> BrokerCore::ListPools(absl::string_view to
     if (!IsOperator(tenant.uid) && !allocator_->Admits(tenant, usage.name)) continue;
     v1::Pool& pool = pools.emplace_back();
     pool.set_name(usage.name);
-    pool.set_kind(v1::POOL_KIND_BLOCK);
     auto backend = backends_.find(usage.name);
     pool.set_backend(backend != backends_.end() ? backend->second->backend_name() : "");
+    pool.set_leases(usage.live_leases);
+    if (usage.slots) {
+      pool.set_kind(v1::POOL_KIND_NIC);
+      pool.set_capacity_slots(static_cast<uint32_t>(usage.capacity_bytes));
+      pool.set_free_slots(static_cast<uint32_t>(usage.free_bytes));
+      continue;
+    }
+    pool.set_kind(v1::POOL_KIND_BLOCK);
     pool.set_capacity_bytes(usage.capacity_bytes);
     pool.set_free_bytes(usage.free_bytes);
     pool.set_largest_free_bytes(usage.largest_free_bytes);

@@ -96,6 +96,15 @@ class BrokerCore {
 
   absl::StatusOr<v1::Lease> AllocateExtent(absl::string_view token,
                                            const v1::AllocateExtentRequest& request);
+  // A NIC slice of an xdp_nic pool: slot -> validated MAC / VLAN / filters -> backend
+  // (macvlan, steering, socket) -> journal -> [FD_ROLE_XSK, FD_ROLE_UMEM] -> answer.
+  absl::StatusOr<v1::Lease> AllocateNic(absl::string_view token,
+                                        const v1::AllocateNicRequest& request);
+  // Live steering changes of the caller's NIC lease, durable before they are answered.
+  absl::StatusOr<v1::FlowFilter> AddFlowFilter(absl::string_view token, absl::string_view lease_id,
+                                               const v1::FlowFilter& filter);
+  absl::Status RemoveFlowFilter(absl::string_view token, absl::string_view lease_id,
+                                absl::string_view filter_id);
   absl::Status Release(absl::string_view token, absl::string_view lease_id);
   absl::StatusOr<std::vector<v1::Lease>> ListLeases(absl::string_view token);
   absl::StatusOr<std::vector<v1::Pool>> ListPools(absl::string_view token);
@@ -146,6 +155,16 @@ class BrokerCore {
   };
 
   bool IsOperator(uint32_t uid) const;
+  // The common tail of a grant: journal (durable), lease table, descriptors, answer.
+  absl::StatusOr<v1::Lease> CompleteGrant(absl::string_view token, const PeerCredentials& peer,
+                                          const std::string& lease_id, const std::string& pool,
+                                          ProvisionedExtent provisioned,
+                                          absl::Time provision_start, absl::Time provisioned_at,
+                                          const std::string& what);
+  absl::StatusOr<v1::FlowFilter> ChangeFlowFilter(absl::string_view token,
+                                                  absl::string_view lease_id,
+                                                  const v1::FlowFilter* add,
+                                                  absl::string_view remove_id);
   absl::StatusOr<Session*> FindSession(absl::string_view token)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes `lease_id` out of the lease table and its session and marks it ending in the
@@ -176,6 +195,7 @@ class BrokerCore {
   const std::map<std::string, std::unique_ptr<ExtentBackend>> backends_;
   EventHub events_;
 
+  absl::Mutex filter_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes flow filter changes
   mutable absl::Mutex mu_;
   std::unique_ptr<Allocator> allocator_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);

@@ -356,6 +356,14 @@ absl::flat_hash_map<std::string, JournaledLease> FoldJournal(
       case journal::Record::kFreed:
         leases.erase(record.freed().lease_id());
         break;
+      case journal::Record::kUpdated: {
+        // Only a lease of the same kind that is still live changes (an update after the end
+        // cannot come from a correct broker: the slice is being torn down as granted).
+        auto it = leases.find(record.updated().lease_id());
+        if (it == leases.end() || it->second.ended || !it->second.granted.has_xdp_nic()) break;
+        *it->second.granted.mutable_xdp_nic() = record.updated().xdp_nic();
+        break;
+      }
       case journal::Record::KIND_NOT_SET:
         break;
     }

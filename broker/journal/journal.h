@@ -91,7 +91,7 @@ struct JournaledLease {
 // Folds records into the leases whose slices are not yet freed, keyed by lease id. Records for
 // unknown leases (an end or free without a grant) are ignored; a freed lease disappears. A second
 // grant for a lease id that is still present is ignored (the first one's slice is the one that
-// still has to be scrubbed).
+// still has to be scrubbed). An update replaces the state of a live lease of its kind.
 absl::flat_hash_map<std::string, JournaledLease> FoldJournal(
     const std::vector<journal::Record>& records);
 

@@ -552,5 +552,57 @@ TEST(JournalGroupCommitTest, ConcurrentAppendsAreAllDurableAndReplayInSequence) 
   }
 }
 
+
+// xdp_nic: filter changes are "updated" records that replace the live lease's state; an update
+// after the end, for another kind of lease or for an unknown lease changes nothing.
+TEST(FoldJournalTest, NicUpdatesReplaceLiveStateOnly) {
+  std::vector<journal::Record> records;
+  auto grant = [&](const std::string& id, bool nic) {
+    journal::Record r;
+    r.mutable_granted()->set_lease_id(id);
+    r.mutable_granted()->set_pool("p");
+    if (nic) {
+      r.mutable_granted()->mutable_xdp_nic()->set_device("vfbx000000.0001");
+      r.mutable_granted()->mutable_xdp_nic()->set_mac(std::string("\x02\0\0\0\0\x01", 6));
+    } else {
+      r.mutable_granted()->mutable_loop_extent()->set_size_bytes(1);
+    }
+    records.push_back(r);
+  };
+  auto update = [&](const std::string& id, int filters) {
+    journal::Record r;
+    r.mutable_updated()->set_lease_id(id);
+    r.mutable_updated()->mutable_xdp_nic()->set_device("vfbx000000.0001");
+    for (int i = 0; i < filters; ++i) {
+      r.mutable_updated()->mutable_xdp_nic()->add_filters()->set_dst_port(1000 + i);
+    }
+    records.push_back(r);
+  };
+  grant("nic", true);
+  grant("loop", false);
+  update("nic", 2);
+  update("loop", 3);
+  update("ghost", 1);
+  auto folded = FoldJournal(records);
+  ASSERT_EQ(folded.size(), 2u);
+  EXPECT_EQ(folded["nic"].granted.xdp_nic().filters_size(), 2);
+  EXPECT_FALSE(folded["loop"].granted.has_xdp_nic());
+  journal::Record ended;
+  ended.mutable_ended()->set_lease_id("nic");
+  records.push_back(ended);
+  update("nic", 5);
+  folded = FoldJournal(records);
+  EXPECT_EQ(folded["nic"].granted.xdp_nic().filters_size(), 2);
+  EXPECT_TRUE(folded["nic"].ended);
+  // The snapshot of a folded NIC lease carries its latest state in the grant.
+  std::vector<journal::Record> snapshot = SnapshotRecords(folded);
+  auto refolded = FoldJournal(snapshot);
+  EXPECT_EQ(refolded["nic"].granted.xdp_nic().filters_size(), 2);
+  journal::Record freed;
+  freed.mutable_freed()->set_lease_id("nic");
+  records.push_back(freed);
+  EXPECT_FALSE(FoldJournal(records).contains("nic"));
+}
+
 }  // namespace
 }  // namespace vfbroker

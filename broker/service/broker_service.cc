@@ -45,21 +45,29 @@ grpc::Status BrokerService::AllocateExtent(grpc::ServerContext* context,
 }
 
 grpc::Status BrokerService::AllocateNic(grpc::ServerContext* context,
-                                        const v1::AllocateNicRequest* /*request*/,
-                                        v1::AllocateNicResponse* /*response*/) {
-  return Finish(context, absl::UnimplementedError("no NIC backend is configured in this broker yet"));
+                                        const v1::AllocateNicRequest* request,
+                                        v1::AllocateNicResponse* response) {
+  absl::StatusOr<v1::Lease> lease = core_->AllocateNic(SessionToken(*context), *request);
+  if (!lease.ok()) return Finish(context, lease.status());
+  *response->mutable_lease() = *std::move(lease);
+  return grpc::Status::OK;
 }
 
 grpc::Status BrokerService::AddFlowFilter(grpc::ServerContext* context,
-                                          const v1::AddFlowFilterRequest* /*request*/,
-                                          v1::AddFlowFilterResponse* /*response*/) {
-  return Finish(context, absl::UnimplementedError("no NIC backend is configured in this broker yet"));
+                                          const v1::AddFlowFilterRequest* request,
+                                          v1::AddFlowFilterResponse* response) {
+  absl::StatusOr<v1::FlowFilter> filter =
+      core_->AddFlowFilter(SessionToken(*context), request->lease_id(), request->filter());
+  if (!filter.ok()) return Finish(context, filter.status());
+  *response->mutable_filter() = *std::move(filter);
+  return grpc::Status::OK;
 }
 
 grpc::Status BrokerService::RemoveFlowFilter(grpc::ServerContext* context,
-                                             const v1::RemoveFlowFilterRequest* /*request*/,
+                                             const v1::RemoveFlowFilterRequest* request,
                                              v1::RemoveFlowFilterResponse* /*response*/) {
-  return Finish(context, absl::UnimplementedError("no NIC backend is configured in this broker yet"));
+  return Finish(context, core_->RemoveFlowFilter(SessionToken(*context), request->lease_id(),
+                                                 request->filter_id()));
 }
 
 grpc::Status BrokerService::Release(grpc::ServerContext* context,

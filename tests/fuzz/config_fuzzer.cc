@@ -53,6 +53,11 @@ void CheckAccepted(const config::BrokerConfig& config) {
 
   std::vector<BlockPoolSpec> specs;
   for (const config::PoolConfig& pool : config.pools()) {
+    if (pool.has_xdp_nic()) {
+      // A slot pool: one lease per tenant slot, as vfbrokerd_main builds it.
+      specs.push_back(XdpNicPoolSpec(pool));
+      continue;
+    }
     BlockPoolSpec spec;
     spec.name = pool.name();
     spec.access = ToAccessPolicy(pool.access());
@@ -81,7 +86,9 @@ void CheckAccepted(const config::BrokerConfig& config) {
   const Tenant root;
   for (const BlockPoolSpec& spec : specs) {
     absl::StatusOr<ExtentLeaseRecord> lease =
-        allocator->AllocateExtent(root, spec.name, spec.alignment_bytes, "fuzz-" + spec.name);
+        spec.slots ? allocator->AllocateSlot(root, spec.name, "fuzz-" + spec.name)
+                   : allocator->AllocateExtent(root, spec.name, spec.alignment_bytes,
+                                               "fuzz-" + spec.name);
     // Quotas may legitimately refuse; nothing else may.
     if (!lease.ok() && !absl::IsResourceExhausted(lease.status())) {
       PropertyBroken("a first allocation failed unexpectedly",

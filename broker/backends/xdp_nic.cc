@@ -1,0 +1,457 @@
+#include "broker/backends/xdp_nic.h"
+
+#include <bpf/libbpf.h>
+#include <linux/if_link.h>
+
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "broker/backends/rtnetlink.h"
+#include "common/logging.h"
+#include "vfdrivers/net/af_xdp_socket.h"
+
+namespace vfbroker {
+namespace {
+
+using vfdrivers::net::AfXdpLayout;
+using vfdrivers::net::AfXdpSocket;
+using vfdrivers::net::AfXdpSocketOptions;
+using vfdrivers::net::EgressLease;
+using vfdrivers::net::FlowRule;
+using vfdrivers::net::TcEgressGuard;
+using vfdrivers::net::XdpSteering;
+namespace packet = vfdrivers::net::packet;
+
+// tc_egress_guard.cc's filter identity (handle 0x7f56, priority 1 on the egress hook): a guard
+// left attached by a previous broker (crash, or a stop with live leases) is detached before a
+// fresh one is attached. Keep in step with vfdrivers/net/tc_egress_guard.cc.
+constexpr uint32_t kGuardHandle = 0x7f56;
+constexpr uint32_t kGuardPriority = 1;
+
+void DetachStaleGuard(int ifindex) {
+  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
+  LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kGuardHandle, .priority = kGuardPriority);
+  bpf_tc_detach(&hook, &opts);
+}
+
+uint32_t Fnv1a(const std::string& s) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : s) h = (h ^ c) * 16777619u;
+  return h;
+}
+
+packet::MacAddress ToMac(const std::string& bytes) {
+  packet::MacAddress mac{};
+  if (bytes.size() == 6) std::copy(bytes.begin(), bytes.end(), mac.bytes.begin());
+  return mac;
+}
+
+std::string MacText(const std::string& bytes) {
+  if (bytes.size() != 6) return "?";
+  return absl::StrFormat("%02x:%02x:%02x:%02x:%02x:%02x", bytes[0] & 0xff, bytes[1] & 0xff,
+                         bytes[2] & 0xff, bytes[3] & 0xff, bytes[4] & 0xff, bytes[5] & 0xff);
+}
+
+FlowRule ToRule(const journal::NicFilter& f) {
+  FlowRule rule;
+  rule.src_ip = f.src_ip();
+  rule.dst_ip = f.dst_ip();
+  rule.src_port = static_cast<uint16_t>(f.src_port());
+  rule.dst_port = static_cast<uint16_t>(f.dst_port());
+  rule.protocol = static_cast<uint8_t>(f.protocol());
+  // The macvlan sits on the VLAN device: frames reach it untagged.
+  rule.vlan = XdpSteering::kUntagged;
+  return rule;
+}
+
+std::string RuleKey(const journal::NicFilter& f) {
+  return absl::StrCat(f.protocol(), "/", f.src_ip(), ":", f.src_port(), ">", f.dst_ip(), ":",
+                      f.dst_port());
+}
+
+}  // namespace
+
+XdpNicBackend::XdpNicBackend(std::string pool_name, config::XdpNicPool config)
+    : pool_name_(std::move(pool_name)), config_(std::move(config)) {
+  const uint32_t tag = Fnv1a(pool_name_) & 0xffffff;
+  device_prefix_ = absl::StrFormat("vfbx%06x", tag);
+  vlan_prefix_ = absl::StrFormat("vfbv%06x", tag);
+}
+
+XdpNicBackend::~XdpNicBackend() = default;
+
+absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
+    const std::string& pool_name, const config::XdpNicPool& config) {
+  std::unique_ptr<XdpNicBackend> backend(new XdpNicBackend(pool_name, config));
+  absl::StatusOr<rtnl::Link> parent = rtnl::GetLink(config.interface());
+  if (!parent.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "xdp_nic: interface ", config.interface(), ": ", parent.status().message()));
+  }
+  backend->parent_ifindex_ = parent->ifindex;
+  absl::StatusOr<std::unique_ptr<TcEgressGuard>> guard = TcEgressGuard::Attach(parent->ifindex);
+  if (absl::IsAlreadyExists(guard.status())) {
+    spdlog::info("pool={}: replacing the egress guard a previous broker left on {}", pool_name,
+                 config.interface());
+    DetachStaleGuard(parent->ifindex);
+    guard = TcEgressGuard::Attach(parent->ifindex);
+  }
+  if (!guard.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("xdp_nic: egress guard on ", config.interface(), ": ",
+                     guard.status().message()));
+  }
+  absl::MutexLock lock(&backend->mu_);
+  backend->guard_ = *std::move(guard);
+  spdlog::info("pool={} backend=xdp_nic interface={} (ifindex {}) slots={} devices={}*",
+               pool_name, config.interface(), parent->ifindex, config.max_tenants(),
+               backend->device_prefix_);
+  return backend;
+}
+
+absl::StatusOr<ProvisionedExtent> XdpNicBackend::Provision(uint64_t, uint64_t) {
+  return absl::FailedPreconditionError("pool is an xdp_nic pool: use AllocateNic");
+}
+
+absl::StatusOr<int> XdpNicBackend::AcquireVlanDevice(uint32_t vid, std::string* name) {
+  *name = absl::StrFormat("%s%03x", vlan_prefix_, vid);
+  absl::StatusOr<rtnl::Link> link = rtnl::GetLink(*name);
+  if (absl::IsNotFound(link.status())) {
+    absl::Status created = rtnl::CreateVlan(*name, parent_ifindex_, static_cast<uint16_t>(vid));
+    if (!created.ok() && !absl::IsAlreadyExists(created)) return created;
+    link = rtnl::GetLink(*name);
+    if (link.ok()) {
+      if (absl::Status up = rtnl::SetUp(link->ifindex); !up.ok()) return up;
+    }
+  }
+  if (!link.ok()) return link.status();
+  if (link->kind != "vlan" || link->vlan_id != vid || link->parent != parent_ifindex_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(*name, " exists but is not VLAN ", vid, " of ", config_.interface()));
+  }
+  ++vlan_users_[vid];
+  return link->ifindex;
+}
+
+void XdpNicBackend::ReleaseVlanDevice(uint32_t vid) {
+  auto it = vlan_users_.find(vid);
+  if (it != vlan_users_.end() && --it->second > 0) return;
+  if (it != vlan_users_.end()) vlan_users_.erase(it);
+  const std::string name = absl::StrFormat("%s%03x", vlan_prefix_, vid);
+  absl::StatusOr<rtnl::Link> link = rtnl::GetLink(name);
+  if (link.ok() && link->kind == "vlan") {
+    if (absl::Status deleted = rtnl::Delete(link->ifindex);
+        !deleted.ok() && !absl::IsNotFound(deleted)) {
+      spdlog::warn("pool={}: deleting VLAN device {}: {}", pool_name_, name, deleted.message());
+    }
+  }
+}
+
+absl::Status XdpNicBackend::ApplyRules(XdpSteering& steering, const journal::XdpNicState& state,
+                                       bool add) {
+  if (state.filters().empty()) {
+    const packet::MacAddress mac = ToMac(state.mac());
+    return add ? steering.AddMacRule(mac, XdpSteering::kUntagged, {0, 0})
+               : steering.RemoveMacRule(mac, XdpSteering::kUntagged);
+  }
+  for (const journal::NicFilter& f : state.filters()) {
+    absl::Status s = add ? steering.AddFlowRule(ToRule(f), {0, 0})
+                         : steering.RemoveFlowRule(ToRule(f));
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status XdpNicBackend::GuardLease(const journal::XdpNicState& state) {
+  EgressLease lease;
+  lease.mac = ToMac(state.mac());
+  lease.vlan = state.vlan() == 0 ? TcEgressGuard::kUntagged : static_cast<uint16_t>(state.vlan());
+  lease.src_ip = 0;                     // a lease has no IPv4 address of its own
+  lease.allow_other_ethertypes = true;  // e.g. IPv6; source MAC and VLAN are still checked
+  absl::MutexLock lock(&mu_);
+  if (guard_ == nullptr) return absl::UnavailableError("xdp_nic: no egress guard");
+  return guard_->SetLease(state.mark(), lease);
+}
+
+absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
+                                                              const NicRequest& request) {
+  if (slot >= config_.max_tenants()) return absl::InvalidArgumentError("xdp_nic: no such slot");
+  journal::XdpNicState state;
+  state.set_slot(static_cast<uint32_t>(slot));
+  state.set_interface(config_.interface());
+  state.set_device(absl::StrFormat("%s%04x", device_prefix_, slot));
+  state.set_mac(std::string(request.mac.begin(), request.mac.end()));
+  state.set_vlan(request.vlan);
+  state.set_mark(TcEgressGuard::kMarkBase + static_cast<uint32_t>(slot));
+  for (const journal::NicFilter& f : request.filters) *state.add_filters() = f;
+  state.set_next_filter_id(request.next_filter_id);
+  state.set_frame_size(config_.frame_size());
+  state.set_frame_count(config_.frame_count());
+  state.set_frame_headroom(0);
+  state.set_ring_size(config_.ring_size());
+  state.set_need_wakeup(true);
+
+  int lower = parent_ifindex_;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return absl::UnavailableError("xdp_nic: the broker is stopping");
+    if (!macs_.insert(state.mac()).second) {
+      return absl::AlreadyExistsError(absl::StrCat("mac ", MacText(state.mac()),
+                                                   " is already leased on ", config_.interface()));
+    }
+    if (request.vlan != 0) {
+      std::string vlan_device;
+      absl::StatusOr<int> vlan = AcquireVlanDevice(request.vlan, &vlan_device);
+      if (!vlan.ok()) {
+        macs_.erase(state.mac());
+        return vlan.status();
+      }
+      lower = *vlan;
+      state.set_vlan_device(vlan_device);
+    }
+  }
+  bool created = false;
+  auto undo = [&] {
+    if (created) (void)rtnl::Delete(state.ifindex());
+    absl::MutexLock lock(&mu_);
+    macs_.erase(state.mac());
+    if (request.vlan != 0) ReleaseVlanDevice(request.vlan);
+  };
+
+  // private: see the top of xdp_nic.h.
+  absl::Status made = rtnl::CreateMacvlan(state.device(), lower, request.mac, MACVLAN_MODE_PRIVATE);
+  if (!made.ok()) {
+    undo();
+    if (absl::IsAlreadyExists(made)) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "mac ", MacText(state.mac()), " (or device ", state.device(), ") is already in use on ",
+          config_.interface(), ": ", made.message()));
+    }
+    return made;
+  }
+  absl::StatusOr<rtnl::Link> link = rtnl::GetLink(state.device());
+  if (!link.ok()) {
+    undo();
+    return link.status();
+  }
+  created = true;
+  state.set_ifindex(link->ifindex);
+  if (absl::Status up = rtnl::SetUp(link->ifindex); !up.ok()) {
+    undo();
+    return up;
+  }
+  absl::StatusOr<std::unique_ptr<XdpSteering>> steering = XdpSteering::Attach(
+      link->ifindex, vfdrivers::net::XdpAttachMode::kGeneric, /*drop_unmatched=*/false);
+  if (!steering.ok()) {
+    undo();
+    return steering.status();
+  }
+  AfXdpSocketOptions options;
+  options.ifindex = link->ifindex;
+  options.queue_id = 0;
+  options.mode = vfdrivers::net::XdpBindMode::kCopy;  // macvlan has no zero-copy
+  options.mark = state.mark();
+  options.layout.frame_size = state.frame_size();
+  options.layout.frame_count = state.frame_count();
+  options.layout.frame_headroom = state.frame_headroom();
+  options.layout.fill_size = state.ring_size();
+  options.layout.completion_size = state.ring_size();
+  options.layout.rx_size = state.ring_size();
+  options.layout.tx_size = state.ring_size();
+  options.layout.need_wakeup = state.need_wakeup();
+  absl::StatusOr<AfXdpSocket> xsk = vfdrivers::net::CreateAfXdpSocket(options);
+  if (!xsk.ok()) {
+    steering->reset();
+    undo();
+    return xsk.status();
+  }
+  state.set_zero_copy(xsk->zero_copy);
+  absl::Status steered = (*steering)->SetSocket(0, xsk->socket.get());
+  if (steered.ok()) steered = ApplyRules(**steering, state, /*add=*/true);
+  if (steered.ok()) steered = GuardLease(state);
+  if (!steered.ok()) {
+    steering->reset();
+    undo();
+    return steered;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    live_[state.device()] = Live{state, *std::move(steering)};
+  }
+  ProvisionedExtent out;
+  *out.state.mutable_xdp_nic() = state;
+  out.fds.push_back(TenantFd{v1::FD_ROLE_XSK, std::move(xsk->socket)});
+  out.fds.push_back(TenantFd{v1::FD_ROLE_UMEM, std::move(xsk->umem)});
+  return out;
+}
+
+absl::Status XdpNicBackend::ChangeFilters(const journal::ExtentState& before_state,
+                                          const journal::ExtentState& after_state) {
+  if (!before_state.has_xdp_nic() || !after_state.has_xdp_nic()) {
+    return absl::InvalidArgumentError("xdp_nic: not an xdp_nic lease");
+  }
+  const journal::XdpNicState& before = before_state.xdp_nic();
+  const journal::XdpNicState& after = after_state.xdp_nic();
+  absl::MutexLock lock(&mu_);
+  auto it = live_.find(before.device());
+  if (it == live_.end()) return absl::NotFoundError("xdp_nic: lease not live here");
+  if (it->second.steering == nullptr) {
+    return absl::FailedPreconditionError(
+        "the filters of a lease re-adopted after a broker restart cannot be changed (its "
+        "steering keeps running as it was); allocate a new lease to change them");
+  }
+  XdpSteering& steering = *it->second.steering;
+  std::map<std::string, const journal::NicFilter*> old_rules, new_rules;
+  for (const auto& f : before.filters()) old_rules[RuleKey(f)] = &f;
+  for (const auto& f : after.filters()) new_rules[RuleKey(f)] = &f;
+  // Add first, then remove: a flow that stays steered never falls back to the kernel. The
+  // program looks flows up before MACs, so the MAC rule may go last.
+  std::vector<const journal::NicFilter*> added;
+  absl::Status status;
+  for (const auto& [key, f] : new_rules) {
+    if (old_rules.count(key)) continue;
+    status = steering.AddFlowRule(ToRule(*f), {0, 0});
+    if (!status.ok()) break;
+    added.push_back(f);
+  }
+  if (status.ok() && before.filters().empty() && !after.filters().empty()) {
+    status = steering.RemoveMacRule(ToMac(before.mac()), XdpSteering::kUntagged);
+  }
+  if (!status.ok()) {
+    for (const journal::NicFilter* f : added) (void)steering.RemoveFlowRule(ToRule(*f));
+    return status;
+  }
+  if (!before.filters().empty() && after.filters().empty()) {
+    status = steering.AddMacRule(ToMac(after.mac()), XdpSteering::kUntagged, {0, 0});
+    if (!status.ok()) return status;
+  }
+  for (const auto& [key, f] : old_rules) {
+    if (new_rules.count(key)) continue;
+    if (absl::Status s = steering.RemoveFlowRule(ToRule(*f)); !s.ok() && !absl::IsNotFound(s)) {
+      spdlog::warn("pool={} device={}: removing a flow rule: {}", pool_name_, before.device(),
+                   s.message());
+    }
+  }
+  it->second.state = after;
+  return absl::OkStatus();
+}
+
+absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
+  if (!extent.has_xdp_nic()) return absl::InvalidArgumentError("xdp_nic: not an xdp_nic lease");
+  const journal::XdpNicState& state = extent.xdp_nic();
+  if (!absl::StartsWith(state.device(), device_prefix_)) {
+    return absl::FailedPreconditionError(absl::StrCat("device ", state.device(),
+                                                      " is not this pool's"));
+  }
+  absl::StatusOr<rtnl::Link> link = rtnl::GetLink(state.device());
+  if (!link.ok()) return link.status();
+  if (link->ifindex != state.ifindex() || link->kind != "macvlan" ||
+      std::string(link->mac.begin(), link->mac.end()) != state.mac()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        state.device(), " is not the journaled device (ifindex ", link->ifindex, " kind ",
+        link->kind, ")"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!macs_.insert(state.mac()).second) {
+      return absl::FailedPreconditionError("mac journaled twice");
+    }
+    if (state.vlan() != 0) ++vlan_users_[state.vlan()];
+    live_[state.device()] = Live{state, nullptr};
+  }
+  return GuardLease(state);
+}
+
+absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentState& extent) {
+  if (!extent.has_xdp_nic()) return absl::InvalidArgumentError("xdp_nic: not an xdp_nic lease");
+  const journal::XdpNicState& state = extent.xdp_nic();
+  std::unique_ptr<XdpSteering> steering;
+  bool registered = false;
+  {
+    absl::MutexLock lock(&mu_);
+    // First: the tenant's marked frames stop at the guard.
+    if (guard_ != nullptr) (void)guard_->RemoveLease(state.mark());
+    auto node = live_.extract(state.device());
+    if (!node.empty()) {
+      registered = true;
+      steering = std::move(node.mapped().steering);
+    }
+  }
+  steering.reset();  // detaches the program (the device goes next anyway)
+  absl::StatusOr<rtnl::Link> link = rtnl::GetLink(state.device());
+  if (link.ok()) {
+    if (link->ifindex != state.ifindex()) {
+      spdlog::error("pool={}: {} has ifindex {}, the journal says {}; left alone", pool_name_,
+                    state.device(), link->ifindex, state.ifindex());
+    } else if (absl::Status deleted = rtnl::Delete(link->ifindex);
+               !deleted.ok() && !absl::IsNotFound(deleted)) {
+      return deleted;  // retried by the core
+    }
+  } else if (!absl::IsNotFound(link.status())) {
+    return link.status();
+  }
+  absl::MutexLock lock(&mu_);
+  if (registered) macs_.erase(state.mac());
+  if (state.vlan() != 0) {
+    if (registered) {
+      ReleaseVlanDevice(state.vlan());
+    } else if (!vlan_users_.count(state.vlan())) {
+      ReleaseVlanDevice(state.vlan());  // nobody uses it: removes the device
+    }
+  }
+  return TeardownResult::kFreed;
+}
+
+absl::Status XdpNicBackend::RemoveOrphans(const std::vector<journal::ExtentState>& known) {
+  std::set<std::string> devices;
+  std::set<uint32_t> vlans;
+  for (const journal::ExtentState& s : known) {
+    if (!s.has_xdp_nic()) continue;
+    devices.insert(s.xdp_nic().device());
+    if (s.xdp_nic().vlan() != 0) vlans.insert(s.xdp_nic().vlan());
+  }
+  absl::StatusOr<std::vector<rtnl::Link>> links = rtnl::ListLinks();
+  if (!links.ok()) return links.status();
+  int removed = 0;
+  for (const rtnl::Link& link : *links) {
+    if (!absl::StartsWith(link.name, device_prefix_) || devices.count(link.name)) continue;
+    if (absl::Status s = rtnl::Delete(link.ifindex); s.ok() || absl::IsNotFound(s)) {
+      ++removed;
+      spdlog::info("pool={}: removed orphaned device {} (no journal record names it)",
+                   pool_name_, link.name);
+    } else {
+      spdlog::warn("pool={}: removing orphaned device {}: {}", pool_name_, link.name, s.message());
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  for (const rtnl::Link& link : *links) {
+    if (!absl::StartsWith(link.name, vlan_prefix_) || link.kind != "vlan") continue;
+    if (vlans.count(link.vlan_id) || vlan_users_.count(link.vlan_id)) continue;
+    if (absl::Status s = rtnl::Delete(link.ifindex); s.ok() || absl::IsNotFound(s)) {
+      ++removed;
+      spdlog::info("pool={}: removed orphaned VLAN device {}", pool_name_, link.name);
+    }
+  }
+  if (removed > 0) spdlog::info("pool={}: {} orphaned devices removed", pool_name_, removed);
+  return absl::OkStatus();
+}
+
+void XdpNicBackend::StopBackground() {
+  absl::MutexLock lock(&mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  if (live_.empty()) {
+    guard_.reset();
+    return;
+  }
+  // Leases outlive the broker: leave their steering programs and the guard in the kernel
+  // (deliberately not destroyed: their destructors would detach them).
+  for (auto& [device, live] : live_) (void)live.steering.release();
+  (void)guard_.release();
+  spdlog::info("pool={}: {} NIC leases stay live; steering and egress guard left in place",
+               pool_name_, live_.size());
+}
+
+}  // namespace vfbroker

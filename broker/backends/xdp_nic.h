@@ -1,0 +1,118 @@
+// xdp_nic: NIC slices on any Linux interface, as AF_XDP sockets on devices of their own.
+//
+// Each lease gets a macvlan of its own on the pool's interface (or, for a VLAN lease, on the
+// pool's VLAN device for that VID, itself on the interface), named <prefix><slot>, with the
+// lease's MAC, mode private, up. The kernel delivers to a macvlan only frames addressed to its
+// MAC (and broadcast/multicast), so a tenant's socket, bound to queue 0 of its own macvlan,
+// never sees another tenant's unicast frames (DESIGN.md, AF_XDP facts). On the macvlan the
+// broker's XDP steering program (vfdrivers/net/xdp_steering.h, generic mode) redirects to the
+// socket the frames matching the lease's flow filters, or every frame to its MAC if it has
+// none; everything else goes on to the kernel as before. The socket and its UMEM
+// (vfdrivers/net/af_xdp_socket.h, copy mode) are new for every lease; the tenant gets
+// [FD_ROLE_XSK, FD_ROLE_UMEM] and the layout.
+//
+// Why private mode: bridge mode would deliver one macvlan's frames straight to a sibling,
+// past the lower device's egress (and the egress guard); vepa and private both send
+// everything out of the lower device, and private also drops frames a hairpinning switch
+// reflects back to a sibling, so tenants of one interface cannot reach each other at layer 2
+// at all. Why the macvlan on a VLAN device (and not a VLAN device on the macvlan): the kernel
+// then filters by VID before the macvlan sees a frame, and tags everything the tenant sends,
+// so the tenant's device never carries another VLAN's frames and cannot send on another VLAN
+// (a frame it tags itself leaves double-tagged, and the guard drops stacked tags).
+//
+// Transmit: the socket carries SO_MARK = TcEgressGuard::kMarkBase + slot, and the pool's
+// TcEgressGuard on the interface lets a marked frame out only with the lease's source MAC and
+// VID (untagged for an untagged lease; ARP sender MAC too). IPv4 source addresses are not
+// checked (a lease has no IP address).
+//
+// Revocation: the lease's guard entry is removed, then its macvlan deleted: the kernel unbinds
+// the socket, so descriptors a tenant kept reach nothing; the MAC is free again at once.
+//
+// Restart: the devices, the XDP programs (attached through netlink, not links) and the
+// sockets outlive the broker. Readopt checks the journaled macvlan (name, ifindex, MAC,
+// kind) and re-registers the lease in a fresh egress guard; the steering program keeps
+// running, but filter changes on a re-adopted lease are refused (FAILED_PRECONDITION) since the
+// broker no longer holds its maps. RemoveOrphans deletes devices with the pool's prefix that
+// no record names. At a graceful stop with live leases, the steering programs and the guard
+// are left in place so tenants keep their traffic and stay guarded while the broker is down.
+//
+// Thread-safe.
+#ifndef VFBROKER_BROKER_BACKENDS_XDP_NIC_H_
+#define VFBROKER_BROKER_BACKENDS_XDP_NIC_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "broker/backends/extent_backend.h"
+#include "broker/config/config.pb.h"
+#include "broker/journal/journal.pb.h"
+#include "vfdrivers/net/tc_egress_guard.h"
+#include "vfdrivers/net/xdp_steering.h"
+
+namespace vfbroker {
+
+class XdpNicBackend : public ExtentBackend {
+ public:
+  // Resolves the interface (FAILED_PRECONDITION if missing) and attaches the egress guard.
+  static absl::StatusOr<std::unique_ptr<XdpNicBackend>> Open(const std::string& pool_name,
+                                                             const config::XdpNicPool& config);
+  ~XdpNicBackend() override;
+
+  std::string backend_name() const override { return "xdp_nic"; }
+  uint64_t capacity_bytes() const override { return config_.max_tenants(); }
+  bool is_nic() const override { return true; }
+  absl::StatusOr<ProvisionedExtent> Provision(uint64_t offset, uint64_t size) override;
+  absl::StatusOr<ProvisionedExtent> ProvisionNic(uint64_t slot, const NicRequest& request) override;
+  absl::Status ChangeFilters(const journal::ExtentState& before,
+                             const journal::ExtentState& after) override;
+  absl::Status Readopt(const journal::ExtentState& state) override;
+  absl::StatusOr<TeardownResult> Teardown(const journal::ExtentState& state) override;
+  absl::Status RemoveOrphans(const std::vector<journal::ExtentState>& known) override;
+  void StopBackground() override;
+
+  const std::string& interface() const { return config_.interface(); }
+  // Device names of this pool: macvlans "<device_prefix()><slot as 4 hex digits>", VLAN
+  // devices "<vlan_prefix()><vid as 3 hex digits>" (15 bytes at most, IFNAMSIZ).
+  const std::string& device_prefix() const { return device_prefix_; }
+  const std::string& vlan_prefix() const { return vlan_prefix_; }
+
+ private:
+  XdpNicBackend(std::string pool_name, config::XdpNicPool config);
+
+  struct Live {
+    journal::XdpNicState state;
+    std::unique_ptr<vfdrivers::net::XdpSteering> steering;  // null: re-adopted
+  };
+
+  // The device the lease's macvlan sits on: the interface, or its VLAN device for `vid`
+  // (created on first use, counted per lease).
+  absl::StatusOr<int> AcquireVlanDevice(uint32_t vid, std::string* name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseVlanDevice(uint32_t vid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyRules(vfdrivers::net::XdpSteering& steering, const journal::XdpNicState& state,
+                          bool add);
+  absl::Status GuardLease(const journal::XdpNicState& state);
+
+  const std::string pool_name_;
+  const config::XdpNicPool config_;
+  std::string device_prefix_;
+  std::string vlan_prefix_;
+  int parent_ifindex_ = 0;
+
+  absl::Mutex mu_;
+  std::unique_ptr<vfdrivers::net::TcEgressGuard> guard_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> macs_ ABSL_GUARDED_BY(mu_);         // 6-byte MACs in use
+  std::map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);   // by device name
+  std::map<uint32_t, int> vlan_users_ ABSL_GUARDED_BY(mu_);  // vid -> leases on it
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace vfbroker
+
+#endif  // VFBROKER_BROKER_BACKENDS_XDP_NIC_H_
