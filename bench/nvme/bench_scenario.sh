@@ -46,7 +46,11 @@ g=$(bind_vfio "$VF1")
 [ -c "/dev/vfio/$g" ] || { fail "VF1 $VF1: no /dev/vfio/$g"; exit 1; }
 log "VF1 $VF1: vfio-pci, IOMMU group $g, our driver on namespace 2"
 
-disks() { ls /dev | grep -E '^nvme[0-9]+n[0-9]+$' | sort; }
+disks() {  # the NVMe namespaces' block devices, nvmeXnY
+  for d in /dev/nvme*n*; do
+    case ${d#/dev/} in *c*|*p*) ;; *) [ -b "$d" ] && echo "${d#/dev/}" ;; esac
+  done | sort
+}
 before=$(disks)
 p=/sys/bus/pci/devices/$VF2
 echo nvme > "$p/driver_override"

@@ -2,8 +2,10 @@
 # run_nvme_bench.sh: 4 KiB random reads and writes in the tests/vm QEMU guest (TCG, emulated
 # IOMMU, emulated NVMe with SR-IOV): our userspace NVMe driver (nvme_bench, over VFIO) on VF1
 # against the kernel's nvme driver on VF2 driven by fio (io_uring at the same queue depth, and
-# psync), each VF on its own private 64 MiB namespace; then our driver under valgrind's callgrind
-# for a fixed number of I/Os, for instructions per I/O. Prints one table (markdown).
+# psync), each VF on its own private 64 MiB namespace; then our driver and fio under valgrind's
+# callgrind for fixed numbers of I/Os (user-space instructions per I/O); then a second boot with
+# a QEMU TCG plugin counting the whole guest's instructions per I/O of every engine (TCG has no
+# PMU: perf cannot count instructions in the guest). Prints the tables (markdown).
 #
 #   bench/nvme/run_nvme_bench.sh
 #   env: RUNTIME   seconds per timed run (default 10)
@@ -25,7 +27,9 @@
 # (Debian packages; they run in the guest from the host's copies, with their libraries), builds
 # an initramfs with tests/vm/build_initramfs.sh holding bench_scenario.sh, nvme_bench, fio,
 # valgrind (+ its callgrind tool via VM_EXTRA_PATHS) and perf if the host has it, boots it with
-# tests/vm/run_vm.sh and parses the console.
+# tests/vm/run_vm.sh and parses the console; for the second boot it compiles
+# insn_count_plugin.c and insn_mark.c with gcc and points run_vm.sh's VM_QEMU at a wrapper that
+# adds -plugin.
 #
 # TCG timings are emulation artefacts (every guest instruction and every device access is
 # emulated, and the IOMMU is a model): only ratios and instruction counts carry over to
@@ -168,7 +172,7 @@ measure_round() {  # engine rw qd round
     [[ -s $f ]] && out=$(jq -r '"\(.iops) \(.cpu_us_per_io) \(.ios)"' "$f")
   else
     f=$D/$e.$rw.$qd.json.$n
-    local dir=read; [[ $rw == *write* ]] && dir=write
+    local dir="read"; [[ $rw == *write* ]] && dir="write"
     [[ -s $f ]] && out=$(jq -r --arg d "$dir" '.jobs[0] as $j | $j[$d].total_ios as $n
       | "\($j[$d].iops) \(if $n > 0 then ($j.usr_cpu + $j.sys_cpu) / 100 * $j.job_runtime * 1000 / $n else "-" end) \($n)"' "$f")
   fi
@@ -233,7 +237,7 @@ guest_instr() {  # engine rw qd
       local i0 i1; i0=$(mark_at "$ib"); i1=$(mark_at "$ix")
       [[ -n $i0 && -n $i1 ]] && ((idle > 0)) && el=$(awk -v a="$i0" -v b="$i1" -v n="$idle" 'BEGIN { print (b - a) / n }')
     else
-      local dir=read; [[ $rw == *write* ]] && dir=write
+      local dir="read"; [[ $rw == *write* ]] && dir="write"
       ios=$(jq -r --arg d "$dir" '.jobs[0][$d].total_ios' "$D/insn-$e.$rw.$qd.json.$k")
     fi
     pts+=("$ios $((t1 - t0)) $empty $el")
@@ -277,7 +281,7 @@ for rw in $RWS; do
              "fio-io_uring-tuned $QD kernel nvme, fio io_uring --fixedbufs --registerfiles --norandommap" \
              "fio-psync 1 kernel nvme, fio psync"; do
     read -r e qd label <<< "$row"
-    read -r iops cpu guest rounds < <(measure "$e" "$rw" "$qd")
+    read -r iops cpu guest _ < <(measure "$e" "$rw" "$qd")
     ins="n/a (kernel)" user=-
     if [[ $e == ours ]]; then
       read -r ins _ _ _ user _ < <(instr "$rw" "$qd"); ins=$(num "$ins")
