@@ -239,6 +239,64 @@ absl::StatusOr<std::unique_ptr<ExtentLease>> BrokerClient::AllocateExtent(
       new ExtentLease(shared_from_this(), response.lease(), *std::move(fds)));
 }
 
+absl::StatusOr<std::vector<LeaseFd>> BrokerClient::ReceiveExpected(
+    const std::string& lease_id, const std::vector<v1::FdRole>& want) {
+  absl::StatusOr<std::vector<LeaseFd>> fds = ReceiveGrant(lease_id);
+  bool as_expected = fds.ok() && fds->size() == want.size();
+  for (size_t i = 0; as_expected && i < want.size(); ++i) {
+    as_expected = (*fds)[i].role == want[i] && (*fds)[i].fd.get() >= 0;
+  }
+  if (!as_expected) {
+    if (fds.ok()) fds->clear();  // closed before the release
+    (void)Release(lease_id);
+    if (!fds.ok()) return fds.status();
+    return absl::InternalError(absl::StrCat("lease ", lease_id, ": expected ", want.size(),
+                                            " descriptors with the roles of its kind, got ",
+                                            fds->size()));
+  }
+  absl::MutexLock lock(&session_mu_);
+  my_leases_.insert(lease_id);
+  return fds;
+}
+
+absl::StatusOr<std::unique_ptr<NicLease>> BrokerClient::AllocateNic(
+    const v1::AllocateNicRequest& request) {
+  v1::AllocateNicResponse response;
+  absl::Status status = Invoke([&](grpc::ClientContext& context) {
+    return stub_->AllocateNic(&context, request, &response);
+  });
+  if (!status.ok()) return status;
+  absl::StatusOr<std::vector<LeaseFd>> fds =
+      ReceiveExpected(response.lease().id(), {v1::FD_ROLE_XSK, v1::FD_ROLE_UMEM});
+  if (!fds.ok()) return fds.status();
+  return std::unique_ptr<NicLease>(
+      new NicLease(shared_from_this(), response.lease(), *std::move(fds)));
+}
+
+absl::StatusOr<v1::FlowFilter> BrokerClient::AddFlowFilter(absl::string_view lease_id,
+                                                           const v1::FlowFilter& filter) {
+  v1::AddFlowFilterRequest request;
+  request.set_lease_id(std::string(lease_id));
+  *request.mutable_filter() = filter;
+  v1::AddFlowFilterResponse response;
+  absl::Status status = Invoke([&](grpc::ClientContext& context) {
+    return stub_->AddFlowFilter(&context, request, &response);
+  });
+  if (!status.ok()) return status;
+  return response.filter();
+}
+
+absl::Status BrokerClient::RemoveFlowFilter(absl::string_view lease_id,
+                                            absl::string_view filter_id) {
+  v1::RemoveFlowFilterRequest request;
+  request.set_lease_id(std::string(lease_id));
+  request.set_filter_id(std::string(filter_id));
+  v1::RemoveFlowFilterResponse response;
+  return Invoke([&](grpc::ClientContext& context) {
+    return stub_->RemoveFlowFilter(&context, request, &response);
+  });
+}
+
 void BrokerClient::Forget(const std::string& lease_id) {
   absl::MutexLock lock(&session_mu_);
   my_leases_.erase(lease_id);
@@ -348,6 +406,51 @@ absl::StatusOr<VfioDescriptors> ExtentLease::TakeVfioDescriptors() {
 absl::Status ExtentLease::Release() {
   if (released_) return absl::OkStatus();
   // Close first: the broker scrubs the extent only once no descriptor reaches it.
+  fds_.clear();
+  absl::Status status = client_->Release(id());
+  if (status.ok() || status.code() == absl::StatusCode::kNotFound) released_ = true;
+  return status;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+NicLease::~NicLease() {
+  if (absl::Status released = Release(); !released.ok()) {
+    spdlog::warn("lease={}: release on destruction failed: {}", id(), released);
+  }
+}
+
+int NicLease::fd(v1::FdRole role) const {
+  for (const LeaseFd& fd : fds_) {
+    if (fd.role == role) return fd.fd.get();
+  }
+  return -1;
+}
+
+absl::StatusOr<XdpDescriptors> NicLease::TakeXdpDescriptors() {
+  XdpDescriptors out;
+  for (LeaseFd& fd : fds_) {
+    if (!fd.fd) continue;
+    if (fd.role == v1::FD_ROLE_XSK) out.socket = std::move(fd.fd);
+    if (fd.role == v1::FD_ROLE_UMEM) out.umem = std::move(fd.fd);
+  }
+  if (!out.socket || !out.umem) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("lease ", id(), ": its AF_XDP descriptors were taken already"));
+  }
+  return out;
+}
+
+absl::StatusOr<v1::FlowFilter> NicLease::AddFlowFilter(const v1::FlowFilter& filter) {
+  return client_->AddFlowFilter(id(), filter);
+}
+
+absl::Status NicLease::RemoveFlowFilter(absl::string_view filter_id) {
+  return client_->RemoveFlowFilter(id(), filter_id);
+}
+
+absl::Status NicLease::Release() {
+  if (released_) return absl::OkStatus();
   fds_.clear();
   absl::Status status = client_->Release(id());
   if (status.ok() || status.code() == absl::StatusCode::kNotFound) released_ = true;

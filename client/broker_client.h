@@ -13,6 +13,15 @@
 //   //                                      std::move(vfio->device));
 //   // and drive the VF with vfdrivers/block/nvme on namespace info().extent().nvme_namespace_id().
 //
+// NICs (xdp_nic pools): an AF_XDP socket on a device of the lease's own and its UMEM memfd.
+//   v1::AllocateNicRequest request;  // pool, optional mac / vlan / filters
+//   absl::StatusOr<std::unique_ptr<vfclient::NicLease>> nic = (*client)->AllocateNic(request);
+//   // client/nic_port.h: vfclient::AdoptNicPort(**nic) -> vfdrivers::net::AfXdpPort, or by hand:
+//   //   vfclient::XdpDescriptors d = *(*nic)->TakeXdpDescriptors();
+//   //   vfdrivers::net::AfXdpPort::Adopt(std::move(d.socket), std::move(d.umem), layout from
+//   //                                    (*nic)->info().nic(): frame_size, ring sizes, ...)
+//   (*client)->AddFlowFilter((*nic)->id(), filter);  // live steering changes
+//
 // Connect() opens the session (the broker learns who we are from the kernel) and the gRPC
 // channel; descriptors of grants arrive on the session socket and are matched to their lease.
 // If the broker restarts, the client notices its session socket closed, opens a new session on
@@ -54,6 +63,13 @@ struct ConnectOptions {
 };
 
 class ExtentLease;
+class NicLease;
+
+// The descriptors of an xdp_nic lease, for vfdrivers::net::AfXdpPort::Adopt.
+struct XdpDescriptors {
+  UniqueFd socket;  // FD_ROLE_XSK: bound AF_XDP socket
+  UniqueFd umem;    // FD_ROLE_UMEM: sealed memfd of its UMEM
+};
 
 // One descriptor of a grant and what it is.
 struct LeaseFd {
@@ -75,6 +91,13 @@ class BrokerClient : public std::enable_shared_from_this<BrokerClient> {
 
   absl::StatusOr<std::unique_ptr<ExtentLease>> AllocateExtent(absl::string_view pool,
                                                               uint64_t size_bytes);
+  // A NIC slice (xdp_nic: an AF_XDP socket + UMEM on a device of its own). The request's
+  // fields are checked by the broker (bad MAC, VLAN 4095, overlapping filters: INVALID_ARGUMENT).
+  absl::StatusOr<std::unique_ptr<NicLease>> AllocateNic(const v1::AllocateNicRequest& request);
+  // Live changes to a NIC lease's receive steering. The answer carries the broker's filter id.
+  absl::StatusOr<v1::FlowFilter> AddFlowFilter(absl::string_view lease_id,
+                                               const v1::FlowFilter& filter);
+  absl::Status RemoveFlowFilter(absl::string_view lease_id, absl::string_view filter_id);
   // Releases by id (a lease object's Release() is the usual way).
   absl::Status Release(absl::string_view lease_id);
   absl::StatusOr<std::vector<v1::Pool>> ListPools();
@@ -94,7 +117,12 @@ class BrokerClient : public std::enable_shared_from_this<BrokerClient> {
 
  private:
   friend class ExtentLease;
+  friend class NicLease;
   explicit BrokerClient(ConnectOptions options);
+  // Receives a grant's descriptors and checks they have exactly the roles `want`; releases the
+  // lease otherwise.
+  absl::StatusOr<std::vector<LeaseFd>> ReceiveExpected(const std::string& lease_id,
+                                                       const std::vector<v1::FdRole>& want);
 
   absl::Status OpenSession();
   bool SessionAlive() const;
@@ -148,6 +176,39 @@ class ExtentLease {
  private:
   friend class BrokerClient;
   ExtentLease(std::shared_ptr<BrokerClient> client, v1::Lease info, std::vector<LeaseFd> fds)
+      : client_(std::move(client)), info_(std::move(info)), fds_(std::move(fds)) {}
+
+  std::shared_ptr<BrokerClient> client_;
+  v1::Lease info_;
+  std::vector<LeaseFd> fds_;
+  bool released_ = false;
+};
+
+// A NIC slice granted to this process: the AF_XDP socket and UMEM memfd, and info().nic()
+// with the layout they were set up with. Destroying it releases it (errors are logged); the
+// broker then deletes the lease's device, which revokes the socket even if a copy of the
+// descriptor lives on. Thread-compatible.
+class NicLease {
+ public:
+  ~NicLease();
+  NicLease(const NicLease&) = delete;
+  NicLease& operator=(const NicLease&) = delete;
+
+  const std::string& id() const { return info_.id(); }
+  const v1::Lease& info() const { return info_; }
+  const v1::Nic& nic() const { return info_.nic(); }
+  // The lease's descriptor with `role` (FD_ROLE_XSK, FD_ROLE_UMEM), or -1 (taken).
+  int fd(v1::FdRole role) const;
+  // Moves both descriptors out (for AfXdpPort::Adopt). FAILED_PRECONDITION if taken already.
+  absl::StatusOr<XdpDescriptors> TakeXdpDescriptors();
+  absl::StatusOr<v1::FlowFilter> AddFlowFilter(const v1::FlowFilter& filter);
+  absl::Status RemoveFlowFilter(absl::string_view filter_id);
+  // Closes the descriptors it still holds, then gives the NIC back. Idempotent.
+  absl::Status Release();
+
+ private:
+  friend class BrokerClient;
+  NicLease(std::shared_ptr<BrokerClient> client, v1::Lease info, std::vector<LeaseFd> fds)
       : client_(std::move(client)), info_(std::move(info)), fds_(std::move(fds)) {}
 
   std::shared_ptr<BrokerClient> client_;

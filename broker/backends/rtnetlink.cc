@@ -198,8 +198,8 @@ absl::StatusOr<Link> GetLink(const std::string& name) {
     return absl::InvalidArgumentError(absl::StrCat("bad interface name \"", name, "\""));
   }
   char buf[MNL_SOCKET_BUFFER_SIZE];
+  // With NLM_F_ACK the answer is followed by an ACK, which ends the exchange.
   nlmsghdr* nlh = NewLinkRequest(buf, RTM_GETLINK, 0);
-  nlh->nlmsg_flags = NLM_F_REQUEST;
   mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
   std::vector<Link> links;
   if (absl::Status s = Transact(absl::StrCat("get link ", name), nlh, CollectLink, &links);

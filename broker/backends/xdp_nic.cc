@@ -120,6 +120,12 @@ absl::StatusOr<int> XdpNicBackend::AcquireVlanDevice(uint32_t vid, std::string* 
   absl::StatusOr<rtnl::Link> link = rtnl::GetLink(*name);
   if (absl::IsNotFound(link.status())) {
     absl::Status created = rtnl::CreateVlan(*name, parent_ifindex_, static_cast<uint16_t>(vid));
+    if (absl::IsUnimplemented(created)) {
+      // EOPNOTSUPP: no "vlan" link type (CONFIG_VLAN_8021Q off, or 8021q not loadable).
+      return absl::FailedPreconditionError(absl::StrCat(
+          "this host's kernel has no 802.1Q VLAN devices (CONFIG_VLAN_8021Q), so pool ",
+          pool_name_, " cannot isolate VLAN ", vid, "; ask for an untagged lease (vlan 0)"));
+    }
     if (!created.ok() && !absl::IsAlreadyExists(created)) return created;
     link = rtnl::GetLink(*name);
     if (link.ok()) {

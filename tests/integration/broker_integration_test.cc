@@ -289,7 +289,7 @@ TEST_F(BrokerIntegrationTest, BadRequestsGetClearCodesAndChangeNothing) {
   EXPECT_EQ(r["empty_pool"], "INVALID_ARGUMENT");
   EXPECT_EQ(r["long_pool_name"], "INVALID_ARGUMENT");
   EXPECT_EQ(r["oversize_request"], "RESOURCE_EXHAUSTED");
-  EXPECT_EQ(r["nic_unimplemented"], "UNIMPLEMENTED");
+  EXPECT_EQ(r["nic_on_block_pool"], "FAILED_PRECONDITION");
   EXPECT_EQ(r["release_missing"], "NOT_FOUND");
   EXPECT_EQ(r["release_empty"], "INVALID_ARGUMENT");
   EXPECT_EQ(r["list_no_token"], "UNAUTHENTICATED");

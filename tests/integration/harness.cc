@@ -172,6 +172,15 @@ absl::StatusOr<std::pair<uint64_t, uint64_t>> Tenant::LatestProgress(absl::Durat
   return std::make_pair(ops, errors);
 }
 
+absl::Status Tenant::WriteLine(const std::string& line) {
+  const std::string text = line + "\n";
+  if (stdin_fd_ < 0 || ::write(stdin_fd_, text.data(), text.size()) !=
+                           static_cast<ssize_t>(text.size())) {
+    return absl::InternalError("could not write to the probe's stdin");
+  }
+  return absl::OkStatus();
+}
+
 void Tenant::CloseStdin() {
   if (stdin_fd_ >= 0) ::close(stdin_fd_);
   stdin_fd_ = -1;
@@ -231,6 +240,14 @@ absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(BrokerOption
       !copied.ok()) {
     return copied;
   }
+  if (!options.nic_interface.empty()) {
+    broker->nic_probe_ = broker->dir_ + "/nic_probe";
+    if (absl::Status copied =
+            CopyExecutable(Runfile("tests/integration/nic_probe"), broker->nic_probe_);
+        !copied.ok()) {
+      return copied;
+    }
+  }
   std::ofstream config(broker->config_path_);
   config << "socket_dir: \"" << broker->socket_dir_ << "\"\n"
          << "socket_mode: 438\n"  // 0666: access is decided per call by pool policy
@@ -245,6 +262,11 @@ absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(BrokerOption
          << "pools {\n  name: \"restricted\"\n  access { uids: [" << kTenantA
          << "] }\n  loop_extent { backing_path: \"" << broker->restricted_path_
          << "\" size_bytes: " << 16 * kMiB << " create: true }\n}\n";
+  if (!options.nic_interface.empty()) {
+    config << "pools {\n  name: \"net\"\n  access { uids: [" << kTenantA << ", " << kTenantB
+           << "] }\n  xdp_nic { interface: \"" << options.nic_interface
+           << "\" max_tenants: 4 frame_size: 2048 frame_count: 256 ring_size: 128 }\n}\n";
+  }
   config.close();
   if (absl::Status launched = broker->Launch(); !launched.ok()) return launched;
   return broker;
@@ -348,6 +370,15 @@ std::unique_ptr<Tenant> BrokerProcess::StartTenant(uid_t uid,
   std::vector<std::string> full = {socket_dir_};
   full.insert(full.end(), args.begin(), args.end());
   absl::StatusOr<std::unique_ptr<Tenant>> tenant = Tenant::Start(probe_, uid, full);
+  if (!tenant.ok()) std::abort();
+  return *std::move(tenant);
+}
+
+std::unique_ptr<Tenant> BrokerProcess::StartNicTenant(uid_t uid,
+                                                      const std::vector<std::string>& args) {
+  std::vector<std::string> full = {socket_dir_};
+  full.insert(full.end(), args.begin(), args.end());
+  absl::StatusOr<std::unique_ptr<Tenant>> tenant = Tenant::Start(nic_probe_, uid, full);
   if (!tenant.ok()) std::abort();
   return *std::move(tenant);
 }

@@ -41,6 +41,8 @@ class Tenant {
                                           absl::Duration timeout = absl::Seconds(30));
   // The latest `progress ops=N errors=E` line's numbers, reading what is available now.
   absl::StatusOr<std::pair<uint64_t, uint64_t>> LatestProgress(absl::Duration wait);
+  // Writes one line (a command, for probes that read them) to the probe's stdin.
+  absl::Status WriteLine(const std::string& line);
   // Closes the probe's stdin (its signal to finish), then collects its output and exit.
   void CloseStdin();
   // Reads everything until exit; returns key=value pairs (later keys win) and checks exit 0.
@@ -63,6 +65,10 @@ class Tenant {
 
 struct BrokerOptions {
   uint64_t scratch_bytes = 256 * kMiB;
+  // If set, an xdp_nic pool "net" on this interface (for tenants A and B, 4 slots, a small
+  // UMEM), and the NIC probe (tests/integration/nic_probe) beside the tenant probe. The broker
+  // runs in the test process's network namespace.
+  std::string nic_interface;
 };
 
 // A temporary broker: its own socket and state directories, pool files on /dev/shm.
@@ -86,6 +92,8 @@ class BrokerProcess {
   absl::Status WaitForIdle(absl::Duration timeout = absl::Seconds(10));
 
   std::unique_ptr<Tenant> StartTenant(uid_t uid, const std::vector<std::string>& args);
+  // The NIC probe (BrokerOptions::nic_interface), with the socket dir as its first argument.
+  std::unique_ptr<Tenant> StartNicTenant(uid_t uid, const std::vector<std::string>& args);
 
  private:
   BrokerProcess() = default;
@@ -96,6 +104,7 @@ class BrokerProcess {
   std::string config_path_;
   std::string log_path_;
   std::string probe_;
+  std::string nic_probe_;
   std::string scratch_path_;
   std::string restricted_path_;
   pid_t pid_ = -1;

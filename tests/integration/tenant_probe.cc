@@ -348,7 +348,7 @@ int BadRequests(BrokerClient& client, char** argv) {
   call("empty_pool", token, allocate("", 1 << 20));
   call("long_pool_name", token, allocate(std::string(200, 'p'), 1 << 20));
   call("oversize_request", token, allocate(std::string(200 * 1024, 'p'), 1 << 20));
-  call("nic_unimplemented", token, [&](grpc::ClientContext& context) {
+  call("nic_on_block_pool", token, [&](grpc::ClientContext& context) {
     v1::AllocateNicRequest request;
     request.set_pool(pool);
     v1::AllocateNicResponse response;

@@ -1,0 +1,502 @@
+// xdp_nic end to end: the real vfbrokerd with an xdp_nic pool on a veth pair, NIC tenants
+// (tests/integration/nic_probe) under uids 60001 and 60002 driving their AF_XDP leases with the
+// project's AfXdpPort, and the test playing the wire at the veth's peer end.
+//
+// Before any test, the process moves into a network namespace of its own
+// (unshare(CLONE_NEWNET)) and creates veth0 (the pool's interface, no address) and veth1 (the
+// peer). The broker and the tenants are its children and inherit that namespace, so nothing
+// touches the host's interfaces, and every device (veth, macvlans, VLAN devices, XDP and tc
+// programs) disappears with the process however it ends. Needs root; skips otherwise.
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/integration/harness.h"
+#include "vfdrivers/net/packet.h"
+
+namespace vfbroker::testing {
+namespace {
+
+namespace packet = vfdrivers::net::packet;
+using packet::MacAddress;
+
+const char kPeerMacText[] = "02:76:66:00:00:02";
+const MacAddress kPeerMac{{0x02, 0x76, 0x66, 0x00, 0x00, 0x02}};
+constexpr uint32_t kPeerIp = packet::Ipv4(10, 77, 0, 2);
+constexpr uint32_t kLeaseIp = packet::Ipv4(10, 77, 0, 10);
+
+int Ip(const std::string& args) {
+  const std::string cmd = "ip " + args + " 2>&1";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) return -1;
+  char buf[512];
+  std::string out;
+  while (std::fgets(buf, sizeof(buf), f) != nullptr) out += buf;
+  const int status = ::pclose(f);
+  if (status != 0) std::fprintf(stderr, "`%s` failed: %s\n", cmd.c_str(), out.c_str());
+  return status;
+}
+
+void WriteFile(const char* path, const char* value) {
+  std::ofstream(path) << value;
+}
+
+MacAddress Mac(const std::string& text) {
+  MacAddress mac{};
+  unsigned b[6] = {};
+  std::sscanf(text.c_str(), "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]);
+  for (int i = 0; i < 6; ++i) mac.bytes[i] = static_cast<uint8_t>(b[i]);
+  return mac;
+}
+
+// The namespace and the veth pair, once per process, before any test (and any thread).
+class NetnsEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (::geteuid() != 0) return;
+    if (::unshare(CLONE_NEWNET) != 0) {
+      std::perror("unshare(CLONE_NEWNET)");
+      return;
+    }
+    WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
+    WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
+    ready_ = Ip("link add veth0 type veth peer name veth1") == 0 &&
+             Ip(absl::StrCat("link set veth1 address ", kPeerMacText)) == 0 &&
+             Ip("addr add 10.77.0.2/24 dev veth1") == 0 && Ip("link set veth0 up") == 0 &&
+             Ip("link set veth1 up") == 0 && Ip("link set lo up") == 0;
+  }
+  static bool ready() { return ready_; }
+
+ private:
+  static inline bool ready_ = false;
+};
+
+// Raw frames at the peer end, both ways.
+class Wire {
+ public:
+  Wire() {
+    fd_ = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
+    sockaddr_ll addr{};
+    addr.sll_family = AF_PACKET;
+    addr.sll_protocol = htons(ETH_P_ALL);
+    addr.sll_ifindex = static_cast<int>(::if_nametoindex("veth1"));
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  }
+  ~Wire() { ::close(fd_); }
+
+  // UDP from the peer to `dst` (dst_ip 10.77.0.10), `count` frames "<prefix><i>".
+  void Send(const MacAddress& dst, uint16_t dst_port, const std::string& prefix, int count,
+            uint16_t vlan = 0) {
+    for (int i = 0; i < count; ++i) {
+      packet::UdpSpec spec;
+      spec.src_mac = kPeerMac;
+      spec.dst_mac = dst;
+      spec.src_ip = kPeerIp;
+      spec.dst_ip = kLeaseIp;
+      spec.src_port = 7000;
+      spec.dst_port = dst_port;
+      if (vlan != 0) {
+        spec.has_vlan = true;
+        spec.vlan_tci = vlan;
+      }
+      const std::string payload = absl::StrCat(prefix, i);
+      std::vector<uint8_t> frame(packet::UdpFrameLength(spec, payload.size()));
+      packet::BuildUdp(spec, reinterpret_cast<const uint8_t*>(payload.data()), payload.size(),
+                       frame.data(), frame.size());
+      ASSERT_EQ(::send(fd_, frame.data(), frame.size(), 0), static_cast<ssize_t>(frame.size()));
+    }
+  }
+
+  // Drops what arrived so far.
+  void Drain() {
+    uint8_t buf[2048];
+    while (::recv(fd_, buf, sizeof(buf), 0) > 0) {
+    }
+  }
+
+  struct Seen {
+    std::string payload;
+    bool tagged = false;
+    uint16_t vid = 0;
+    MacAddress src;
+  };
+  // UDP frames that leave toward the peer (arriving at veth1) during `window`.
+  std::vector<Seen> Receive(absl::Duration window) {
+    std::vector<Seen> out;
+    const absl::Time end = absl::Now() + window;
+    uint8_t buf[2048];
+    while (absl::Now() < end) {
+      pollfd pfd{fd_, POLLIN, 0};
+      if (::poll(&pfd, 1, 10) <= 0) continue;
+      sockaddr_ll from{};
+      socklen_t len = sizeof(from);
+      ssize_t n = ::recvfrom(fd_, buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len);
+      if (n <= 0 || from.sll_pkttype == PACKET_OUTGOING) continue;
+      packet::UdpView view;
+      if (packet::ParseUdp(buf, static_cast<size_t>(n), &view) != packet::ParseResult::kOk) {
+        continue;
+      }
+      Seen seen;
+      seen.payload.assign(reinterpret_cast<const char*>(view.payload), view.payload_length);
+      // The kernel hands an AF_PACKET reader the tag out of band (PACKET_AUXDATA); a frame
+      // that still carries it in the data was tagged twice.
+      seen.tagged = view.eth.has_vlan;
+      seen.vid = view.eth.vlan_tci & 0x0fff;
+      seen.src = view.eth.src;
+      out.push_back(seen);
+    }
+    return out;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+std::string Expected(const std::string& prefix, int count) {
+  std::multiset<std::string> all;
+  for (int i = 0; i < count; ++i) all.insert(absl::StrCat(prefix, i));
+  return absl::StrJoin(all, ",");
+}
+std::string Join(std::multiset<std::string> a, const std::string& b) {
+  for (absl::string_view s : absl::StrSplit(b, ',', absl::SkipEmpty())) a.insert(std::string(s));
+  return absl::StrJoin(a, ",");
+}
+
+class NicIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root (netns, macvlans, AF_XDP, other uids)";
+    ASSERT_TRUE(NetnsEnvironment::ready()) << "could not build the test's network namespace";
+    BrokerOptions options;
+    options.nic_interface = "veth0";
+    absl::StatusOr<std::unique_ptr<BrokerProcess>> broker = BrokerProcess::Start(options);
+    ASSERT_TRUE(broker.ok()) << broker.status();
+    broker_ = *std::move(broker);
+  }
+  void TearDown() override {
+    if (HasFailure() && broker_ != nullptr) {
+      std::cerr << "---- vfbrokerd log ----\n" << broker_->log() << "---- end ----\n";
+    }
+  }
+
+  struct Holder {
+    std::unique_ptr<Tenant> tenant;
+    std::string lease, mac, device, filter_id;
+  };
+  // A tenant holding a NIC lease, ready to receive.
+  Holder Hold(uid_t uid, const std::string& mac, int vlan = 0,
+              const std::vector<std::string>& filters = {}) {
+    std::vector<std::string> args = {"hold", "net", mac, std::to_string(vlan)};
+    args.insert(args.end(), filters.begin(), filters.end());
+    Holder h;
+    h.tenant = broker_->StartNicTenant(uid, args);
+    auto value = [&](const std::string& key) -> std::string {
+      absl::StatusOr<std::string> line = h.tenant->WaitForLine(key + "=", absl::Seconds(20));
+      EXPECT_TRUE(line.ok()) << key << ": " << line.status() << "\n" << h.tenant->output();
+      return line.ok() ? line->substr(key.size() + 1) : "";
+    };
+    h.lease = value("lease");
+    h.mac = value("mac");
+    h.device = value("device");
+    if (!filters.empty()) h.filter_id = value("filter_id");
+    EXPECT_EQ(value("ready"), "1") << h.tenant->output();
+    return h;
+  }
+  // "report": what the tenant received since the last report, as (count, sorted payloads).
+  std::pair<int, std::string> Report(Holder& h) {
+    EXPECT_TRUE(h.tenant->WriteLine("report").ok());
+    absl::StatusOr<std::string> line = h.tenant->WaitForLine("report ", absl::Seconds(10));
+    EXPECT_TRUE(line.ok()) << line.status();
+    if (!line.ok()) return {-1, ""};
+    int count = -1;
+    std::sscanf(line->c_str(), "report count=%d", &count);
+    const size_t at = line->find("payloads=");
+    return {count, at == std::string::npos ? "" : line->substr(at + 9)};
+  }
+  std::string Command(Holder& h, const std::string& command, const std::string& answer_key) {
+    EXPECT_TRUE(h.tenant->WriteLine(command).ok());
+    absl::StatusOr<std::string> line = h.tenant->WaitForLine(answer_key + "=", absl::Seconds(10));
+    EXPECT_TRUE(line.ok()) << command << ": " << line.status();
+    return line.ok() ? line->substr(answer_key.size() + 1) : "";
+  }
+  void Finish(Holder& h) {
+    h.tenant->CloseStdin();
+    absl::StatusOr<std::map<std::string, std::string>> result = h.tenant->Finish();
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ((*result)["status"], "OK") << h.tenant->output();
+  }
+  v1::Pool NetPool() {
+    auto op = broker_->Operator();
+    EXPECT_TRUE(op.ok());
+    auto pools = (*op)->ListPools();
+    EXPECT_TRUE(pools.ok());
+    for (const v1::Pool& p : *pools) {
+      if (p.name() == "net") return p;
+    }
+    ADD_FAILURE() << "no pool net";
+    return {};
+  }
+
+  std::unique_ptr<BrokerProcess> broker_;
+};
+
+TEST_F(NicIntegrationTest, TwoTenantsOnOneInterfaceEachReceiveExactlyTheirOwnFrames) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:0a");
+  Holder b = Hold(kTenantB, "-");  // the broker picks
+  ASSERT_FALSE(b.mac.empty());
+  EXPECT_EQ(Mac(b.mac).bytes[0] & 0x03, 0x02) << b.mac << ": not locally administered unicast";
+  EXPECT_NE(a.device, b.device);
+  v1::Pool pool = NetPool();
+  EXPECT_EQ(pool.kind(), v1::POOL_KIND_NIC);
+  EXPECT_EQ(pool.backend(), "xdp_nic");
+  EXPECT_EQ(pool.capacity_slots(), 4u);
+  EXPECT_EQ(pool.free_slots(), 2u);
+
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "a-", 20);
+  wire.Send(Mac(b.mac), 5000, "b-", 20);
+  wire.Send(Mac("02:76:66:00:00:77"), 5000, "x-", 20);            // nobody's
+  wire.Send(Mac("ff:ff:ff:ff:ff:ff"), 5000, "bc-", 5);            // broadcast: the kernel's
+  auto [a_count, a_got] = Report(a);
+  auto [b_count, b_got] = Report(b);
+  EXPECT_EQ(a_count, 20);
+  EXPECT_EQ(a_got, Expected("a-", 20));
+  EXPECT_EQ(b_count, 20);
+  EXPECT_EQ(b_got, Expected("b-", 20));
+  Finish(a);
+  Finish(b);
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  EXPECT_EQ(NetPool().free_slots(), 4u);
+  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+  EXPECT_EQ(::if_nametoindex(b.device.c_str()), 0u);
+}
+
+TEST_F(NicIntegrationTest, FlowFiltersAddedAndRemovedLiveChangeWhatArrives) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:0b", 0, {"10.77.0.10:5000"});
+  ASSERT_EQ(a.filter_id, "f1");
+  Wire wire;
+  const MacAddress mac = Mac(a.mac);
+  wire.Send(mac, 5000, "p5000-", 5);
+  wire.Send(mac, 5001, "p5001-", 5);
+  EXPECT_EQ(Report(a).second, Expected("p5000-", 5));
+
+  EXPECT_EQ(Command(a, "add 10.77.0.10 5001", "added"), "f2");
+  EXPECT_EQ(Command(a, "add 10.77.0.10 5001", "added"), "INVALID_ARGUMENT");  // overlaps f2
+  wire.Send(mac, 5000, "p5000-", 5);
+  wire.Send(mac, 5001, "p5001-", 5);
+  wire.Send(mac, 5002, "p5002-", 5);
+  EXPECT_EQ(Report(a).second, Join({}, Expected("p5000-", 5) + "," + Expected("p5001-", 5)));
+
+  EXPECT_EQ(Command(a, "remove f1", "removed"), "OK");
+  EXPECT_EQ(Command(a, "remove f1", "removed"), "NOT_FOUND");
+  wire.Send(mac, 5000, "p5000-", 5);
+  wire.Send(mac, 5001, "p5001-", 5);
+  EXPECT_EQ(Report(a).second, Expected("p5001-", 5));
+
+  // No filter left: every frame to the lease's MAC again.
+  EXPECT_EQ(Command(a, "remove f2", "removed"), "OK");
+  wire.Send(mac, 5002, "p5002-", 5);
+  wire.Send(mac, 9, "p9-", 5);
+  EXPECT_EQ(Report(a).second, Join({}, Expected("p5002-", 5) + "," + Expected("p9-", 5)));
+
+  auto op = broker_->Operator();
+  ASSERT_TRUE(op.ok());
+  auto leases = (*op)->ListLeases();
+  ASSERT_TRUE(leases.ok());
+  ASSERT_EQ(leases->size(), 1u);
+  EXPECT_EQ((*leases)[0].nic().filters_size(), 0);
+  Finish(a);
+}
+
+TEST_F(NicIntegrationTest, KilledTenantsDeviceIsGoneAtOnceAndItsMacFreeAgain) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:0c");
+  ASSERT_NE(::if_nametoindex(a.device.c_str()), 0u);
+  const auto killed_at = std::chrono::steady_clock::now();
+  a.tenant->Kill();
+  while (::if_nametoindex(a.device.c_str()) != 0 &&
+         std::chrono::steady_clock::now() - killed_at < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const double gone_ms = std::chrono::duration<double, std::milli>(
+                             std::chrono::steady_clock::now() - killed_at).count();
+  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+  EXPECT_LT(gone_ms, 100.0) << "the macvlan outlived its killed tenant";
+  std::printf("killed tenant's macvlan gone %.1f ms after SIGKILL\n", gone_ms);
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  // Its MAC is free again: another uid gets it, and with it the frames.
+  Holder b = Hold(kTenantB, "02:76:66:00:00:0c");
+  Wire wire;
+  wire.Send(Mac(b.mac), 5000, "b-", 10);
+  EXPECT_EQ(Report(b).second, Expected("b-", 10));
+  Finish(b);
+  std::ifstream log_file;
+  std::string log = broker_->log();
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    if (absl::StrContains(line, "granted NIC slot")) std::printf("%s\n", std::string(line).c_str());
+    if (absl::StrContains(line, "reclaimed") && absl::StrContains(line, a.lease)) {
+      std::printf("%s\n", std::string(line).c_str());
+    }
+  }
+}
+
+TEST_F(NicIntegrationTest, MalformedAndForeignRequestsGetClearCodesAndChangeNothing) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:0d", 0, {"10.77.0.10:5000"});
+  std::unique_ptr<Tenant> bad =
+      broker_->StartNicTenant(kTenantB, {"bad", "net", a.lease, a.filter_id, a.mac});
+  absl::StatusOr<std::map<std::string, std::string>> r = bad->Finish();
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::map<std::string, std::string> want = {
+      {"mac_garbage", "INVALID_ARGUMENT"},     {"mac_short", "INVALID_ARGUMENT"},
+      {"mac_multicast", "INVALID_ARGUMENT"},   {"mac_broadcast", "INVALID_ARGUMENT"},
+      {"mac_zero", "INVALID_ARGUMENT"},        {"vlan_4095", "INVALID_ARGUMENT"},
+      {"vlan_5000", "INVALID_ARGUMENT"},       {"queues_2", "UNIMPLEMENTED"},
+      {"overlapping_filters", "INVALID_ARGUMENT"}, {"filter_bad_ip", "INVALID_ARGUMENT"},
+      {"filter_ipv6", "UNIMPLEMENTED"},        {"mac_in_use", "ALREADY_EXISTS"},
+      {"unknown_pool", "NOT_FOUND"},           {"nic_on_block_pool", "FAILED_PRECONDITION"},
+      {"add_filter_foreign", "NOT_FOUND"},     {"remove_filter_foreign", "NOT_FOUND"},
+      {"add_filter_missing", "NOT_FOUND"},     {"release_foreign", "NOT_FOUND"},
+      {"leases_after", "0"},
+  };
+  for (const auto& [key, code] : want) EXPECT_EQ((*r)[key], code) << key;
+  // Nothing changed: one lease (A's) with its one filter, three slots free, A still served.
+  EXPECT_EQ(NetPool().free_slots(), 3u);
+  auto op = broker_->Operator();
+  ASSERT_TRUE(op.ok());
+  auto leases = (*op)->ListLeases();
+  ASSERT_TRUE(leases.ok());
+  ASSERT_EQ(leases->size(), 1u);
+  EXPECT_EQ((*leases)[0].nic().filters_size(), 1);
+  auto stats = (*op)->GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->grants_total(), 1u);
+  EXPECT_GE(stats->denied_total(), 18u);
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "still-", 5);
+  EXPECT_EQ(Report(a).second, Expected("still-", 5));
+  Finish(a);
+}
+
+TEST_F(NicIntegrationTest, TransmitWithAForeignSourceMacOrVlanIsDropped) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:0e");
+  Wire wire;
+  wire.Drain();
+  auto send = [&](const std::string& src_mac, int vlan, const std::string& payload) {
+    EXPECT_EQ(Command(a, absl::StrCat("send ", src_mac, " ", kPeerMacText, " 10.77.0.10 "
+                                      "10.77.0.2 ", vlan, " ", payload),
+                      "sent"),
+              "1");
+  };
+  send(a.mac, 0, "legit");
+  send("02:76:66:00:00:0a", 0, "spoofed-mac");
+  send(a.mac, 7, "spoofed-vlan");
+  send(a.mac, 0, "legit-again");
+  std::set<std::string> got;
+  for (const Wire::Seen& seen : wire.Receive(absl::Milliseconds(400))) got.insert(seen.payload);
+  EXPECT_EQ(got, (std::set<std::string>{"legit", "legit-again"}));
+  Finish(a);
+}
+
+// Whether this kernel can make 802.1Q VLAN devices (Debian's can; the development machine's
+// 6.18 has CONFIG_VLAN_8021Q off).
+bool KernelHasVlanDevices() {
+  const bool made = Ip("link add link veth0 name vfbprobe type vlan id 4000") == 0;
+  if (made) Ip("link del vfbprobe");
+  return made;
+}
+
+// A frame tagged with another VLAN but addressed to an untagged lease's MAC reaches the tenant
+// with the tag stripped: the kernel moves the tag out of the frame (skb_vlan_untag) before the
+// macvlan's generic XDP runs, so the steering program cannot see it (docs/security.md).
+// Pinned here so that a change in either direction is noticed.
+TEST_F(NicIntegrationTest, UntaggedLeaseAlsoGetsOtherVlansFramesToItsMacUntagged) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:11");
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "v200-", 3, 200);
+  wire.Send(Mac(a.mac), 5000, "plain-", 3);
+  EXPECT_EQ(Report(a).second, Join({}, Expected("plain-", 3) + "," + Expected("v200-", 3)));
+  Finish(a);
+}
+
+TEST_F(NicIntegrationTest, VlanLeaseReceivesOnlyItsVlanAndSendsTagged) {
+  if (!KernelHasVlanDevices()) {
+    // The broker must say so plainly, and change nothing.
+    std::unique_ptr<Tenant> t =
+        broker_->StartNicTenant(kTenantA, {"hold", "net", "02:76:66:00:00:0f", "100"});
+    absl::StatusOr<std::map<std::string, std::string>> r = t->Finish();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ((*r)["status"], "FAILED_PRECONDITION") << t->output();
+    EXPECT_NE(t->output().find("no 802.1Q VLAN devices"), std::string::npos) << t->output();
+    EXPECT_EQ(NetPool().free_slots(), 4u);
+    GTEST_SKIP() << "no 802.1Q VLAN devices in this kernel; the refusal was checked";
+  }
+  Holder a = Hold(kTenantA, "02:76:66:00:00:0f", 100);
+  Wire wire;
+  const MacAddress mac = Mac(a.mac);
+  wire.Send(mac, 5000, "v100-", 5, 100);
+  wire.Send(mac, 5000, "untagged-", 5);
+  wire.Send(mac, 5000, "v200-", 5, 200);
+  EXPECT_EQ(Report(a).second, Expected("v100-", 5));
+  wire.Drain();
+  // The tenant sends untagged; the kernel tags with the lease's VID. A frame it tags itself
+  // would leave with two tags: the guard drops it.
+  EXPECT_EQ(Command(a, absl::StrCat("send ", a.mac, " ", kPeerMacText,
+                                    " 10.77.0.10 10.77.0.2 0 vlan-out"), "sent"), "1");
+  EXPECT_EQ(Command(a, absl::StrCat("send ", a.mac, " ", kPeerMacText,
+                                    " 10.77.0.10 10.77.0.2 100 double-tagged"), "sent"), "1");
+  std::vector<Wire::Seen> seen = wire.Receive(absl::Milliseconds(400));
+  std::set<std::string> got;
+  for (const Wire::Seen& s : seen) got.insert(s.payload);
+  EXPECT_EQ(got, (std::set<std::string>{"vlan-out"}));
+  Finish(a);
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  EXPECT_EQ(NetPool().free_slots(), 4u);
+}
+
+TEST_F(NicIntegrationTest, BrokerRestartReadoptsALiveNicLeaseAndRemovesOrphans) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:10");
+  ASSERT_GE(a.device.size(), 10u);
+  const std::string orphan = a.device.substr(0, 10) + "00ff";
+  ASSERT_EQ(Ip(absl::StrCat("link add ", orphan, " link veth0 type macvlan mode private")), 0);
+  ASSERT_TRUE(broker_->Kill().ok());
+  ASSERT_TRUE(broker_->Restart().ok());
+  EXPECT_EQ(::if_nametoindex(orphan.c_str()), 0u) << "orphaned macvlan survived the restart";
+  EXPECT_NE(::if_nametoindex(a.device.c_str()), 0u) << "the live lease's macvlan was removed";
+  // The data path never depended on the broker.
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "after-restart-", 10);
+  EXPECT_EQ(Report(a).second, Expected("after-restart-", 10));
+  // A killed broker's lease is still the tenant's; its steering cannot change any more.
+  EXPECT_EQ(Command(a, "add 10.77.0.10 5000", "added"), "FAILED_PRECONDITION");
+  Finish(a);  // releases through a new session
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+}
+
+}  // namespace
+}  // namespace vfbroker::testing
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  ::testing::AddGlobalTestEnvironment(new vfbroker::testing::NetnsEnvironment);
+  return RUN_ALL_TESTS();
+}
