@@ -19,7 +19,6 @@ using vfdrivers::net::AfXdpLayout;
 using vfdrivers::net::AfXdpSocket;
 using vfdrivers::net::AfXdpSocketOptions;
 using vfdrivers::net::EgressLease;
-using vfdrivers::net::FlowRule;
 using vfdrivers::net::TcEgressGuard;
 using vfdrivers::net::XdpSteering;
 namespace packet = vfdrivers::net::packet;
@@ -42,6 +41,12 @@ uint32_t Fnv1a(const std::string& s) {
   return h;
 }
 
+std::array<uint8_t, 6> MacArray(const std::string& bytes) {
+  std::array<uint8_t, 6> mac{};
+  if (bytes.size() == 6) std::copy(bytes.begin(), bytes.end(), mac.begin());
+  return mac;
+}
+
 packet::MacAddress ToMac(const std::string& bytes) {
   packet::MacAddress mac{};
   if (bytes.size() == 6) std::copy(bytes.begin(), bytes.end(), mac.bytes.begin());
@@ -52,18 +57,6 @@ std::string MacText(const std::string& bytes) {
   if (bytes.size() != 6) return "?";
   return absl::StrFormat("%02x:%02x:%02x:%02x:%02x:%02x", bytes[0] & 0xff, bytes[1] & 0xff,
                          bytes[2] & 0xff, bytes[3] & 0xff, bytes[4] & 0xff, bytes[5] & 0xff);
-}
-
-FlowRule ToRule(const journal::NicFilter& f) {
-  FlowRule rule;
-  rule.src_ip = f.src_ip();
-  rule.dst_ip = f.dst_ip();
-  rule.src_port = static_cast<uint16_t>(f.src_port());
-  rule.dst_port = static_cast<uint16_t>(f.dst_port());
-  rule.protocol = static_cast<uint8_t>(f.protocol());
-  // The macvlan sits on the VLAN device: frames reach it untagged.
-  rule.vlan = XdpSteering::kUntagged;
-  return rule;
 }
 
 std::string RuleKey(const journal::NicFilter& f) {
@@ -155,17 +148,10 @@ void XdpNicBackend::ReleaseVlanDevice(uint32_t vid) {
   }
 }
 
-absl::Status XdpNicBackend::ApplyRules(XdpSteering& steering, const journal::XdpNicState& state,
-                                       bool add) {
-  if (state.filters().empty()) {
-    const packet::MacAddress mac = ToMac(state.mac());
-    return add ? steering.AddMacRule(mac, XdpSteering::kUntagged, {0, 0})
-               : steering.RemoveMacRule(mac, XdpSteering::kUntagged);
-  }
+absl::Status XdpNicBackend::ApplyRules(SteeringMaps& maps, const journal::XdpNicState& state) {
+  if (state.filters().empty()) return maps.AddMac(MacArray(state.mac()), SteeringMaps::kUntagged);
   for (const journal::NicFilter& f : state.filters()) {
-    absl::Status s = add ? steering.AddFlowRule(ToRule(f), {0, 0})
-                         : steering.RemoveFlowRule(ToRule(f));
-    if (!s.ok()) return s;
+    if (absl::Status s = maps.AddFlow(f, SteeringMaps::kUntagged); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
@@ -274,8 +260,10 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     return xsk.status();
   }
   state.set_zero_copy(xsk->zero_copy);
-  absl::Status steered = (*steering)->SetSocket(0, xsk->socket.get());
-  if (steered.ok()) steered = ApplyRules(**steering, state, /*add=*/true);
+  absl::StatusOr<SteeringMaps> maps = SteeringMaps::Of((*steering)->program());
+  absl::Status steered = maps.status();
+  if (steered.ok()) steered = (*steering)->SetSocket(0, xsk->socket.get());
+  if (steered.ok()) steered = ApplyRules(*maps, state);
   if (steered.ok()) steered = GuardLease(state);
   if (!steered.ok()) {
     steering->reset();
@@ -284,7 +272,8 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   }
   {
     absl::MutexLock lock(&mu_);
-    live_[state.device()] = Live{state, *std::move(steering)};
+    live_[state.device()] =
+        Live{state, *std::move(steering), std::make_unique<SteeringMaps>(*std::move(maps))};
   }
   ProvisionedExtent out;
   *out.state.mutable_xdp_nic() = state;
@@ -302,13 +291,11 @@ absl::Status XdpNicBackend::ChangeFilters(const journal::ExtentState& before_sta
   const journal::XdpNicState& after = after_state.xdp_nic();
   absl::MutexLock lock(&mu_);
   auto it = live_.find(before.device());
-  if (it == live_.end()) return absl::NotFoundError("xdp_nic: lease not live here");
-  if (it->second.steering == nullptr) {
-    return absl::FailedPreconditionError(
-        "the filters of a lease re-adopted after a broker restart cannot be changed (its "
-        "steering keeps running as it was); allocate a new lease to change them");
+  if (it == live_.end() || it->second.maps == nullptr) {
+    return absl::NotFoundError("xdp_nic: lease not live here");
   }
-  XdpSteering& steering = *it->second.steering;
+  SteeringMaps& maps = *it->second.maps;
+  constexpr uint16_t kUntagged = SteeringMaps::kUntagged;
   std::map<std::string, const journal::NicFilter*> old_rules, new_rules;
   for (const auto& f : before.filters()) old_rules[RuleKey(f)] = &f;
   for (const auto& f : after.filters()) new_rules[RuleKey(f)] = &f;
@@ -318,24 +305,24 @@ absl::Status XdpNicBackend::ChangeFilters(const journal::ExtentState& before_sta
   absl::Status status;
   for (const auto& [key, f] : new_rules) {
     if (old_rules.count(key)) continue;
-    status = steering.AddFlowRule(ToRule(*f), {0, 0});
+    status = maps.AddFlow(*f, kUntagged);
     if (!status.ok()) break;
     added.push_back(f);
   }
   if (status.ok() && before.filters().empty() && !after.filters().empty()) {
-    status = steering.RemoveMacRule(ToMac(before.mac()), XdpSteering::kUntagged);
+    status = maps.RemoveMac(MacArray(before.mac()), kUntagged);
   }
   if (!status.ok()) {
-    for (const journal::NicFilter* f : added) (void)steering.RemoveFlowRule(ToRule(*f));
+    for (const journal::NicFilter* f : added) (void)maps.RemoveFlow(*f, kUntagged);
     return status;
   }
   if (!before.filters().empty() && after.filters().empty()) {
-    status = steering.AddMacRule(ToMac(after.mac()), XdpSteering::kUntagged, {0, 0});
+    status = maps.AddMac(MacArray(after.mac()), kUntagged);
     if (!status.ok()) return status;
   }
   for (const auto& [key, f] : old_rules) {
     if (new_rules.count(key)) continue;
-    if (absl::Status s = steering.RemoveFlowRule(ToRule(*f)); !s.ok() && !absl::IsNotFound(s)) {
+    if (absl::Status s = maps.RemoveFlow(*f, kUntagged); !s.ok() && !absl::IsNotFound(s)) {
       spdlog::warn("pool={} device={}: removing a flow rule: {}", pool_name_, before.device(),
                    s.message());
     }
@@ -359,13 +346,18 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
         state.device(), " is not the journaled device (ifindex ", link->ifindex, " kind ",
         link->kind, ")"));
   }
+  // The steering program outlived the broker that attached it; its maps are found again
+  // through the device so the lease's filters can still change.
+  absl::StatusOr<SteeringMaps> maps = SteeringMaps::Attached(link->ifindex);
+  if (!maps.ok()) return maps.status();
   {
     absl::MutexLock lock(&mu_);
     if (!macs_.insert(state.mac()).second) {
       return absl::FailedPreconditionError("mac journaled twice");
     }
     if (state.vlan() != 0) ++vlan_users_[state.vlan()];
-    live_[state.device()] = Live{state, nullptr};
+    live_[state.device()] =
+        Live{state, nullptr, std::make_unique<SteeringMaps>(*std::move(maps))};
   }
   return GuardLease(state);
 }

@@ -31,8 +31,8 @@
 // Restart: the devices, the XDP programs (attached through netlink, not links) and the
 // sockets outlive the broker. Readopt checks the journaled macvlan (name, ifindex, MAC,
 // kind) and re-registers the lease in a fresh egress guard; the steering program keeps
-// running, but filter changes on a re-adopted lease are refused (FAILED_PRECONDITION) since the
-// broker no longer holds its maps. RemoveOrphans deletes devices with the pool's prefix that
+// running, and the broker finds its maps again through the device (SteeringMaps::Attached), so
+// filters can still be changed. RemoveOrphans deletes devices with the pool's prefix that
 // no record names. At a graceful stop with live leases, the steering programs and the guard
 // are left in place so tenants keep their traffic and stay guarded while the broker is down.
 //
@@ -50,6 +50,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "broker/backends/extent_backend.h"
+#include "broker/backends/steering_maps.h"
 #include "broker/config/config.pb.h"
 #include "broker/journal/journal.pb.h"
 #include "vfdrivers/net/tc_egress_guard.h"
@@ -88,6 +89,7 @@ class XdpNicBackend : public ExtentBackend {
   struct Live {
     journal::XdpNicState state;
     std::unique_ptr<vfdrivers::net::XdpSteering> steering;  // null: re-adopted
+    std::unique_ptr<SteeringMaps> maps;                      // the program's rule maps
   };
 
   // The device the lease's macvlan sits on: the interface, or its VLAN device for `vid`
@@ -95,8 +97,7 @@ class XdpNicBackend : public ExtentBackend {
   absl::StatusOr<int> AcquireVlanDevice(uint32_t vid, std::string* name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseVlanDevice(uint32_t vid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status ApplyRules(vfdrivers::net::XdpSteering& steering, const journal::XdpNicState& state,
-                          bool add);
+  absl::Status ApplyRules(SteeringMaps& maps, const journal::XdpNicState& state);
   absl::Status GuardLease(const journal::XdpNicState& state);
 
   const std::string pool_name_;

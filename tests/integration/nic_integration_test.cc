@@ -485,8 +485,14 @@ TEST_F(NicIntegrationTest, BrokerRestartReadoptsALiveNicLeaseAndRemovesOrphans) 
   Wire wire;
   wire.Send(Mac(a.mac), 5000, "after-restart-", 10);
   EXPECT_EQ(Report(a).second, Expected("after-restart-", 10));
-  // A killed broker's lease is still the tenant's; its steering cannot change any more.
-  EXPECT_EQ(Command(a, "add 10.77.0.10 5000", "added"), "FAILED_PRECONDITION");
+  // The restarted broker found the steering maps again: filters still change live.
+  EXPECT_EQ(Command(a, "add 10.77.0.10 5000", "added"), "f1");
+  wire.Send(Mac(a.mac), 5000, "p5000-", 5);
+  wire.Send(Mac(a.mac), 5001, "p5001-", 5);
+  EXPECT_EQ(Report(a).second, Expected("p5000-", 5));
+  EXPECT_EQ(Command(a, "remove f1", "removed"), "OK");
+  wire.Send(Mac(a.mac), 5001, "p5001-", 5);
+  EXPECT_EQ(Report(a).second, Expected("p5001-", 5));
   Finish(a);  // releases through a new session
   ASSERT_TRUE(broker_->WaitForIdle().ok());
   EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
