@@ -96,8 +96,15 @@ absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
         absl::StrCat("xdp_nic: egress guard on ", config.interface(), ": ",
                      guard.status().message()));
   }
+  absl::StatusOr<std::unique_ptr<LeaseVlanGuard>> vlan_guard =
+      LeaseVlanGuard::Attach(parent->ifindex);
+  if (!vlan_guard.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "xdp_nic: ingress VLAN guard on ", config.interface(), ": ", vlan_guard.status().message()));
+  }
   absl::MutexLock lock(&backend->mu_);
   backend->guard_ = *std::move(guard);
+  backend->vlan_guard_ = *std::move(vlan_guard);
   spdlog::info("pool={} backend=xdp_nic interface={} (ifindex {}) slots={} devices={}*",
                pool_name, config.interface(), parent->ifindex, config.max_tenants(),
                backend->device_prefix_);
@@ -163,7 +170,14 @@ absl::Status XdpNicBackend::GuardLease(const journal::XdpNicState& state) {
   lease.src_ip = 0;                     // a lease has no IPv4 address of its own
   lease.allow_other_ethertypes = true;  // e.g. IPv6; source MAC and VLAN are still checked
   absl::MutexLock lock(&mu_);
-  if (guard_ == nullptr) return absl::UnavailableError("xdp_nic: no egress guard");
+  if (guard_ == nullptr || vlan_guard_ == nullptr) {
+    return absl::UnavailableError("xdp_nic: no egress or VLAN guard");
+  }
+  if (absl::Status s = vlan_guard_->SetLease(
+          MacArray(state.mac()), state.vlan() == 0 ? LeaseVlanGuard::kUntagged : state.vlan());
+      !s.ok()) {
+    return s;
+  }
   return guard_->SetLease(state.mark(), lease);
 }
 
@@ -209,6 +223,8 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     if (created) (void)rtnl::Delete(state.ifindex());
     absl::MutexLock lock(&mu_);
     macs_.erase(state.mac());
+    if (vlan_guard_ != nullptr) (void)vlan_guard_->RemoveLease(request.mac);
+    if (guard_ != nullptr) (void)guard_->RemoveLease(state.mark());
     if (request.vlan != 0) ReleaseVlanDevice(request.vlan);
   };
 
@@ -391,7 +407,10 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
     return link.status();
   }
   absl::MutexLock lock(&mu_);
-  if (registered) macs_.erase(state.mac());
+  if (registered) {
+    macs_.erase(state.mac());
+    if (vlan_guard_ != nullptr) (void)vlan_guard_->RemoveLease(MacArray(state.mac()));
+  }
   if (state.vlan() != 0) {
     if (registered) {
       ReleaseVlanDevice(state.vlan());
@@ -442,12 +461,14 @@ void XdpNicBackend::StopBackground() {
   stopped_ = true;
   if (live_.empty()) {
     guard_.reset();
+    vlan_guard_.reset();
     return;
   }
   // Leases outlive the broker: leave their steering programs and the guard in the kernel
   // (deliberately not destroyed: their destructors would detach them).
   for (auto& [device, live] : live_) (void)live.steering.release();
   (void)guard_.release();
+  (void)vlan_guard_.release();
   spdlog::info("pool={}: {} NIC leases stay live; steering and egress guard left in place",
                pool_name_, live_.size());
 }

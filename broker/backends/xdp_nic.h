@@ -20,6 +20,11 @@
 // so the tenant's device never carries another VLAN's frames and cannot send on another VLAN
 // (a frame it tags itself leaves double-tagged, and the guard drops stacked tags).
 //
+// Receive, VLANs: the kernel takes a received frame's tag out of the data before the macvlan
+// sees it, so the steering program cannot tell VLANs apart; the pool's LeaseVlanGuard (tc
+// ingress on the interface, before the macvlans) drops a frame to a lease's MAC that does not
+// carry the lease's VLAN (any tag, for an untagged lease).
+//
 // Transmit: the socket carries SO_MARK = TcEgressGuard::kMarkBase + slot, and the pool's
 // TcEgressGuard on the interface lets a marked frame out only with the lease's source MAC and
 // VID (untagged for an untagged lease; ARP sender MAC too). IPv4 source addresses are not
@@ -50,6 +55,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "broker/backends/extent_backend.h"
+#include "broker/backends/lease_vlan_guard.h"
 #include "broker/backends/steering_maps.h"
 #include "broker/config/config.pb.h"
 #include "broker/journal/journal.pb.h"
@@ -108,6 +114,7 @@ class XdpNicBackend : public ExtentBackend {
 
   absl::Mutex mu_;
   std::unique_ptr<vfdrivers::net::TcEgressGuard> guard_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<LeaseVlanGuard> vlan_guard_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> macs_ ABSL_GUARDED_BY(mu_);         // 6-byte MACs in use
   std::map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);   // by device name
   std::map<uint32_t, int> vlan_users_ ABSL_GUARDED_BY(mu_);  // vid -> leases on it
