@@ -174,6 +174,21 @@ absl::Status SetUp(int ifindex) {
   return Transact(absl::StrCat("set ifindex ", ifindex, " up"), nlh, nullptr, nullptr);
 }
 
+absl::Status DisableIpv6AddressGeneration(int ifindex) {
+  char buf[MNL_SOCKET_BUFFER_SIZE];
+  nlmsghdr* nlh = NewLinkRequest(buf, RTM_NEWLINK, 0);
+  static_cast<ifinfomsg*>(mnl_nlmsg_get_payload(nlh))->ifi_index = ifindex;
+  nlattr* spec = mnl_attr_nest_start(nlh, IFLA_AF_SPEC);
+  nlattr* inet6 = mnl_attr_nest_start(nlh, AF_INET6);
+  mnl_attr_put_u8(nlh, IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
+  mnl_attr_nest_end(nlh, inet6);
+  mnl_attr_nest_end(nlh, spec);
+  absl::Status s = Transact(absl::StrCat("IPv6 address generation off on ifindex ", ifindex), nlh,
+                            nullptr, nullptr);
+  if (absl::IsUnimplemented(s) || absl::IsFailedPrecondition(s)) return absl::OkStatus();
+  return s;
+}
+
 absl::Status Delete(int ifindex) {
   char buf[MNL_SOCKET_BUFFER_SIZE];
   nlmsghdr* nlh = NewLinkRequest(buf, RTM_DELLINK, 0);

@@ -34,6 +34,10 @@ absl::Status CreateMacvlan(const std::string& name, int parent,
 // ip link add NAME link PARENT type vlan id VID (802.1Q).
 absl::Status CreateVlan(const std::string& name, int parent, uint16_t vid);
 absl::Status SetUp(int ifindex);
+// No IPv6 link-local address on the device (IFLA_INET6_ADDR_GEN_MODE = NONE): the host's own
+// stack then sends nothing (DAD, router solicitations) from a lease's MAC. OK where the kernel
+// has no IPv6 on the device.
+absl::Status DisableIpv6AddressGeneration(int ifindex);
 // NOT_FOUND if no such device.
 absl::Status Delete(int ifindex);
 absl::StatusOr<std::vector<Link>> ListLinks();

@@ -246,6 +246,12 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   }
   created = true;
   state.set_ifindex(link->ifindex);
+  // Before it is up: the host's stack must not speak IPv6 (DAD, solicitations) from the
+  // lease's MAC, nor answer on its behalf.
+  if (absl::Status quiet = rtnl::DisableIpv6AddressGeneration(link->ifindex); !quiet.ok()) {
+    undo();
+    return quiet;
+  }
   if (absl::Status up = rtnl::SetUp(link->ifindex); !up.ok()) {
     undo();
     return up;

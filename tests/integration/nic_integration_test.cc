@@ -266,6 +266,13 @@ TEST_F(NicIntegrationTest, TwoTenantsOnOneInterfaceEachReceiveExactlyTheirOwnFra
   ASSERT_FALSE(b.mac.empty());
   EXPECT_EQ(Mac(b.mac).bytes[0] & 0x03, 0x02) << b.mac << ": not locally administered unicast";
   EXPECT_NE(a.device, b.device);
+  // The host's stack sends nothing from a lease's MAC: no IPv6 link-local address is made.
+  for (const std::string& device : {a.device, b.device}) {
+    std::ifstream mode("/proc/sys/net/ipv6/conf/" + device + "/addr_gen_mode");
+    int value = -1;
+    mode >> value;
+    EXPECT_EQ(value, 1) << device << ": addr_gen_mode (1: IN6_ADDR_GEN_MODE_NONE)";
+  }
   v1::Pool pool = NetPool();
   EXPECT_EQ(pool.kind(), v1::POOL_KIND_NIC);
   EXPECT_EQ(pool.backend(), "xdp_nic");
