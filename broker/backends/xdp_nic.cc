@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "broker/backends/rtnetlink.h"
 #include "common/logging.h"
 #include "vfdrivers/net/af_xdp_socket.h"
@@ -228,6 +229,7 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     if (request.vlan != 0) ReleaseVlanDevice(request.vlan);
   };
 
+  const absl::Time t0 = absl::Now();
   // private: see the top of xdp_nic.h.
   absl::Status made = rtnl::CreateMacvlan(state.device(), lower, request.mac, MACVLAN_MODE_PRIVATE);
   if (!made.ok()) {
@@ -256,12 +258,14 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     undo();
     return up;
   }
+  const absl::Time t_device = absl::Now();
   absl::StatusOr<std::unique_ptr<XdpSteering>> steering = XdpSteering::Attach(
       link->ifindex, vfdrivers::net::XdpAttachMode::kGeneric, /*drop_unmatched=*/false);
   if (!steering.ok()) {
     undo();
     return steering.status();
   }
+  const absl::Time t_program = absl::Now();
   AfXdpSocketOptions options;
   options.ifindex = link->ifindex;
   options.queue_id = 0;
@@ -281,6 +285,7 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     undo();
     return xsk.status();
   }
+  const absl::Time t_socket = absl::Now();
   state.set_zero_copy(xsk->zero_copy);
   absl::StatusOr<SteeringMaps> maps = SteeringMaps::Of((*steering)->program());
   absl::Status steered = maps.status();
@@ -297,6 +302,12 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     live_[state.device()] =
         Live{state, *std::move(steering), std::make_unique<SteeringMaps>(*std::move(maps))};
   }
+  spdlog::debug("pool={} device={}: macvlan {} us, steering program {} us, socket {} us, rules "
+                "and guards {} us",
+                pool_name_, state.device(), absl::ToInt64Microseconds(t_device - t0),
+                absl::ToInt64Microseconds(t_program - t_device),
+                absl::ToInt64Microseconds(t_socket - t_program),
+                absl::ToInt64Microseconds(absl::Now() - t_socket));
   ProvisionedExtent out;
   *out.state.mutable_xdp_nic() = state;
   out.fds.push_back(TenantFd{v1::FD_ROLE_XSK, std::move(xsk->socket)});

@@ -359,7 +359,9 @@ TEST_F(NicIntegrationTest, KilledTenantsDeviceIsGoneAtOnceAndItsMacFreeAgain) {
   std::ifstream log_file;
   std::string log = broker_->log();
   for (absl::string_view line : absl::StrSplit(log, '\n')) {
-    if (absl::StrContains(line, "granted NIC slot")) std::printf("%s\n", std::string(line).c_str());
+    if (absl::StrContains(line, "granted NIC slot") || absl::StrContains(line, "steering program")) {
+      std::printf("%s\n", std::string(line).c_str());
+    }
     if (absl::StrContains(line, "reclaimed") && absl::StrContains(line, a.lease)) {
       std::printf("%s\n", std::string(line).c_str());
     }
