@@ -892,8 +892,13 @@ absl::StatusOr<v1::GetStatsResponse> BrokerCore::GetStats(absl::string_view toke
   for (const PoolUsage& usage : allocator_->Pools()) {
     v1::PoolStats* pool = stats.add_pools();
     pool->set_name(usage.name);
-    pool->set_capacity_bytes(usage.capacity_bytes);
-    pool->set_used_bytes(usage.capacity_bytes - usage.free_bytes);
+    if (usage.slots) {
+      pool->set_capacity_slots(static_cast<uint32_t>(usage.capacity_bytes));
+      pool->set_used_slots(static_cast<uint32_t>(usage.capacity_bytes - usage.free_bytes));
+    } else {
+      pool->set_capacity_bytes(usage.capacity_bytes);
+      pool->set_used_bytes(usage.capacity_bytes - usage.free_bytes);
+    }
     pool->set_leases(usage.live_leases);
     pool->set_quarantined(usage.ending_leases);
   }

@@ -190,6 +190,14 @@ TEST_F(NicCoreTest, GrantCarriesSocketUmemAndLayout) {
   EXPECT_EQ(nic.filters(0).id(), "f1");
   EXPECT_EQ(link_->roles.back(), (std::vector<int>{v1::FD_ROLE_XSK, v1::FD_ROLE_UMEM}));
   EXPECT_EQ(FreeSlots(), 2u);
+  auto op = core_->OpenSession(Peer(0, 78), std::make_shared<Link>());
+  ASSERT_TRUE(op.ok());
+  auto stats = core_->GetStats(op->token);
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->pools(0).capacity_slots(), 3u);
+  EXPECT_EQ(stats->pools(0).used_slots(), 1u);
+  EXPECT_EQ(stats->pools(0).capacity_bytes(), 0u);
+  core_->CloseSession(op->token);
   v1::AllocateExtentRequest extent;
   extent.set_pool("net");
   extent.set_size_bytes(1);
