@@ -13,6 +13,7 @@
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -387,6 +388,25 @@ TEST_F(NicIntegrationTest, MalformedAndForeignRequestsGetClearCodesAndChangeNoth
       {"leases_after", "0"},
   };
   for (const auto& [key, code] : want) EXPECT_EQ((*r)[key], code) << key;
+  // The interface's own MAC is taken too (the kernel refuses it for a macvlan).
+  // (sysfs would show the host's namespace: this process only unshared its network.)
+  std::string own_mac;
+  {
+    int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "veth0", IFNAMSIZ - 1);
+    ASSERT_EQ(::ioctl(fd, SIOCGIFHWADDR, &ifr), 0);
+    ::close(fd);
+    const auto* b = reinterpret_cast<const uint8_t*>(ifr.ifr_hwaddr.sa_data);
+    char text[18];
+    std::snprintf(text, sizeof(text), "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3],
+                  b[4], b[5]);
+    own_mac = text;
+  }
+  std::unique_ptr<Tenant> own = broker_->StartNicTenant(kTenantB, {"hold", "net", own_mac, "0"});
+  absl::StatusOr<std::map<std::string, std::string>> own_result = own->Finish();
+  ASSERT_TRUE(own_result.ok()) << own_result.status();
+  EXPECT_EQ((*own_result)["status"], "ALREADY_EXISTS") << own->output();
   // Nothing changed: one lease (A's) with its one filter, three slots free, A still served.
   EXPECT_EQ(NetPool().free_slots(), 3u);
   auto op = broker_->Operator();
