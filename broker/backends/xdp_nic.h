@@ -35,10 +35,10 @@
 //
 // Restart: the devices, the XDP programs (attached through netlink, not links) and the
 // sockets outlive the broker. Readopt checks the journaled macvlan (name, ifindex, MAC,
-// kind) and re-registers the lease in a fresh egress guard; the steering program keeps
+// kind) and re-registers the lease in fresh egress and VLAN guards; the steering program keeps
 // running, and the broker finds its maps again through the device (SteeringMaps::Attached), so
 // filters can still be changed. RemoveOrphans deletes devices with the pool's prefix that
-// no record names. At a graceful stop with live leases, the steering programs and the guard
+// no record names. At a graceful stop with live leases, the steering programs and the guards
 // are left in place so tenants keep their traffic and stay guarded while the broker is down.
 //
 // Thread-safe.

@@ -527,6 +527,32 @@ TEST_F(NicIntegrationTest, BrokerRestartReadoptsALiveNicLeaseAndRemovesOrphans) 
   EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
 }
 
+
+// A graceful stop (SIGTERM) leaves live NIC leases working and guarded while no broker runs:
+// frames still arrive, spoofed ones still stop at the egress guard; the next broker takes
+// the lease back.
+TEST_F(NicIntegrationTest, GracefulStopLeavesLeasesLiveAndGuarded) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:12");
+  ASSERT_TRUE(broker_->Terminate().ok());
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "down-", 5);
+  EXPECT_EQ(Report(a).second, Expected("down-", 5));
+  wire.Drain();
+  EXPECT_EQ(Command(a, absl::StrCat("send ", a.mac, " ", kPeerMacText,
+                                    " 10.77.0.10 10.77.0.2 0 legit"), "sent"), "1");
+  EXPECT_EQ(Command(a, absl::StrCat("send 02:76:66:00:00:0a ", kPeerMacText,
+                                    " 10.77.0.10 10.77.0.2 0 spoofed"), "sent"), "1");
+  std::set<std::string> got;
+  for (const Wire::Seen& seen : wire.Receive(absl::Milliseconds(400))) got.insert(seen.payload);
+  EXPECT_EQ(got, (std::set<std::string>{"legit"}));
+  ASSERT_TRUE(broker_->Restart().ok());
+  wire.Send(Mac(a.mac), 5000, "up-", 5);
+  EXPECT_EQ(Report(a).second, Expected("up-", 5));
+  Finish(a);
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+}
+
 }  // namespace
 }  // namespace vfbroker::testing
 
