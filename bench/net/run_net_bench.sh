@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # UDP over a veth pair, side by side in one run (root):
 #   (i)  receive: a fixed offered load of 60-byte UDP frames (udp_blast: AF_PACKET with
-#        PACKET_QDISC_BYPASS, sendmmsg, paced) into one veth end, received by our AfXdpPort
+#        PACKET_QDISC_BYPASS, sendmmsg of 8, batches at Poisson times) into one veth end, received by our AfXdpPort
 #        (rx_bench, busy-polling and poll()-when-idle), a kernel UDP socket with recvmmsg
 #        (blocking and MSG_DONTWAIT spin) and dpdk-testpmd's net_af_xdp PMD (rxonly). For each:
 #        packets received, the receiver process's CPU, the kernel's softirq CPU, and the
@@ -28,7 +28,9 @@
 # are counted:
 #   - softirq: /proc/stat "softirq" summed over all CPUs across the sending window, minus the
 #     same measured for as long with no traffic (other work on the machine); Debian's kernel
-#     samples it at each tick (CONFIG_TICK_CPU_ACCOUNTING, HZ 250), hence RUNTIME >= 5;
+#     samples it at each tick (CONFIG_TICK_CPU_ACCOUNTING, HZ 250), hence RUNTIME >= 5 and
+#     Poisson-timed batches (a sender paced on a straight line is in step with the tick and
+#     biased the samples by up to 10x between rounds);
 #   - process: the receiver's utime+stime (/proc/PID/stat, all threads) across the window;
 #   - busy: for a polling receiver, the time of the polls that returned packets only (rdtsc
 #     around RxBurst/recvmmsg + header read + buffer return; testpmd's own
@@ -217,7 +219,7 @@ for rate in $RATES; do
       p0=$(proc_ticks "$bg_pid"); s0=$(softirq_ticks); t0=$(date +%s.%N)
       blast=$(in_sender "$UDP_BLAST" --interface=v1 "--dst_mac=$SRV_MAC" \
         "--src_ip=$CLI_IP" "--dst_ip=$SRV_IP" --dst_port=9 "--rate=$rate" \
-        "--seconds=$RUNTIME" "--cpu=$TX_CPU")
+        "--seconds=$RUNTIME" "--cpu=$TX_CPU" --batch=8)
       sleep 0.3  # let the receiver drain its rings
       p1=$(proc_ticks "$bg_pid"); s1=$(softirq_ticks); t1=$(date +%s.%N)
       stop_bg

@@ -1,7 +1,8 @@
 // udp_blast: a pktgen-like UDP sender for the receive benchmark. Builds one Ethernet/IPv4/UDP
 // frame (full checksums) and sends copies of it through an AF_PACKET socket with
 // PACKET_QDISC_BYPASS (packet(7): straight to the driver's xmit), sendmmsg(2) in batches,
-// paced to --rate packets per second (0: as fast as it can) for --seconds.
+// paced to --rate packets per second on average (batches at Poisson arrival times; 0: as
+// fast as it can) for --seconds.
 //
 //   udp_blast --interface=v1 --dst_mac=02:.. --src_ip=10.77.0.2 --dst_ip=10.77.0.1
 //             --dst_port=9 --rate=100000 --seconds=5 [--cpu=0]
@@ -20,6 +21,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -39,6 +41,10 @@ ABSL_FLAG(uint32_t, payload, 18, "UDP payload bytes (18: a 60-byte frame, 64 wit
 ABSL_FLAG(uint64_t, rate, 0, "Packets per second (0: unpaced)");
 ABSL_FLAG(double, seconds, 5, "How long to send");
 ABSL_FLAG(uint32_t, batch, 16, "Frames per sendmmsg");
+ABSL_FLAG(bool, poisson, true,
+          "Paced batches at random (exponential) intervals of mean batch/rate instead of on a "
+          "straight line: the kernel's tick-sampled CPU accounting then sees a stationary load "
+          "instead of one in step with its own clock");
 ABSL_FLAG(int, cpu, -1, "Pin to this CPU (-1: no)");
 
 namespace {
@@ -147,11 +153,18 @@ int main(int argc, char** argv) {
   const uint64_t start = NowNs();
   const uint64_t end = start + static_cast<uint64_t>(absl::GetFlag(FLAGS_seconds) * 1e9);
   uint64_t sent = 0, errors = 0;
+  const bool poisson = absl::GetFlag(FLAGS_poisson) && rate > 0;
+  std::mt19937_64 rng(NowNs());
+  std::exponential_distribution<double> gap(static_cast<double>(rate) / batch);  // per second
+  uint64_t next = start;
   for (;;) {
     uint64_t now = NowNs();
     if (now >= end) break;
     size_t want = batch;
-    if (rate > 0) {
+    if (poisson) {
+      if (now < next) continue;  // spin until the next batch is due
+      next += static_cast<uint64_t>(gap(rng) * 1e9);
+    } else if (rate > 0) {
       // Packets due by now on a straight line from `start` (no catch-up beyond one batch).
       const uint64_t due = static_cast<uint64_t>((now - start) * 1e-9 * static_cast<double>(rate));
       if (due <= sent) continue;  // spin until the next one is due
