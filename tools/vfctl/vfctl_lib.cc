@@ -472,7 +472,13 @@ std::string RenderStats(const v1::GetStatsResponse& stats) {
                  {"LEASES", Align::kRight},
                  {"QUARANTINED", Align::kRight}});
     for (const v1::PoolStats& pool : stats.pools()) {
-      pools.AddRow({pool.name(), FormatSize(pool.capacity_bytes()), FormatSize(pool.used_bytes()),
+      // NIC pools count slots, not bytes.
+      const bool slots = pool.capacity_slots() > 0;
+      pools.AddRow({pool.name(),
+                    slots ? absl::StrCat(pool.capacity_slots(), " slots")
+                          : FormatSize(pool.capacity_bytes()),
+                    slots ? absl::StrCat(pool.used_slots(), " slots")
+                          : FormatSize(pool.used_bytes()),
                     absl::StrCat(pool.leases()), absl::StrCat(pool.quarantined())});
     }
     absl::StrAppend(&out, "\n", pools.Render());

@@ -398,6 +398,11 @@ TEST(RenderTest, Stats) {
   pool->set_capacity_bytes(4 * kGiB);
   pool->set_used_bytes(kGiB);
   pool->set_leases(2);
+  v1::PoolStats* nic = stats.add_pools();
+  nic->set_name("lan");
+  nic->set_capacity_slots(8);
+  nic->set_used_slots(3);
+  nic->set_leases(3);
   EXPECT_EQ(RenderStats(stats),
             "sessions               3\n"
             "leases                 2\n"
@@ -412,7 +417,8 @@ TEST(RenderTest, Stats) {
             "max reclaim            -\n"
             "\n"
             "POOL     CAPACITY     USED  LEASES  QUARANTINED\n"
-            "scratch   4.0 GiB  1.0 GiB       2            0\n");
+            "scratch   4.0 GiB  1.0 GiB       2            0\n"
+            "lan       8 slots  3 slots       3            0\n");
 }
 
 TEST(RenderTest, EventLine) {
