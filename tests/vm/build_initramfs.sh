@@ -6,12 +6,16 @@
 #   - tests/vm/init.sh as /init, vm_lib.sh as /lib/vm_lib.sh, the SCENARIO script as /scenario,
 #   - tests/vm/nvme_vadmin (compiled here with gcc -static) as /bin/nvme_vadmin,
 #   - any extra binaries given as arguments, into /bin: static ones as they are; dynamic ones with the
-#     shared libraries `ldd` reports and the ELF interpreter, at the same paths as on the host,
+#     shared libraries `ldd` reports and the ELF interpreter, at the same paths as on the host
+#     (libraries from outside /lib and /usr/lib, e.g. a cc_test's Bazel-built ones, also in /usr/lib),
 #   - the files and directories listed in $VM_EXTRA_PATHS (absolute host paths, separated by
 #     spaces), copied as they are (symlinks followed) to the same paths in the guest, e.g.
 #     VM_EXTRA_PATHS="/usr/libexec/valgrind/callgrind-amd64-linux /usr/libexec/valgrind/default.supp"
-#     (no libraries are added for them: pass an executable as a BINARY for that).
-# usage: [VM_EXTRA_PATHS="PATH..."] build_initramfs.sh OUTPUT.cpio.gz SCENARIO [BINARY...]
+#     (no libraries are added for them: pass an executable as a BINARY for that),
+#   - the guest kernel modules named in $VM_EXTRA_MODULES (names as in modules.dep, separated by
+#     spaces, e.g. VM_EXTRA_MODULES="8021q macvlan veth sch_ingress cls_bpf"), after MODULES and
+#     resolved with their dependencies exactly like them, into the same /modlist.
+# usage: [VM_EXTRA_PATHS="PATH..."] [VM_EXTRA_MODULES="MODULE..."] build_initramfs.sh OUTPUT.cpio.gz SCENARIO [BINARY...]
 # The guest kernel comes from $VFBROKER_VM_CACHE (default: <repo>/.cache/vm), filled by scripts/setup-vm.sh.
 set -euo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -28,6 +32,8 @@ for p in ${EXTRA_PATHS[@]+"${EXTRA_PATHS[@]}"}; do
 done
 
 MODULES=(vfio vfio_iommu_type1 vfio-pci nvme igb igbvf)
+read -r -d "" -a EXTRA_MODULES <<< "${VM_EXTRA_MODULES:-}" || true  # any whitespace separates
+MODULES+=(${EXTRA_MODULES[@]+"${EXTRA_MODULES[@]}"})
 
 KV=$(ls "$CACHE/kernel/lib/modules" 2>/dev/null | head -1)
 MD=$CACHE/kernel/lib/modules/$KV
@@ -80,6 +86,13 @@ for bin in "$@"; do
     for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'); do
       mkdir -p "$ROOT$(dirname "$lib")"
       [[ -e $ROOT$lib ]] || cp -L "$lib" "$ROOT$lib"
+      # Found outside the loader's system directories (a cc_test's Bazel-built libraries, through
+      # a RUNPATH relative to where the binary was): also into /usr/lib, which the guest's loader
+      # searches.
+      case $lib in
+        /lib/* | /lib64/* | /usr/lib/* | /usr/lib64/*) ;;
+        *) mkdir -p "$ROOT/usr/lib"; [[ -e $ROOT/usr/lib/$(basename "$lib") ]] || cp -L "$lib" "$ROOT/usr/lib/" ;;
+      esac
     done
   fi
 done

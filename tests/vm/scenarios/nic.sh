@@ -1,0 +1,35 @@
+#!/bin/sh
+# nic: the host's nic_integration_test (the same gtest binary) in the guest, VLAN cases on.
+#   The guest's Debian 6.1 kernel has 802.1Q VLAN devices (8021q, loaded from /modlist with
+#   macvlan, veth, sch_ingress, cls_bpf and loop: VM_EXTRA_MODULES of //tests/vm:vm_nic_test),
+#   which the development host's kernel lacks, so here the VLAN leases run for real.
+#   The test finds vfbrokerd and its probes in its runfiles (TEST_SRCDIR): a tree of links to
+#   /bin is made for it. VFBROKER_NIC_TEST_REQUIRE_VLAN=1 turns the VLAN cases' skip (no 8021q)
+#   into a failure, and any SKIPPED test fails the scenario.
+. /lib/vm_lib.sh
+for b in nic_integration_test vfbrokerd tenant_probe nic_probe ip; do
+  command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
+done
+grep -q '^8021q ' /proc/modules || fail "8021q not loaded"
+
+RF=/tmp/runfiles
+mkdir -p $RF/vfbroker/broker $RF/vfbroker/tests/integration
+ln -s /bin/vfbrokerd $RF/vfbroker/broker/vfbrokerd
+ln -s /bin/tenant_probe $RF/vfbroker/tests/integration/tenant_probe
+ln -s /bin/nic_probe $RF/vfbroker/tests/integration/nic_probe
+
+OUT=/tmp/nic_integration_test.out
+start=$(cut -d' ' -f1 /proc/uptime)
+TEST_SRCDIR=$RF VFBROKER_NIC_TEST_REQUIRE_VLAN=1 nic_integration_test --gtest_color=no \
+  > $OUT 2>&1
+status=$?
+end=$(cut -d' ' -f1 /proc/uptime)
+sed 's/^/  test: /' $OUT
+log "nic_integration_test exited $status after $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')s of guest time"
+[ $status = 0 ] || fail "nic_integration_test exited with status $status"
+grep -q '^\[  PASSED  \]' $OUT || fail "nic_integration_test: no PASSED line"
+if grep -q '^\[  SKIPPED \]' $OUT; then fail "nic_integration_test skipped tests in the guest"; fi
+for t in VlanLease; do
+  grep -q "^\[       OK \] NicIntegrationTest\.$t" $OUT || fail "no passing NicIntegrationTest.$t* case"
+done
+check_failed
