@@ -1,0 +1,596 @@
+// Intel 82576 VF driver: see igbvf.h. Section numbers are of the 82576EB GbE Controller datasheet.
+#include "vfdrivers/net/igbvf/igbvf.h"
+
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+
+namespace vfdrivers::net::igbvf {
+namespace {
+
+#define RETURN_IF_ERROR(expr)              \
+  do {                                     \
+    absl::Status _st = (expr);             \
+    if (!_st.ok()) return _st;             \
+  } while (0)
+
+class VfioBar final : public Bar {
+ public:
+  VfioBar(vfio::VfioDevice* device, const vfio::MmioRegion* bar) : device_(device), bar_(bar) {}
+  absl::StatusOr<uint32_t> Read32(uint32_t offset) override { return bar_->Read32(offset); }
+  absl::Status Write32(uint32_t offset, uint32_t value) override {
+    return bar_->Write32(offset, value);
+  }
+  absl::StatusOr<volatile uint32_t*> Register32(uint32_t offset) override {
+    return bar_->Register32(offset);
+  }
+  absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) override {
+    constexpr uint64_t kHuge = uint64_t{2} << 20;
+    const bool huge = reinterpret_cast<uintptr_t>(vaddr) % kHuge == 0 && size % kHuge == 0 &&
+                      (device_->iommu_info().iova_pgsizes & kHuge) != 0;
+    absl::StatusOr<vfio::DmaMapping> m = device_->MapDma(vaddr, size, huge ? kHuge : 0);
+    if (!m.ok()) return m.status();
+    return m->iova;
+  }
+  absl::Status UnmapDma(uint64_t iova) override { return device_->UnmapDma(iova); }
+  void Idle() override {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+ private:
+  vfio::VfioDevice* device_;
+  const vfio::MmioRegion* bar_;
+};
+
+std::string MacString(const MacAddress& m) {
+  return absl::StrFormat("%02x:%02x:%02x:%02x:%02x:%02x", m.bytes[0], m.bytes[1], m.bytes[2],
+                         m.bytes[3], m.bytes[4], m.bytes[5]);
+}
+
+// The PF's message layout for a MAC: 6 bytes from word 1, little-endian (memory order).
+void PutMac(const MacAddress& mac, uint32_t* words) {
+  uint8_t b[8] = {};
+  std::memcpy(b, mac.bytes.data(), 6);
+  std::memcpy(words, b, 8);
+}
+
+constexpr uint32_t kRxRefillBatch = 32;  // RDT is written once per this many buffers at most
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Bar>> OpenVfioBar(vfio::VfioDevice* device) {
+  if (device == nullptr) return absl::InvalidArgumentError("igbvf: null device");
+  absl::StatusOr<const vfio::MmioRegion*> bar = device->MapBar(0);
+  if (!bar.ok()) return bar.status();
+  if ((*bar)->size() < kBarSize) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "igbvf: BAR0 is %u bytes, an 82576 VF has %u", (*bar)->size(), kBarSize));
+  }
+  RETURN_IF_ERROR(device->EnableBusMastering());
+  return std::unique_ptr<Bar>(new VfioBar(device, *bar));
+}
+
+absl::StatusOr<std::unique_ptr<IgbvfPort>> IgbvfPort::Open(vfio::VfioDevice* device,
+                                                           const Options& options) {
+  absl::StatusOr<std::unique_ptr<Bar>> bar = OpenVfioBar(device);
+  if (!bar.ok()) return bar.status();
+  return Create(*std::move(bar), options);
+}
+
+absl::StatusOr<std::unique_ptr<IgbvfPort>> IgbvfPort::Create(std::unique_ptr<Bar> bar,
+                                                             const Options& options) {
+  if (bar == nullptr) return absl::InvalidArgumentError("igbvf: null bar");
+  for (uint32_t n : {options.rx_ring_size, options.tx_ring_size}) {
+    // RDLEN/TDLEN are multiples of 128 bytes (8 descriptors); powers of two keep index math a mask.
+    if (n < 8 || n > 4096 || (n & (n - 1)) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("igbvf: ring size %u is not a power of two in 8..4096", n));
+    }
+  }
+  if (options.buffer_count <= options.rx_ring_size || options.buffer_count > (1u << 20)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "igbvf: buffer_count %u must exceed rx_ring_size %u", options.buffer_count,
+        options.rx_ring_size));
+  }
+  std::unique_ptr<IgbvfPort> port(new IgbvfPort(std::move(bar), options));
+  RETURN_IF_ERROR(port->Init());
+  return port;
+}
+
+IgbvfPort::IgbvfPort(std::unique_ptr<Bar> bar, const Options& options)
+    : bar_(std::move(bar)), options_(options) {}
+
+absl::Status IgbvfPort::Init() {
+  RETURN_IF_ERROR(ResetVf());
+  RETURN_IF_ERROR(SetupQueues());
+  if (options_.link_timeout > absl::ZeroDuration()) {
+    RETURN_IF_ERROR(WaitForLink(options_.link_timeout));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Mailbox (§7.8.2: VFMAILBOX, VMBMEM) --------------------------------------------------------
+
+// PFSTS, PFACK and RSTD clear when read: keep what each read saw until a waiter consumes it.
+uint32_t IgbvfPort::ReadMailbox() {
+  absl::StatusOr<uint32_t> v = bar_->Read32(kMailbox);
+  const uint32_t bits = v.ok() ? *v : 0;
+  mbx_saved_ |= bits & kMbxR2c;
+  return bits | mbx_saved_;
+}
+
+bool IgbvfPort::MailboxBit(uint32_t bit) {
+  if ((ReadMailbox() & bit) == 0) return false;
+  mbx_saved_ &= ~bit;
+  return true;
+}
+
+absl::Status IgbvfPort::WaitMailbox(uint32_t bit, const char* what) {
+  const absl::Time deadline = absl::Now() + options_.mailbox_timeout;
+  while (!MailboxBit(bit)) {
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "igbvf mailbox: no %s from the PF within %s (VFMAILBOX 0x%x)", what,
+          absl::FormatDuration(options_.mailbox_timeout), ReadMailbox()));
+    }
+    bar_->Idle();
+  }
+  return absl::OkStatus();
+}
+
+// VF -> PF (§7.8.2): take the buffer (set VFU, read it back set), write VMBMEM, then REQ
+// (which drops VFU and interrupts the PF); the PF answers with PFACK once it has read it.
+absl::Status IgbvfPort::MailboxWrite(absl::Span<const uint32_t> msg) {
+  const absl::Time deadline = absl::Now() + options_.mailbox_timeout;
+  for (;;) {
+    RETURN_IF_ERROR(bar_->Write32(kMailbox, kMbxVfu));
+    if (ReadMailbox() & kMbxVfu) break;
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(
+          "igbvf mailbox: the PF holds the buffer (VFU never stuck)");
+    }
+    bar_->Idle();
+  }
+  mbx_saved_ &= ~(kMbxPfsts | kMbxPfack);  // stale message/ack bits: we overwrite the buffer
+  for (size_t i = 0; i < msg.size(); ++i) RETURN_IF_ERROR(bar_->Write32(kMbmem + 4 * i, msg[i]));
+  RETURN_IF_ERROR(bar_->Write32(kMailbox, kMbxReq));
+  ++xstats_.mailbox_messages;
+  return WaitMailbox(kMbxPfack, "ACK of our message");
+}
+
+// PF -> VF: wait for PFSTS, take the buffer, copy VMBMEM out, then ACK (drops VFU too).
+absl::Status IgbvfPort::MailboxRead(absl::Span<uint32_t> msg) {
+  RETURN_IF_ERROR(WaitMailbox(kMbxPfsts, "reply"));
+  RETURN_IF_ERROR(bar_->Write32(kMailbox, kMbxVfu));
+  if ((ReadMailbox() & kMbxVfu) == 0) {
+    return absl::FailedPreconditionError("igbvf mailbox: could not take the buffer to read");
+  }
+  for (size_t i = 0; i < msg.size(); ++i) {
+    absl::StatusOr<uint32_t> w = bar_->Read32(kMbmem + 4 * i);
+    if (!w.ok()) return w.status();
+    msg[i] = *w;
+  }
+  return bar_->Write32(kMailbox, kMbxAck);
+}
+
+// A request and its reply: the reply must name the request and say ACK; CTS is ignored.
+absl::Status IgbvfPort::Request(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply) {
+  RETURN_IF_ERROR(MailboxWrite(msg));
+  RETURN_IF_ERROR(MailboxRead(reply));
+  const uint32_t id = msg[0] & kMsgIdMask;
+  const uint32_t got = reply[0] & ~kMsgCts;
+  if ((got & kMsgIdMask) != id || (got & (kMsgAck | kMsgNack)) == 0 ||
+      (got & (kMsgAck | kMsgNack)) == (kMsgAck | kMsgNack)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "igbvf mailbox: reply 0x%08x to message 0x%08x is neither its ACK nor its NACK",
+        reply[0], msg[0]));
+  }
+  if (got & kMsgNack) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("igbvf mailbox: the PF refused message 0x%08x (NACK)", msg[0]));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Reset (VTCTRL.RST, then the mailbox RESET message) -----------------------------------------
+
+absl::Status IgbvfPort::ResetVf() {
+  // Quiesce: no interrupts are used (polling), mask them all (VTEIMC).
+  RETURN_IF_ERROR(bar_->Write32(kEimc, 0xFFFFFFFFu));
+  // §7.8.2 / VF reset: setting VTCTRL.RST resets the VF's queues and tells the PF (VFLRE).
+  // RSTI in VFMAILBOX means the PF is resetting: we must wait for RSTD before we talk. RSTD is
+  // only raised when the PF finishes its own reset (CTRL_EXT.PFRSTD) and clears when read, so a
+  // VF reset after the first finds neither bit (QEMU's igb behaves so): that is not an error,
+  // the RESET message below is what the PF answers.
+  mbx_saved_ = 0;
+  RETURN_IF_ERROR(bar_->Write32(kCtrl, kCtrlRst));
+  const absl::Time deadline = absl::Now() + options_.reset_timeout;
+  uint32_t mbx;
+  while (((mbx = ReadMailbox()) & kMbxRstd) == 0) {
+    if (absl::Now() > deadline) {
+      if (mbx & kMbxRsti) {
+        return absl::DeadlineExceededError(absl::StrFormat(
+            "igbvf reset: the PF is still resetting (VFMAILBOX.RSTI) %s after VTCTRL.RST",
+            absl::FormatDuration(options_.reset_timeout)));
+      }
+      ++xstats_.reset_without_rstd;
+      break;
+    }
+    bar_->Idle();
+  }
+  mbx_saved_ &= ~kMbxRstd;
+  // RESET message: the PF re-enables our queues (VFRE/VFTE) and answers RESET|ACK with the
+  // permanent MAC in words 1-2, or RESET|NACK when it has none for us.
+  const uint32_t msg[1] = {kMsgReset};
+  uint32_t reply[3] = {};
+  absl::Status st = MailboxWrite(msg);
+  if (st.ok()) st = MailboxRead(reply);
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("igbvf reset handshake: ", st.message()));
+  }
+  const uint32_t got = reply[0] & ~kMsgCts;
+  if (got == (kMsgReset | kMsgNack)) {
+    return absl::FailedPreconditionError(
+        "igbvf reset: the PF has no MAC address for this VF (RESET NACK); set one on the PF");
+  }
+  if (got != (kMsgReset | kMsgAck)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "igbvf reset: reply 0x%08x 0x%08x 0x%08x is not RESET|ACK", reply[0], reply[1],
+        reply[2]));
+  }
+  uint8_t b[8];
+  std::memcpy(b, &reply[1], 8);
+  std::memcpy(mac_.bytes.data(), b, 6);
+  if ((mac_.bytes[0] & 1) != 0 || mac_ == MacAddress{}) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("igbvf reset: the PF gave MAC ", MacString(mac_), ", not a unicast address"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status IgbvfPort::SetMac(const MacAddress& mac) {
+  uint32_t msg[3] = {kMsgSetMac, 0, 0};
+  PutMac(mac, &msg[1]);
+  uint32_t reply[3] = {};
+  RETURN_IF_ERROR(Request(msg, reply));
+  mac_ = mac;
+  return absl::OkStatus();
+}
+
+absl::Status IgbvfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
+  // The PF takes 12-bit MTA hash values, two per word after word 0, at most 30 (§7.8.2 and
+  // the multicast table array, §7.1.2.3): hash = the address's top 12 bits of bytes 4-5
+  // (MO = 00b: bits 47:36).
+  if (addrs.size() > 30) return absl::InvalidArgumentError("igbvf: more than 30 multicast addresses");
+  uint32_t msg[kMbxWords] = {};
+  msg[0] = kMsgSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
+  uint16_t* hashes = reinterpret_cast<uint16_t*>(&msg[1]);
+  for (size_t i = 0; i < addrs.size(); ++i) {
+    hashes[i] = static_cast<uint16_t>((addrs[i].bytes[4] >> 4 | addrs[i].bytes[5] << 4) & 0xFFF);
+  }
+  uint32_t reply[1] = {};
+  return Request(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), reply);
+}
+
+absl::Status IgbvfPort::SetVlan(uint16_t vid, bool add) {
+  if (vid > 4095) return absl::InvalidArgumentError("igbvf: VLAN id above 4095");
+  const uint32_t msg[2] = {kMsgSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
+  uint32_t reply[1] = {};
+  return Request(msg, reply);
+}
+
+absl::Status IgbvfPort::SetMaxFrame(uint32_t bytes) {
+  if (bytes < 64 || bytes > kBufferSize) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "igbvf: max frame %u outside 64..%u (one buffer per frame)", bytes, kBufferSize));
+  }
+  const uint32_t msg[2] = {kMsgSetLpe, bytes};
+  uint32_t reply[1] = {};
+  return Request(msg, reply);
+}
+
+bool IgbvfPort::LinkUp() {
+  absl::StatusOr<uint32_t> s = bar_->Read32(kStatus);
+  return s.ok() && (*s & kStatusLu) != 0;
+}
+
+absl::Status IgbvfPort::WaitForLink(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!LinkUp()) {
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "igbvf: link not up (VFSTATUS.LU) within %s", absl::FormatDuration(timeout)));
+    }
+    bar_->Idle();
+  }
+  return absl::OkStatus();
+}
+
+// ---- Queues (§7.1.5 receive, §7.2.2 transmit; queue registers in the VF map) --------------------
+
+absl::Status IgbvfPort::SetupQueues() {
+  const uint32_t nrx = options_.rx_ring_size, ntx = options_.tx_ring_size;
+  // One region: RX ring, TX ring, head write-back dword (own 128-byte line), then buffers.
+  const size_t rx_bytes = size_t{nrx} * sizeof(RxDesc), tx_bytes = size_t{ntx} * sizeof(TxDesc);
+  const size_t wb_off = rx_bytes + tx_bytes;
+  const size_t buf_off = (wb_off + 128 + kBufferSize - 1) / kBufferSize * kBufferSize;
+  const size_t total = buf_off + size_t{options_.buffer_count} * kBufferSize;
+  absl::StatusOr<memory::MemoryRegion> region =
+      memory::MemoryRegion::Allocate(total, {options_.huge_pages});
+  if (!region.ok()) return region.status();
+  region_ = *std::move(region);
+  absl::StatusOr<uint64_t> iova = bar_->MapDma(region_.base(), region_.size());
+  if (!iova.ok()) return iova.status();
+  iova_ = *iova;
+  mapped_ = true;
+  uint8_t* base = static_cast<uint8_t*>(region_.base());
+  rx_ring_ = reinterpret_cast<RxDesc*>(base);
+  tx_ring_ = reinterpret_cast<TxDesc*>(base + rx_bytes);
+  tx_head_wb_ = reinterpret_cast<volatile uint32_t*>(base + wb_off);
+  buffers_ = base + buf_off;
+  buffers_iova_ = iova_ + buf_off;
+
+  rx_mask_ = nrx - 1;
+  tx_mask_ = ntx - 1;
+  rx_slot_.assign(nrx, 0);
+  tx_slot_.assign(ntx, 0);
+  state_.assign(options_.buffer_count, BufState::kFree);
+  free_.resize(options_.buffer_count);
+  for (uint32_t i = 0; i < options_.buffer_count; ++i) free_[i] = options_.buffer_count - 1 - i;
+  free_top_ = options_.buffer_count;
+
+  absl::StatusOr<volatile uint32_t*> rdt = bar_->Register32(kRdt);
+  if (!rdt.ok()) return rdt.status();
+  absl::StatusOr<volatile uint32_t*> tdt = bar_->Register32(kTdt);
+  if (!tdt.ok()) return tdt.status();
+  rdt_ = *rdt;
+  tdt_ = *tdt;
+
+  // Receive queue 0 (§4.x "receive initialization", §7.1.5): queue disabled while it is set up,
+  // ring base/length, head = tail = 0, SRRCTL = 2 KiB buffers, advanced one-buffer descriptors,
+  // drop when no descriptor is free (so a stalled tenant never backs up the PF's switch).
+  RETURN_IF_ERROR(bar_->Write32(kRxdctl, 0));
+  RETURN_IF_ERROR(bar_->Write32(kRdbal, static_cast<uint32_t>(iova_)));
+  RETURN_IF_ERROR(bar_->Write32(kRdbah, static_cast<uint32_t>(iova_ >> 32)));
+  RETURN_IF_ERROR(bar_->Write32(kRdlen, static_cast<uint32_t>(rx_bytes)));
+  RETURN_IF_ERROR(bar_->Write32(kRdh, 0));
+  RETURN_IF_ERROR(bar_->Write32(kRdt, 0));
+  RETURN_IF_ERROR(bar_->Write32(
+      kSrrctl, (kBufferSize >> kSrrctlBsizeShift) | kSrrctlDescAdvOneBuf | kSrrctlDropEn));
+  // RXDCTL: PTHRESH 16, HTHRESH 8, WTHRESH 1 (write back each descriptor: polling wants them now).
+  RETURN_IF_ERROR(bar_->Write32(kRxdctl, kQueueEnable | 16 | 8 << 8 | 1 << 16));
+
+  // Transmit queue 0 (§7.2.2): disabled, base/length, head = tail = 0, head write-back to memory
+  // (TDWBAL/H, bit 0 enables it: the device writes TDH there after each RS descriptor).
+  const uint64_t wb_iova = iova_ + wb_off;
+  *tx_head_wb_ = 0;
+  RETURN_IF_ERROR(bar_->Write32(kTxdctl, 0));
+  RETURN_IF_ERROR(bar_->Write32(kTdbal, static_cast<uint32_t>(iova_ + rx_bytes)));
+  RETURN_IF_ERROR(bar_->Write32(kTdbah, static_cast<uint32_t>((iova_ + rx_bytes) >> 32)));
+  RETURN_IF_ERROR(bar_->Write32(kTdlen, static_cast<uint32_t>(tx_bytes)));
+  RETURN_IF_ERROR(bar_->Write32(kTdh, 0));
+  RETURN_IF_ERROR(bar_->Write32(kTdt, 0));
+  RETURN_IF_ERROR(bar_->Write32(kTdwbal, static_cast<uint32_t>(wb_iova) | kTdwbalEnable));
+  RETURN_IF_ERROR(bar_->Write32(kTdwbah, static_cast<uint32_t>(wb_iova >> 32)));
+  RETURN_IF_ERROR(bar_->Write32(kTxdctl, kQueueEnable | 8 | 1 << 8));
+  queues_on_ = true;
+
+  info_.queue_id = 0;
+  info_.buffer_count = options_.buffer_count;
+  info_.buffer_capacity = kBufferSize;
+  info_.rx_ring_size = nrx - 1;
+  info_.tx_ring_size = ntx - 1;
+  info_.zero_copy = true;
+  Refill();
+  return absl::OkStatus();
+}
+
+void IgbvfPort::StopDevice() {
+  if (!queues_on_) return;
+  (void)bar_->Write32(kRxdctl, 0);
+  (void)bar_->Write32(kTxdctl, 0);
+  // VTCTRL.RST stops whatever DMA the queues still had in progress before the unmap.
+  (void)bar_->Write32(kCtrl, kCtrlRst);
+  queues_on_ = false;
+}
+
+IgbvfPort::~IgbvfPort() {
+  StopDevice();
+  if (mapped_) (void)bar_->UnmapDma(iova_);
+}
+
+// ---- Fast path ----------------------------------------------------------------------------------
+
+// Posts free buffers into RX slots (read format: packet address, header address 0, which also
+// clears the previous write-back's DD), then one RDT write.
+void IgbvfPort::Refill() {
+  uint32_t room = rx_mask_ - rx_posted_;  // at most size - 1 owned by the device
+  if (room > free_top_) room = free_top_;
+  if (room == 0) return;
+  uint32_t tail = rx_tail_;
+  for (uint32_t n = room; n != 0; --n) {
+    const uint32_t b = free_[--free_top_];
+    state_[b] = BufState::kRx;
+    rx_slot_[tail] = b;
+    RxDesc& d = rx_ring_[tail];
+    d.pkt_addr = buffers_iova_ + uint64_t{b} * kBufferSize;
+    d.hdr_addr = 0;
+    tail = (tail + 1) & rx_mask_;
+  }
+  rx_tail_ = tail;
+  rx_posted_ += room;
+  __atomic_thread_fence(__ATOMIC_RELEASE);  // descriptors visible before the tail moves
+  *rdt_ = tail;
+}
+
+size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
+  ReclaimTx();
+  size_t n = 0;
+  const size_t want = out.size();
+  uint32_t next = rx_next_;
+  uint32_t posted = rx_posted_;
+  uint64_t bytes = 0;
+  // Only slots the driver gave the device are looked at (posted), in order.
+  while (n < want && posted != 0) {
+    volatile RxDesc* d = &rx_ring_[next];
+    const uint64_t wb = d->hdr_addr;  // status/error 31:0, length 47:32
+    const uint32_t staterr = static_cast<uint32_t>(wb);
+    if ((staterr & kRxStatDd) == 0) break;
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);  // the rest of the write-back after DD
+    const uint32_t len = static_cast<uint32_t>(wb >> 32) & 0xFFFF;
+    const uint32_t b = rx_slot_[next];
+    next = (next + 1) & rx_mask_;
+    --posted;
+    // Length and EOP checked before anything is handed out; a bad one goes back to the pool.
+    if (__builtin_expect(len - 1 >= kBufferSize || (staterr & (kRxStatEop | kRxErrFrame)) !=
+                                                       kRxStatEop, 0)) {
+      if (len - 1 >= kBufferSize) {
+        ++stats_.bad_descriptors;
+        ++xstats_.bad_rx_length;
+      } else if ((staterr & kRxStatEop) == 0) {
+        ++stats_.bad_descriptors;
+        ++xstats_.bad_rx_no_eop;
+      } else {
+        ++xstats_.rx_frame_errors;
+      }
+      state_[b] = BufState::kFree;
+      free_[free_top_++] = b;
+      continue;
+    }
+    state_[b] = BufState::kApp;
+    PacketBuffer& p = out[n++];
+    p.data = buffers_ + size_t{b} * kBufferSize;
+    p.device_address = buffers_iova_ + uint64_t{b} * kBufferSize;
+    p.length = len;
+    p.capacity = kBufferSize;
+    p.index = b;
+    p.pool = this;
+    bytes += len;
+  }
+  rx_next_ = next;
+  rx_posted_ = posted;
+  stats_.rx_packets += n;
+  stats_.rx_bytes += bytes;
+  if (rx_mask_ - rx_posted_ >= kRxRefillBatch) Refill();
+  return n;
+}
+
+// Reads the head the device wrote back; everything between tx_clean_ and it is sent. A head
+// outside the ring, or beyond the slots in flight, is counted and ignored.
+void IgbvfPort::ReclaimTx() {
+  if (tx_in_flight_ == 0) return;
+  const uint32_t head = *tx_head_wb_;
+  const uint32_t done = (head - tx_clean_) & tx_mask_;
+  if (__builtin_expect(head > tx_mask_ || done > tx_in_flight_, 0)) {
+    ++stats_.bad_descriptors;
+    ++xstats_.bad_tx_head;
+    return;
+  }
+  uint32_t c = tx_clean_;
+  for (uint32_t i = 0; i < done; ++i) {
+    const uint32_t b = tx_slot_[c];
+    state_[b] = BufState::kFree;
+    free_[free_top_++] = b;
+    c = (c + 1) & tx_mask_;
+  }
+  tx_clean_ = c;
+  tx_in_flight_ -= done;
+  stats_.tx_completed += done;
+}
+
+// A caller's buffer: ours, in the caller's hands, data inside it, length within it.
+inline bool IgbvfPort::CheckAppBuffer(const PacketBuffer& p, uint32_t* offset) {
+  if (p.pool != this || p.index >= options_.buffer_count ||
+      state_[p.index] != BufState::kApp) {
+    return false;
+  }
+  const uintptr_t off = reinterpret_cast<uintptr_t>(p.data) -
+                        reinterpret_cast<uintptr_t>(buffers_ + size_t{p.index} * kBufferSize);
+  if (off >= kBufferSize || p.length > kBufferSize - off) return false;
+  *offset = static_cast<uint32_t>(off);
+  return true;
+}
+
+size_t IgbvfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
+  ReclaimTx();
+  uint32_t room = tx_mask_ - tx_in_flight_;
+  size_t n = pkts.size() < room ? pkts.size() : room;
+  uint32_t tail = tx_tail_;
+  uint64_t bytes = 0;
+  size_t i = 0;
+  for (; i < n; ++i) {
+    const PacketBuffer& p = pkts[i];
+    uint32_t off;
+    if (__builtin_expect(!CheckAppBuffer(p, &off) || p.length == 0, 0)) {
+      ++stats_.bad_buffers;
+      break;
+    }
+    state_[p.index] = BufState::kTx;
+    tx_slot_[tail] = p.index;
+    TxDesc& d = tx_ring_[tail];
+    // §7.2.2.3 advanced data descriptor: DEXT, DTYP = data, EOP (one buffer per frame), IFCS
+    // (the device appends the CRC); PAYLEN = the frame's length.
+    d.addr = buffers_iova_ + uint64_t{p.index} * kBufferSize + off;
+    d.cmd_type_len = p.length | kTxDtypData | kTxCmdDext | kTxCmdEop | kTxCmdIfcs;
+    d.olinfo_status = p.length << kTxPaylenShift;
+    tail = (tail + 1) & tx_mask_;
+    bytes += p.length;
+  }
+  if (i != 0) {
+    // RS on the last descriptor of the burst only: one head write-back per burst.
+    tx_ring_[(tail - 1) & tx_mask_].cmd_type_len |= kTxCmdRs;
+    tx_tail_ = tail;
+    tx_in_flight_ += static_cast<uint32_t>(i);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    *tdt_ = tail;  // §7.2.2: one TDT write per burst
+    stats_.tx_packets += i;
+    stats_.tx_bytes += bytes;
+  }
+  if (i == n && n < pkts.size()) stats_.tx_ring_full += pkts.size() - n;
+  return i;
+}
+
+size_t IgbvfPort::AllocBurst(absl::Span<PacketBuffer> out) {
+  size_t n = out.size() < free_top_ ? out.size() : free_top_;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t b = free_[--free_top_];
+    state_[b] = BufState::kApp;
+    PacketBuffer& p = out[i];
+    p.data = buffers_ + size_t{b} * kBufferSize;
+    p.device_address = buffers_iova_ + uint64_t{b} * kBufferSize;
+    p.length = 0;
+    p.capacity = kBufferSize;
+    p.index = b;
+    p.pool = this;
+  }
+  stats_.alloc_failed += out.size() - n;
+  return n;
+}
+
+size_t IgbvfPort::FreeBurst(absl::Span<const PacketBuffer> bufs) {
+  size_t ok = 0;
+  for (const PacketBuffer& p : bufs) {
+    uint32_t off;
+    if (!CheckAppBuffer(p, &off)) {
+      ++stats_.bad_buffers;
+      continue;
+    }
+    state_[p.index] = BufState::kFree;
+    free_[free_top_++] = p.index;
+    ++ok;
+  }
+  return ok;
+}
+
+void IgbvfPort::Service() {
+  ReclaimTx();
+  if (rx_posted_ != rx_mask_) Refill();
+}
+
+}  // namespace vfdrivers::net::igbvf
