@@ -7,7 +7,11 @@
 #   /bin is made for it. VFBROKER_NIC_TEST_REQUIRE_VLAN=1 turns the VLAN cases' skip (no 8021q)
 #   into a failure, and any SKIPPED test fails the scenario.
 . /lib/vm_lib.sh
-for b in nic_integration_test vfbrokerd tenant_probe nic_probe ip; do
+# iproute2 (VM_EXTRA_PATHS=/usr/sbin/ip), by its path: busybox sh runs its own ip applet for a
+# bare `ip`, so the test is told (VFBROKER_TEST_IP).
+IP=/usr/sbin/ip
+$IP -V 2>&1 | grep -q iproute2 || { fail "no iproute2 at $IP: $($IP -V 2>&1 | head -1)"; check_failed; exit 1; }
+for b in nic_integration_test vfbrokerd tenant_probe nic_probe; do
   command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
 done
 grep -q '^8021q ' /proc/modules || fail "8021q not loaded"
@@ -20,7 +24,7 @@ ln -s /bin/nic_probe $RF/vfbroker/tests/integration/nic_probe
 
 OUT=/tmp/nic_integration_test.out
 start=$(cut -d' ' -f1 /proc/uptime)
-TEST_SRCDIR=$RF VFBROKER_NIC_TEST_REQUIRE_VLAN=1 nic_integration_test --gtest_color=no \
+TEST_SRCDIR=$RF VFBROKER_TEST_IP=$IP VFBROKER_NIC_TEST_REQUIRE_VLAN=1 nic_integration_test --gtest_color=no \
   > $OUT 2>&1
 status=$?
 end=$(cut -d' ' -f1 /proc/uptime)
