@@ -130,6 +130,11 @@ absl::StatusOr<int> XdpNicBackend::AcquireVlanDevice(uint32_t vid, std::string* 
     if (!created.ok() && !absl::IsAlreadyExists(created)) return created;
     link = rtnl::GetLink(*name);
     if (link.ok()) {
+      // Before it is up, as for the macvlans: the host's stack must not speak IPv6 (DAD,
+      // router solicitations from the interface's MAC) on a tenant's VLAN.
+      if (absl::Status quiet = rtnl::DisableIpv6AddressGeneration(link->ifindex); !quiet.ok()) {
+        return quiet;
+      }
       if (absl::Status up = rtnl::SetUp(link->ifindex); !up.ok()) return up;
     }
   }
