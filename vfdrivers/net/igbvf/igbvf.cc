@@ -408,21 +408,29 @@ IgbvfPort::~IgbvfPort() {
 // ---- Fast path ----------------------------------------------------------------------------------
 
 // Posts free buffers into RX slots (read format: packet address, header address 0, which also
-// clears the previous write-back's DD), then one RDT write.
+// clears the previous write-back's DD), then one RDT write. The fast-path loops work on local
+// copies of the members: stores through the rings and tables could otherwise alias them.
 void IgbvfPort::Refill() {
-  uint32_t room = rx_mask_ - rx_posted_;  // at most size - 1 owned by the device
-  if (room > free_top_) room = free_top_;
+  const uint32_t mask = rx_mask_;
+  uint32_t room = mask - rx_posted_;  // at most size - 1 owned by the device
+  uint32_t top = free_top_;
+  if (room > top) room = top;
   if (room == 0) return;
   uint32_t tail = rx_tail_;
+  const uint32_t* free_list = free_.data();
+  BufState* state = state_.data();
+  uint32_t* slots = rx_slot_.data();
+  RxDesc* ring = rx_ring_;
+  const uint64_t iova = buffers_iova_;
   for (uint32_t n = room; n != 0; --n) {
-    const uint32_t b = free_[--free_top_];
-    state_[b] = BufState::kRx;
-    rx_slot_[tail] = b;
-    RxDesc& d = rx_ring_[tail];
-    d.pkt_addr = buffers_iova_ + uint64_t{b} * kBufferSize;
-    d.hdr_addr = 0;
-    tail = (tail + 1) & rx_mask_;
+    const uint32_t b = free_list[--top];
+    state[b] = BufState::kRx;
+    slots[tail] = b;
+    ring[tail].pkt_addr = iova + uint64_t{b} * kBufferSize;
+    ring[tail].hdr_addr = 0;
+    tail = (tail + 1) & mask;
   }
+  free_top_ = top;
   rx_tail_ = tail;
   rx_posted_ += room;
   __atomic_thread_fence(__ATOMIC_RELEASE);  // descriptors visible before the tail moves
@@ -430,43 +438,40 @@ void IgbvfPort::Refill() {
 }
 
 size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
-  ReclaimTx();
-  size_t n = 0;
+  if (tx_in_flight_ != 0) ReclaimTx();
   const size_t want = out.size();
+  const uint32_t mask = rx_mask_;
   uint32_t next = rx_next_;
   uint32_t posted = rx_posted_;
+  volatile RxDesc* ring = rx_ring_;
+  const uint32_t* slots = rx_slot_.data();
+  BufState* state = state_.data();
+  uint8_t* const buffers = buffers_;
+  const uint64_t iova = buffers_iova_;
+  PacketBuffer* o = out.data();
+  size_t n = 0;
   uint64_t bytes = 0;
   // Only slots the driver gave the device are looked at (posted), in order.
   while (n < want && posted != 0) {
-    volatile RxDesc* d = &rx_ring_[next];
-    const uint64_t wb = d->hdr_addr;  // status/error 31:0, length 47:32
+    const uint64_t wb = ring[next].hdr_addr;  // status/error 31:0, length 47:32
     const uint32_t staterr = static_cast<uint32_t>(wb);
     if ((staterr & kRxStatDd) == 0) break;
     __atomic_thread_fence(__ATOMIC_ACQUIRE);  // the rest of the write-back after DD
     const uint32_t len = static_cast<uint32_t>(wb >> 32) & 0xFFFF;
-    const uint32_t b = rx_slot_[next];
-    next = (next + 1) & rx_mask_;
+    const uint32_t b = slots[next];
+    next = (next + 1) & mask;
     --posted;
     // Length and EOP checked before anything is handed out; a bad one goes back to the pool.
-    if (__builtin_expect(len - 1 >= kBufferSize || (staterr & (kRxStatEop | kRxErrFrame)) !=
-                                                       kRxStatEop, 0)) {
-      if (len - 1 >= kBufferSize) {
-        ++stats_.bad_descriptors;
-        ++xstats_.bad_rx_length;
-      } else if ((staterr & kRxStatEop) == 0) {
-        ++stats_.bad_descriptors;
-        ++xstats_.bad_rx_no_eop;
-      } else {
-        ++xstats_.rx_frame_errors;
-      }
-      state_[b] = BufState::kFree;
-      free_[free_top_++] = b;
+    if (__builtin_expect(len - 1 >= kBufferSize ||
+                             (staterr & (kRxStatEop | kRxErrFrame)) != kRxStatEop,
+                         0)) {
+      RxDrop(b, len, staterr);
       continue;
     }
-    state_[b] = BufState::kApp;
-    PacketBuffer& p = out[n++];
-    p.data = buffers_ + size_t{b} * kBufferSize;
-    p.device_address = buffers_iova_ + uint64_t{b} * kBufferSize;
+    state[b] = BufState::kApp;
+    PacketBuffer& p = o[n++];
+    p.data = buffers + size_t{b} * kBufferSize;
+    p.device_address = iova + uint64_t{b} * kBufferSize;
     p.length = len;
     p.capacity = kBufferSize;
     p.index = b;
@@ -477,28 +482,47 @@ size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
   rx_posted_ = posted;
   stats_.rx_packets += n;
   stats_.rx_bytes += bytes;
-  if (rx_mask_ - rx_posted_ >= kRxRefillBatch) Refill();
+  if (mask - posted >= kRxRefillBatch) Refill();
   return n;
+}
+
+void IgbvfPort::RxDrop(uint32_t b, uint32_t len, uint32_t staterr) {
+  if (len - 1 >= kBufferSize) {
+    ++stats_.bad_descriptors;
+    ++xstats_.bad_rx_length;
+  } else if ((staterr & kRxStatEop) == 0) {
+    ++stats_.bad_descriptors;
+    ++xstats_.bad_rx_no_eop;
+  } else {
+    ++xstats_.rx_frame_errors;
+  }
+  state_[b] = BufState::kFree;
+  free_[free_top_++] = b;
 }
 
 // Reads the head the device wrote back; everything between tx_clean_ and it is sent. A head
 // outside the ring, or beyond the slots in flight, is counted and ignored.
 void IgbvfPort::ReclaimTx() {
-  if (tx_in_flight_ == 0) return;
+  const uint32_t mask = tx_mask_;
   const uint32_t head = *tx_head_wb_;
-  const uint32_t done = (head - tx_clean_) & tx_mask_;
-  if (__builtin_expect(head > tx_mask_ || done > tx_in_flight_, 0)) {
+  uint32_t c = tx_clean_;
+  const uint32_t done = (head - c) & mask;
+  if (__builtin_expect(head > mask || done > tx_in_flight_, 0)) {
     ++stats_.bad_descriptors;
     ++xstats_.bad_tx_head;
     return;
   }
-  uint32_t c = tx_clean_;
+  const uint32_t* slots = tx_slot_.data();
+  BufState* state = state_.data();
+  uint32_t* free_list = free_.data();
+  uint32_t top = free_top_;
   for (uint32_t i = 0; i < done; ++i) {
-    const uint32_t b = tx_slot_[c];
-    state_[b] = BufState::kFree;
-    free_[free_top_++] = b;
-    c = (c + 1) & tx_mask_;
+    const uint32_t b = slots[c];
+    state[b] = BufState::kFree;
+    free_list[top++] = b;
+    c = (c + 1) & mask;
   }
+  free_top_ = top;
   tx_clean_ = c;
   tx_in_flight_ -= done;
   stats_.tx_completed += done;
@@ -518,33 +542,47 @@ inline bool IgbvfPort::CheckAppBuffer(const PacketBuffer& p, uint32_t* offset) {
 }
 
 size_t IgbvfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
-  ReclaimTx();
-  uint32_t room = tx_mask_ - tx_in_flight_;
-  size_t n = pkts.size() < room ? pkts.size() : room;
+  if (tx_in_flight_ != 0) ReclaimTx();
+  const uint32_t mask = tx_mask_;
+  const uint32_t room = mask - tx_in_flight_;
+  const size_t n = pkts.size() < room ? pkts.size() : room;
   uint32_t tail = tx_tail_;
+  const PacketBuffer* p = pkts.data();
+  const PacketBuffer* const end = p + n;
+  BufState* const state = state_.data();
+  uint32_t* const slots = tx_slot_.data();
+  TxDesc* const ring = tx_ring_;
+  const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
+  const uint64_t to_iova = buffers_iova_ - buffers;  // IOVA = address + this, inside the pool
+  const uint32_t count = options_.buffer_count;
   uint64_t bytes = 0;
-  size_t i = 0;
-  for (; i < n; ++i) {
-    const PacketBuffer& p = pkts[i];
-    uint32_t off;
-    if (__builtin_expect(!CheckAppBuffer(p, &off) || p.length == 0, 0)) {
+  for (; p != end; ++p) {
+    const uint32_t b = p->index;
+    const uint32_t len = p->length;
+    const uintptr_t data = reinterpret_cast<uintptr_t>(p->data);
+    // Ours, in the caller's hands, data inside its buffer, 0 < length <= room after data.
+    const uintptr_t off = data - (buffers + uintptr_t{b} * kBufferSize);
+    if (__builtin_expect(p->pool != this || b >= count || state[b] != BufState::kApp ||
+                             off >= kBufferSize || len - 1 >= kBufferSize - off,
+                         0)) {
       ++stats_.bad_buffers;
       break;
     }
-    state_[p.index] = BufState::kTx;
-    tx_slot_[tail] = p.index;
-    TxDesc& d = tx_ring_[tail];
+    state[b] = BufState::kTx;
+    slots[tail] = b;
     // §7.2.2.3 advanced data descriptor: DEXT, DTYP = data, EOP (one buffer per frame), IFCS
     // (the device appends the CRC); PAYLEN = the frame's length.
-    d.addr = buffers_iova_ + uint64_t{p.index} * kBufferSize + off;
-    d.cmd_type_len = p.length | kTxDtypData | kTxCmdDext | kTxCmdEop | kTxCmdIfcs;
-    d.olinfo_status = p.length << kTxPaylenShift;
-    tail = (tail + 1) & tx_mask_;
-    bytes += p.length;
+    TxDesc& d = ring[tail];
+    d.addr = data + to_iova;
+    d.cmd_type_len = len | kTxDtypData | kTxCmdDext | kTxCmdEop | kTxCmdIfcs;
+    d.olinfo_status = len << kTxPaylenShift;
+    tail = (tail + 1) & mask;
+    bytes += len;
   }
+  const size_t i = static_cast<size_t>(p - pkts.data());
   if (i != 0) {
     // RS on the last descriptor of the burst only: one head write-back per burst.
-    tx_ring_[(tail - 1) & tx_mask_].cmd_type_len |= kTxCmdRs;
+    ring[(tail - 1) & mask].cmd_type_len |= kTxCmdRs;
     tx_tail_ = tail;
     tx_in_flight_ += static_cast<uint32_t>(i);
     __atomic_thread_fence(__ATOMIC_RELEASE);

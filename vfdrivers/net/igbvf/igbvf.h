@@ -207,6 +207,7 @@ class IgbvfPort final : public Port {
 
   void Refill();
   void ReclaimTx();
+  void RxDrop(uint32_t buffer, uint32_t length, uint32_t staterr);
   bool CheckAppBuffer(const PacketBuffer& b, uint32_t* offset);
 
   std::unique_ptr<Bar> bar_;
