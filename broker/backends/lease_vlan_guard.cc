@@ -8,7 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "broker/backends/bpf/lease_vlan_maps.h"
-#include "broker/backends/bpf/xdp_objects.h"
+#include "broker/backends/bpf/bpf_objects.h"
 
 namespace vfbroker {
 namespace {
@@ -31,8 +31,8 @@ absl::StatusOr<std::unique_ptr<LeaseVlanGuard>> LeaseVlanGuard::Attach(int ifind
                 "lease_vlan_maps.h");
   std::unique_ptr<LeaseVlanGuard> g(new LeaseVlanGuard());
   g->ifindex_ = ifindex;
-  g->object_ = bpf_object__open_mem(vfdrivers::net::xdp::kLeaseVlanGuardBpf,
-                                    vfdrivers::net::xdp::kLeaseVlanGuardBpfSize, nullptr);
+  g->object_ = bpf_object__open_mem(bpf::kLeaseVlanGuardBpf,
+                                    bpf::kLeaseVlanGuardBpfSize, nullptr);
   if (g->object_ == nullptr) return Error("open object", errno);
   if (int err = bpf_object__load(g->object_); err != 0) return Error("load", err);
   bpf_program* prog = bpf_object__find_program_by_name(g->object_, "vfb_lease_vlan_guard");

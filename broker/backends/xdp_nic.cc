@@ -5,11 +5,13 @@
 
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "broker/backends/rtnetlink.h"
+#include "broker/config/config_loader.h"
 #include "common/logging.h"
 #include "vfdrivers/net/af_xdp_socket.h"
 
@@ -20,21 +22,11 @@ using vfdrivers::net::AfXdpLayout;
 using vfdrivers::net::AfXdpSocket;
 using vfdrivers::net::AfXdpSocketOptions;
 using vfdrivers::net::EgressLease;
+using vfdrivers::net::FlowRule;
+using vfdrivers::net::SteeringTarget;
 using vfdrivers::net::TcEgressGuard;
 using vfdrivers::net::XdpSteering;
 namespace packet = vfdrivers::net::packet;
-
-// tc_egress_guard.cc's filter identity (handle 0x7f56, priority 1 on the egress hook): a guard
-// left attached by a previous broker (crash, or a stop with live leases) is detached before a
-// fresh one is attached. Keep in step with vfdrivers/net/tc_egress_guard.cc.
-constexpr uint32_t kGuardHandle = 0x7f56;
-constexpr uint32_t kGuardPriority = 1;
-
-void DetachStaleGuard(int ifindex) {
-  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
-  LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kGuardHandle, .priority = kGuardPriority);
-  bpf_tc_detach(&hook, &opts);
-}
 
 uint32_t Fnv1a(const std::string& s) {
   uint32_t h = 2166136261u;
@@ -60,6 +52,20 @@ std::string MacText(const std::string& bytes) {
                          bytes[2] & 0xff, bytes[3] & 0xff, bytes[4] & 0xff, bytes[5] & 0xff);
 }
 
+// Every lease's rules steer to its own socket: slot 0 of its own program, queue 0.
+constexpr SteeringTarget kLeaseSocket{0, 0};
+
+FlowRule ToFlowRule(const journal::NicFilter& f) {
+  FlowRule r;
+  r.src_ip = f.src_ip();
+  r.dst_ip = f.dst_ip();
+  r.src_port = static_cast<uint16_t>(f.src_port());
+  r.dst_port = static_cast<uint16_t>(f.dst_port());
+  r.protocol = static_cast<uint8_t>(f.protocol());
+  r.vlan = XdpSteering::kUntagged;  // the macvlan sees untagged frames (see xdp_nic.h)
+  return r;
+}
+
 std::string RuleKey(const journal::NicFilter& f) {
   return absl::StrCat(f.protocol(), "/", f.src_ip(), ":", f.src_port(), ">", f.dst_ip(), ":",
                       f.dst_port());
@@ -74,7 +80,7 @@ XdpNicBackend::XdpNicBackend(std::string pool_name, config::XdpNicPool config)
   vlan_prefix_ = absl::StrFormat("vfbv%06x", tag);
 }
 
-XdpNicBackend::~XdpNicBackend() = default;
+XdpNicBackend::~XdpNicBackend() { StopSpares(); }
 
 absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
     const std::string& pool_name, const config::XdpNicPool& config) {
@@ -89,8 +95,7 @@ absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
   if (absl::IsAlreadyExists(guard.status())) {
     spdlog::info("pool={}: replacing the egress guard a previous broker left on {}", pool_name,
                  config.interface());
-    DetachStaleGuard(parent->ifindex);
-    guard = TcEgressGuard::Attach(parent->ifindex);
+    guard = TcEgressGuard::Attach(parent->ifindex, /*replace_stale=*/true);
   }
   if (!guard.ok()) {
     return absl::FailedPreconditionError(
@@ -103,12 +108,23 @@ absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
     return absl::FailedPreconditionError(absl::StrCat(
         "xdp_nic: ingress VLAN guard on ", config.interface(), ": ", vlan_guard.status().message()));
   }
-  absl::MutexLock lock(&backend->mu_);
-  backend->guard_ = *std::move(guard);
-  backend->vlan_guard_ = *std::move(vlan_guard);
-  spdlog::info("pool={} backend=xdp_nic interface={} (ifindex {}) slots={} devices={}*",
+  {
+    absl::MutexLock lock(&backend->mu_);
+    backend->guard_ = *std::move(guard);
+    backend->vlan_guard_ = *std::move(vlan_guard);
+  }
+  const uint32_t spares =
+      config.spare_programs() == 0 ? kDefaultXdpSparePrograms : config.spare_programs();
+  {
+    absl::MutexLock lock(&backend->spare_mu_);
+    backend->spare_target_ = spares;
+  }
+  XdpNicBackend* self = backend.get();
+  backend->refill_ = std::thread([self] { self->RefillLoop(); });
+  spdlog::info("pool={} backend=xdp_nic interface={} (ifindex {}) slots={} devices={}* "
+               "spare_programs={}",
                pool_name, config.interface(), parent->ifindex, config.max_tenants(),
-               backend->device_prefix_);
+               backend->device_prefix_, spares);
   return backend;
 }
 
@@ -161,12 +177,77 @@ void XdpNicBackend::ReleaseVlanDevice(uint32_t vid) {
   }
 }
 
-absl::Status XdpNicBackend::ApplyRules(SteeringMaps& maps, const journal::XdpNicState& state) {
-  if (state.filters().empty()) return maps.AddMac(MacArray(state.mac()), SteeringMaps::kUntagged);
+absl::Status XdpNicBackend::ApplyRules(XdpSteering& steering, const journal::XdpNicState& state) {
+  if (state.filters().empty()) {
+    return steering.AddMacRule(ToMac(state.mac()), XdpSteering::kUntagged, kLeaseSocket);
+  }
   for (const journal::NicFilter& f : state.filters()) {
-    if (absl::Status s = maps.AddFlow(f, SteeringMaps::kUntagged); !s.ok()) return s;
+    if (absl::Status s = steering.AddFlowRule(ToFlowRule(f), kLeaseSocket); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<XdpSteering>> XdpNicBackend::TakeProgram(bool* from_stock) {
+  {
+    absl::MutexLock lock(&spare_mu_);
+    if (!spares_.empty()) {
+      std::unique_ptr<XdpSteering> spare = std::move(spares_.front());
+      spares_.pop_front();
+      *from_stock = true;
+      return spare;
+    }
+  }
+  *from_stock = false;
+  return XdpSteering::Load(/*drop_unmatched=*/false);
+}
+
+void XdpNicBackend::RefillLoop() {
+  absl::Duration backoff = absl::ZeroDuration();
+  while (true) {
+    {
+      absl::MutexLock lock(&spare_mu_);
+      if (backoff > absl::ZeroDuration()) {
+        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) {
+          return spares_stopping_;
+        };
+        spare_mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
+      }
+      // Loads only while no grant is provisioning: it would only compete for the CPUs.
+      auto wanted = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) {
+        return spares_stopping_ || (spares_.size() < spare_target_ && provisions_running_ == 0);
+      };
+      spare_mu_.Await(absl::Condition(&wanted));
+      if (spares_stopping_) return;
+    }
+    // Same as a grant's: generic mode attach later, unmatched frames to the kernel.
+    absl::StatusOr<std::unique_ptr<XdpSteering>> loaded =
+        XdpSteering::Load(/*drop_unmatched=*/false);
+    if (!loaded.ok()) {
+      spdlog::error("pool={}: loading a spare steering program: {}", pool_name_,
+                    loaded.status().ToString());
+      backoff = std::min(std::max(backoff * 2, absl::Milliseconds(100)), absl::Seconds(5));
+      continue;
+    }
+    backoff = absl::ZeroDuration();
+    absl::MutexLock lock(&spare_mu_);
+    spares_.push_back(*std::move(loaded));
+  }
+}
+
+void XdpNicBackend::StopSpares() {
+  std::deque<std::unique_ptr<XdpSteering>> stock;
+  {
+    absl::MutexLock lock(&spare_mu_);
+    spares_stopping_ = true;
+  }
+  if (refill_.joinable()) refill_.join();
+  absl::MutexLock lock(&spare_mu_);
+  stock.swap(spares_);  // closed (never attached) as `stock` goes
+}
+
+size_t XdpNicBackend::SparePrograms() {
+  absl::MutexLock lock(&spare_mu_);
+  return spares_.size();
 }
 
 absl::Status XdpNicBackend::GuardLease(const journal::XdpNicState& state) {
@@ -224,6 +305,14 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
       state.set_vlan_device(vlan_device);
     }
   }
+  {
+    absl::MutexLock lock(&spare_mu_);
+    ++provisions_running_;
+  }
+  absl::Cleanup provision_done = [this] {
+    absl::MutexLock lock(&spare_mu_);
+    --provisions_running_;
+  };
   bool created = false;
   auto undo = [&] {
     if (created) (void)rtnl::Delete(state.ifindex());
@@ -264,8 +353,15 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     return up;
   }
   const absl::Time t_device = absl::Now();
-  absl::StatusOr<std::unique_ptr<XdpSteering>> steering = XdpSteering::Attach(
-      link->ifindex, vfdrivers::net::XdpAttachMode::kGeneric, /*drop_unmatched=*/false);
+  // A program loaded ahead (no rule, no socket, never attached before), attached here.
+  bool from_stock = false;
+  absl::StatusOr<std::unique_ptr<XdpSteering>> steering = TakeProgram(&from_stock);
+  const absl::Time t_loaded = absl::Now();
+  if (steering.ok()) {
+    absl::Status attached =
+        (*steering)->AttachTo(link->ifindex, vfdrivers::net::XdpAttachMode::kGeneric);
+    if (!attached.ok()) steering = attached;
+  }
   if (!steering.ok()) {
     undo();
     return steering.status();
@@ -292,10 +388,8 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   }
   const absl::Time t_socket = absl::Now();
   state.set_zero_copy(xsk->zero_copy);
-  absl::StatusOr<SteeringMaps> maps = SteeringMaps::Of((*steering)->program());
-  absl::Status steered = maps.status();
-  if (steered.ok()) steered = (*steering)->SetSocket(0, xsk->socket.get());
-  if (steered.ok()) steered = ApplyRules(*maps, state);
+  absl::Status steered = (*steering)->SetSocket(kLeaseSocket.slot, xsk->socket.get());
+  if (steered.ok()) steered = ApplyRules(**steering, state);
   if (steered.ok()) steered = GuardLease(state);
   if (!steered.ok()) {
     steering->reset();
@@ -304,13 +398,13 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   }
   {
     absl::MutexLock lock(&mu_);
-    live_[state.device()] =
-        Live{state, *std::move(steering), std::make_unique<SteeringMaps>(*std::move(maps))};
+    live_[state.device()] = Live{state, *std::move(steering)};
   }
-  spdlog::debug("pool={} device={}: macvlan {} us, steering program {} us, socket {} us, rules "
-                "and guards {} us",
+  spdlog::debug("pool={} device={}: macvlan {} us, steering program {} {} us + attach {} us, "
+                "socket {} us, rules and guards {} us",
                 pool_name_, state.device(), absl::ToInt64Microseconds(t_device - t0),
-                absl::ToInt64Microseconds(t_program - t_device),
+                from_stock ? "from stock" : "loaded", absl::ToInt64Microseconds(t_loaded - t_device),
+                absl::ToInt64Microseconds(t_program - t_loaded),
                 absl::ToInt64Microseconds(t_socket - t_program),
                 absl::ToInt64Microseconds(absl::Now() - t_socket));
   ProvisionedExtent out;
@@ -329,11 +423,11 @@ absl::Status XdpNicBackend::ChangeFilters(const journal::ExtentState& before_sta
   const journal::XdpNicState& after = after_state.xdp_nic();
   absl::MutexLock lock(&mu_);
   auto it = live_.find(before.device());
-  if (it == live_.end() || it->second.maps == nullptr) {
+  if (it == live_.end() || it->second.steering == nullptr) {
     return absl::NotFoundError("xdp_nic: lease not live here");
   }
-  SteeringMaps& maps = *it->second.maps;
-  constexpr uint16_t kUntagged = SteeringMaps::kUntagged;
+  XdpSteering& steering = *it->second.steering;
+  constexpr uint16_t kUntagged = XdpSteering::kUntagged;
   std::map<std::string, const journal::NicFilter*> old_rules, new_rules;
   for (const auto& f : before.filters()) old_rules[RuleKey(f)] = &f;
   for (const auto& f : after.filters()) new_rules[RuleKey(f)] = &f;
@@ -343,24 +437,24 @@ absl::Status XdpNicBackend::ChangeFilters(const journal::ExtentState& before_sta
   absl::Status status;
   for (const auto& [key, f] : new_rules) {
     if (old_rules.count(key)) continue;
-    status = maps.AddFlow(*f, kUntagged);
+    status = steering.AddFlowRule(ToFlowRule(*f), kLeaseSocket);
     if (!status.ok()) break;
     added.push_back(f);
   }
   if (status.ok() && before.filters().empty() && !after.filters().empty()) {
-    status = maps.RemoveMac(MacArray(before.mac()), kUntagged);
+    status = steering.RemoveMacRule(ToMac(before.mac()), kUntagged);
   }
   if (!status.ok()) {
-    for (const journal::NicFilter* f : added) (void)maps.RemoveFlow(*f, kUntagged);
+    for (const journal::NicFilter* f : added) (void)steering.RemoveFlowRule(ToFlowRule(*f));
     return status;
   }
   if (!before.filters().empty() && after.filters().empty()) {
-    status = maps.AddMac(MacArray(after.mac()), kUntagged);
+    status = steering.AddMacRule(ToMac(after.mac()), kUntagged, kLeaseSocket);
     if (!status.ok()) return status;
   }
   for (const auto& [key, f] : old_rules) {
     if (new_rules.count(key)) continue;
-    if (absl::Status s = maps.RemoveFlow(*f, kUntagged); !s.ok() && !absl::IsNotFound(s)) {
+    if (absl::Status s = steering.RemoveFlowRule(ToFlowRule(*f)); !s.ok() && !absl::IsNotFound(s)) {
       spdlog::warn("pool={} device={}: removing a flow rule: {}", pool_name_, before.device(),
                    s.message());
     }
@@ -384,18 +478,17 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
         state.device(), " is not the journaled device (ifindex ", link->ifindex, " kind ",
         link->kind, ")"));
   }
-  // The steering program outlived the broker that attached it; its maps are found again
-  // through the device so the lease's filters can still change.
-  absl::StatusOr<SteeringMaps> maps = SteeringMaps::Attached(link->ifindex);
-  if (!maps.ok()) return maps.status();
+  // The steering program outlived the broker that attached it; it is adopted through the
+  // device so the lease's filters can still change.
+  absl::StatusOr<std::unique_ptr<XdpSteering>> steering = XdpSteering::Adopt(link->ifindex);
+  if (!steering.ok()) return steering.status();
   {
     absl::MutexLock lock(&mu_);
     if (!macs_.insert(state.mac()).second) {
       return absl::FailedPreconditionError("mac journaled twice");
     }
     if (state.vlan() != 0) ++vlan_users_[state.vlan()];
-    live_[state.device()] =
-        Live{state, nullptr, std::make_unique<SteeringMaps>(*std::move(maps))};
+    live_[state.device()] = Live{state, *std::move(steering)};
   }
   return GuardLease(state);
 }
@@ -415,7 +508,7 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
       steering = std::move(node.mapped().steering);
     }
   }
-  steering.reset();  // detaches the program (the device goes next anyway)
+  steering.reset();  // detaches ours, leaves an adopted one (the device goes next anyway)
   absl::StatusOr<rtnl::Link> link = rtnl::GetLink(state.device());
   if (link.ok()) {
     if (link->ifindex != state.ifindex()) {
@@ -478,6 +571,7 @@ absl::Status XdpNicBackend::RemoveOrphans(const std::vector<journal::ExtentState
 }
 
 void XdpNicBackend::StopBackground() {
+  StopSpares();
   absl::MutexLock lock(&mu_);
   if (stopped_) return;
   stopped_ = true;
@@ -487,8 +581,10 @@ void XdpNicBackend::StopBackground() {
     return;
   }
   // Leases outlive the broker: leave their steering programs and the guard in the kernel
-  // (deliberately not destroyed: their destructors would detach them).
-  for (auto& [device, live] : live_) (void)live.steering.release();
+  // (the guards deliberately not destroyed: their destructors would detach them).
+  for (auto& [device, live] : live_) {
+    if (live.steering != nullptr) live.steering->LeaveAttached();
+  }
   (void)guard_.release();
   (void)vlan_guard_.release();
   spdlog::info("pool={}: {} NIC leases stay live; steering and egress guard left in place",

@@ -14,10 +14,6 @@
 namespace vfdrivers::net {
 namespace {
 
-// Our filter's identity on the hook: detach removes exactly this one.
-constexpr uint32_t kHandle = 0x7f56;
-constexpr uint32_t kPriority = 1;  // first on the hook
-
 absl::Status Error(const std::string& what, int err) {
   if (err < 0) err = -err;
   if (err == EEXIST) return absl::AlreadyExistsError(absl::StrCat("egress guard: ", what));
@@ -27,7 +23,7 @@ absl::Status Error(const std::string& what, int err) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<TcEgressGuard>> TcEgressGuard::Attach(int ifindex) {
+absl::StatusOr<std::unique_ptr<TcEgressGuard>> TcEgressGuard::Attach(int ifindex, bool replace_stale) {
   static_assert(kMarkBase == VFB_MARK_BASE && kMaxMarks == VFB_MAX_MARKS, "egress_maps.h");
   static_assert(static_cast<int>(kStatCount) == static_cast<int>(VFB_EGRESS_STAT_COUNT),
                 "egress_maps.h");
@@ -49,11 +45,16 @@ absl::StatusOr<std::unique_ptr<TcEgressGuard>> TcEgressGuard::Attach(int ifindex
   LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
   int err = bpf_tc_hook_create(&hook);
   if (err != 0 && err != -EEXIST) return Error("create clsact", err);
-  LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = g->program_fd_, .handle = kHandle,
-              .priority = kPriority);
-  if (int e = bpf_tc_attach(&hook, &opts); e != 0) {
-    return Error(absl::StrCat("attach to ifindex ", ifindex), e);
+  LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = g->program_fd_, .handle = kFilterHandle,
+              .priority = kFilterPriority);
+  int e = bpf_tc_attach(&hook, &opts);
+  if (e == -EEXIST && replace_stale) {
+    LIBBPF_OPTS(bpf_tc_opts, stale, .handle = kFilterHandle, .priority = kFilterPriority);
+    bpf_tc_detach(&hook, &stale);
+    opts.prog_id = 0;  // bpf_tc_attach wants it zero on input
+    e = bpf_tc_attach(&hook, &opts);
   }
+  if (e != 0) return Error(absl::StrCat("attach to ifindex ", ifindex), e);
   g->attached_ = true;
   return g;
 }
@@ -61,7 +62,7 @@ absl::StatusOr<std::unique_ptr<TcEgressGuard>> TcEgressGuard::Attach(int ifindex
 TcEgressGuard::~TcEgressGuard() {
   if (attached_) {
     LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex_, .attach_point = BPF_TC_EGRESS);
-    LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kHandle, .priority = kPriority);
+    LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kFilterHandle, .priority = kFilterPriority);
     bpf_tc_detach(&hook, &opts);
   }
   if (object_ != nullptr) bpf_object__close(object_);

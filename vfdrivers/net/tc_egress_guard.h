@@ -41,9 +41,16 @@ class TcEgressGuard {
     kDropEtherType, kDropMalformed, kStatCount
   };
 
+  // Our filter's identity on the egress hook (detach removes exactly this one).
+  static constexpr uint32_t kFilterHandle = 0x7f56;
+  static constexpr uint32_t kFilterPriority = 1;  // first on the hook
+
   // Loads the program and attaches it to `ifindex`'s egress (creating the clsact qdisc if
-  // needed). ALREADY_EXISTS if a filter with our handle and priority is there.
-  static absl::StatusOr<std::unique_ptr<TcEgressGuard>> Attach(int ifindex);
+  // needed). A filter with our handle and priority already there (left by a previous process:
+  // a crash, or a stop with live leases) is ALREADY_EXISTS, or with replace_stale is detached
+  // first and replaced.
+  static absl::StatusOr<std::unique_ptr<TcEgressGuard>> Attach(int ifindex,
+                                                               bool replace_stale = false);
   ~TcEgressGuard();  // detaches the filter (leaves the clsact qdisc)
   TcEgressGuard(const TcEgressGuard&) = delete;
   TcEgressGuard& operator=(const TcEgressGuard&) = delete;

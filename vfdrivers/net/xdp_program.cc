@@ -20,26 +20,30 @@ absl::Status LibbpfError(const std::string& what, int err) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<XdpProgram>> XdpProgram::Attach(const unsigned char* object,
-                                                                 size_t size,
-                                                                 const std::string& program,
-                                                                 int ifindex,
-                                                                 XdpAttachMode mode) {
+absl::StatusOr<std::unique_ptr<XdpProgram>> XdpProgram::Load(const unsigned char* object,
+                                                               size_t size,
+                                                               const std::string& program) {
   std::unique_ptr<XdpProgram> p(new XdpProgram());
-  p->ifindex_ = ifindex;
   p->object_ = bpf_object__open_mem(object, size, nullptr);
   if (p->object_ == nullptr) return LibbpfError("open object", errno);
   if (int err = bpf_object__load(p->object_); err != 0) return LibbpfError("load", err);
   bpf_program* prog = bpf_object__find_program_by_name(p->object_, program.c_str());
   if (prog == nullptr) return absl::NotFoundError(absl::StrCat("XDP program: no ", program));
   p->program_fd_ = bpf_program__fd(prog);
+  return p;
+}
 
+absl::Status XdpProgram::AttachTo(int ifindex, XdpAttachMode mode) {
+  if (attached_ || ifindex_ != 0) {
+    return absl::FailedPreconditionError("XDP program: attached already");
+  }
   auto try_attach = [&](uint32_t mode_flag) {
     uint32_t flags = XDP_FLAGS_UPDATE_IF_NOEXIST | mode_flag;
-    int err = bpf_xdp_attach(ifindex, p->program_fd_, flags, nullptr);
+    int err = bpf_xdp_attach(ifindex, program_fd_, flags, nullptr);
     if (err == 0) {
-      p->attach_flags_ = mode_flag;
-      p->attached_ = true;
+      ifindex_ = ifindex;
+      attach_flags_ = mode_flag;
+      attached_ = true;
     }
     return err;
   };
@@ -50,17 +54,28 @@ absl::StatusOr<std::unique_ptr<XdpProgram>> XdpProgram::Attach(const unsigned ch
       break;
     case XdpAttachMode::kGeneric:
       err = try_attach(XDP_FLAGS_SKB_MODE);
-      p->generic_ = true;
+      generic_ = true;
       break;
     case XdpAttachMode::kAuto:
       err = try_attach(XDP_FLAGS_DRV_MODE);
       if (err != 0) {
         err = try_attach(XDP_FLAGS_SKB_MODE);
-        p->generic_ = true;
+        generic_ = true;
       }
       break;
   }
   if (err != 0) return LibbpfError(absl::StrCat("attach to ifindex ", ifindex), err);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<XdpProgram>> XdpProgram::Attach(const unsigned char* object,
+                                                                 size_t size,
+                                                                 const std::string& program,
+                                                                 int ifindex,
+                                                                 XdpAttachMode mode) {
+  absl::StatusOr<std::unique_ptr<XdpProgram>> p = Load(object, size, program);
+  if (!p.ok()) return p.status();
+  if (absl::Status s = (*p)->AttachTo(ifindex, mode); !s.ok()) return s;
   return p;
 }
 

@@ -1,5 +1,8 @@
 // XdpProgram: an XDP program (an embedded BPF object, see xdp/bpf_object.bzl) loaded with
 // libbpf and attached to one network device, detached again when the object is destroyed.
+// Loading (open + verify, the expensive part: milliseconds) and attaching are separate steps,
+// so a loaded program can wait, unattached, until a device needs it; it is then only
+// descriptors in this process and goes away with it.
 // The broker's side (root: CAP_NET_ADMIN, CAP_BPF or CAP_SYS_ADMIN); tenants never see its
 // descriptors. Used today by the host tests to steer a device's queues into AF_XDP sockets.
 //
@@ -29,8 +32,14 @@ enum class XdpAttachMode {
 
 class XdpProgram {
  public:
-  // Opens the ELF object in [object, object+size), loads it, and attaches the program named
-  // `program` to `ifindex`.
+  // Opens the ELF object in [object, object+size) and loads it (the kernel verifies it);
+  // `program` must be one of its programs. Attached to nothing yet.
+  static absl::StatusOr<std::unique_ptr<XdpProgram>> Load(const unsigned char* object,
+                                                           size_t size,
+                                                           const std::string& program);
+  // Attaches the loaded program to `ifindex` (once: FAILED_PRECONDITION if attached already).
+  absl::Status AttachTo(int ifindex, XdpAttachMode mode);
+  // Load, then AttachTo.
   static absl::StatusOr<std::unique_ptr<XdpProgram>> Attach(const unsigned char* object,
                                                              size_t size,
                                                              const std::string& program,
@@ -45,6 +54,10 @@ class XdpProgram {
   absl::Status SetXsk(const std::string& map, uint32_t queue, int xsk_fd);
   absl::Status ClearXsk(const std::string& map, uint32_t queue);
 
+  // Leaves the program attached when this object is destroyed (it keeps running without us).
+  void LeaveAttached() { attached_ = false; }
+
+  bool attached() const { return attached_; }
   bool generic() const { return generic_; }
   int program_fd() const { return program_fd_; }
 

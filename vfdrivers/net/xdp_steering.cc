@@ -2,10 +2,14 @@
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <linux/bpf.h>
+#include <linux/if_link.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "vfdrivers/net/xdp/steer_maps.h"
@@ -51,34 +55,133 @@ absl::Status CheckVlan(uint16_t vlan) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<XdpSteering>> XdpSteering::Attach(int ifindex, XdpAttachMode mode,
-                                                                  bool drop_unmatched) {
-  auto program = XdpProgram::Attach(xdp::kSteerBpf, xdp::kSteerBpfSize, "vfb_steer", ifindex,
-                                    mode);
-  if (!program.ok()) return program.status();
-  std::unique_ptr<XdpSteering> s(new XdpSteering(std::move(*program)));
-  for (auto [name, fd] : {std::pair<const char*, int*>{"macs", &s->macs_},
-                          {"flows", &s->flows_},
-                          {"config", &s->config_},
-                          {"stats", &s->stats_}}) {
-    auto f = s->program_->MapFd(name);
+absl::Status XdpSteering::FindMaps() {
+  for (auto [name, fd] : {std::pair<const char*, int*>{"xsks", &xsks_},
+                          {"macs", &macs_},
+                          {"flows", &flows_},
+                          {"config", &config_},
+                          {"stats", &stats_}}) {
+    auto f = program_->MapFd(name);
     if (!f.ok()) return f.status();
     *fd = *f;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<XdpSteering>> XdpSteering::Load(bool drop_unmatched) {
+  auto program = XdpProgram::Load(xdp::kSteerBpf, xdp::kSteerBpfSize, "vfb_steer");
+  if (!program.ok()) return program.status();
+  std::unique_ptr<XdpSteering> s(new XdpSteering());
+  s->program_ = *std::move(program);
+  if (absl::Status found = s->FindMaps(); !found.ok()) return found;
   uint32_t zero = 0;
   vfb_config c{drop_unmatched ? uint32_t{XDP_DROP} : uint32_t{XDP_PASS}};
   if (bpf_map_update_elem(s->config_, &zero, &c, BPF_ANY) != 0) return MapError("config");
   return s;
 }
 
+absl::Status XdpSteering::AttachTo(int ifindex, XdpAttachMode mode) {
+  if (program_ == nullptr) return absl::FailedPreconditionError("steering: adopted program");
+  return program_->AttachTo(ifindex, mode);
+}
+
+absl::StatusOr<std::unique_ptr<XdpSteering>> XdpSteering::Attach(int ifindex, XdpAttachMode mode,
+                                                                  bool drop_unmatched) {
+  absl::StatusOr<std::unique_ptr<XdpSteering>> s = Load(drop_unmatched);
+  if (!s.ok()) return s.status();
+  if (absl::Status attached = (*s)->AttachTo(ifindex, mode); !attached.ok()) return attached;
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<XdpSteering>> XdpSteering::Adopt(int ifindex) {
+  uint32_t prog_id = 0;
+  if (int err = bpf_xdp_query_id(ifindex, XDP_FLAGS_SKB_MODE, &prog_id); err != 0) {
+    errno = -err;
+    return MapError("attached XDP program");
+  }
+  if (prog_id == 0) return absl::NotFoundError("steering: no XDP program on the device");
+  std::unique_ptr<XdpSteering> s(new XdpSteering());
+  s->adopted_program_ = vfbroker::UniqueFd(bpf_prog_get_fd_by_id(prog_id));
+  if (!s->adopted_program_) return MapError("program by id");
+  std::vector<uint32_t> map_ids(8);
+  bpf_prog_info info;
+  std::memset(&info, 0, sizeof(info));
+  info.nr_map_ids = static_cast<uint32_t>(map_ids.size());
+  info.map_ids = reinterpret_cast<uint64_t>(map_ids.data());
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(s->adopted_program_.get(), &info, &len) != 0) {
+    return MapError("program info");
+  }
+  if (std::strncmp(info.name, "vfb_steer", sizeof(info.name)) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("steering: the device's XDP program is \"", info.name, "\", not ours"));
+  }
+  // Each map by name, checked against this build's layout (steer_maps.h).
+  struct Want {
+    const char* name;
+    uint32_t key_size, value_size;
+    int* fd;
+  };
+  const Want wanted[] = {
+      {"xsks", sizeof(uint32_t), sizeof(uint32_t), &s->xsks_},
+      {"macs", sizeof(vfb_mac_key), sizeof(vfb_target), &s->macs_},
+      {"flows", sizeof(vfb_flow_key), sizeof(vfb_target), &s->flows_},
+      {"config", sizeof(uint32_t), sizeof(vfb_config), &s->config_},
+      {"stats", sizeof(uint32_t), sizeof(uint64_t), &s->stats_},
+  };
+  for (uint32_t i = 0; i < std::min<uint32_t>(info.nr_map_ids, map_ids.size()); ++i) {
+    vfbroker::UniqueFd map(bpf_map_get_fd_by_id(map_ids[i]));
+    if (!map) return MapError("map by id");
+    bpf_map_info map_info;
+    std::memset(&map_info, 0, sizeof(map_info));
+    uint32_t map_len = sizeof(map_info);
+    if (bpf_obj_get_info_by_fd(map.get(), &map_info, &map_len) != 0) return MapError("map info");
+    for (const Want& w : wanted) {
+      // libbpf names maps after the object's variables, cut to 15 bytes: ours are shorter.
+      if (std::strcmp(map_info.name, w.name) != 0) continue;
+      if (map_info.key_size != w.key_size || map_info.value_size != w.value_size) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("steering: attached program's map ", w.name, " has another layout"));
+      }
+      *w.fd = map.get();
+      s->adopted_maps_.push_back(std::move(map));
+      break;
+    }
+  }
+  for (const Want& w : wanted) {
+    if (*w.fd < 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("steering: the attached program lacks its map ", w.name));
+    }
+  }
+  return s;
+}
+
+XdpSteering::~XdpSteering() = default;
+
+void XdpSteering::LeaveAttached() {
+  if (program_ != nullptr) program_->LeaveAttached();
+}
+
+bool XdpSteering::attached() const {
+  return program_ == nullptr ? true : program_->attached();
+}
+
+int XdpSteering::program_fd() const {
+  return program_ != nullptr ? program_->program_fd() : adopted_program_.get();
+}
+
 absl::Status XdpSteering::SetSocket(uint32_t slot, int xsk_fd) {
   if (slot >= kMaxSlots) return absl::InvalidArgumentError("steering: slot out of range");
-  return program_->SetXsk("xsks", slot, xsk_fd);
+  uint32_t value = static_cast<uint32_t>(xsk_fd);
+  if (bpf_map_update_elem(xsks_, &slot, &value, BPF_ANY) != 0) return MapError("socket slot");
+  return absl::OkStatus();
 }
 
 absl::Status XdpSteering::ClearSocket(uint32_t slot) {
   if (slot >= kMaxSlots) return absl::InvalidArgumentError("steering: slot out of range");
-  return program_->ClearXsk("xsks", slot);
+  if (bpf_map_delete_elem(xsks_, &slot) != 0 && errno != ENOENT) return MapError("socket slot");
+  return absl::OkStatus();
 }
 
 absl::Status XdpSteering::AddMacRule(const packet::MacAddress& mac, uint16_t vlan,

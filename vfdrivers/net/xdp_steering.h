@@ -8,15 +8,23 @@
 // and its socket slot when the lease ends (frames then get the unmatched action, or are
 // dropped if a rule still names the empty slot). A target names the socket's slot and the
 // queue it is bound to: frames of a matching flow that arrive on another queue are dropped,
-// never passed to the kernel stack. Thread-compatible.
+// never passed to the kernel stack.
+//
+// Lifecycle: Load (open + verify, milliseconds: do it ahead of need) then AttachTo (a device
+// of its own, once); Attach does both. A loaded, unattached program carries no rule and no
+// socket, so it can be handed to any device. Adopt takes over the program a previous process
+// attached (a broker restart) through the device: its maps by id, the attachment left as is.
+// Thread-compatible.
 #ifndef VFBROKER_VFDRIVERS_NET_XDP_STEERING_H_
 #define VFBROKER_VFDRIVERS_NET_XDP_STEERING_H_
 
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/unique_fd.h"
 #include "vfdrivers/net/packet.h"
 #include "vfdrivers/net/xdp_program.h"
 
@@ -43,10 +51,27 @@ class XdpSteering {
   static constexpr uint32_t kMaxSlots = 256;
   enum Stat { kFlow, kFlowWildcard, kMac, kUnmatched, kWrongQueue, kMalformed, kStatCount };
 
-  // Loads the program and attaches it to `ifindex`. Unmatched frames go to the kernel stack
-  // (XDP_PASS) unless drop_unmatched.
+  // Loads the program (verified, attached to nothing, no rules). Unmatched frames will go to
+  // the kernel stack (XDP_PASS) unless drop_unmatched.
+  static absl::StatusOr<std::unique_ptr<XdpSteering>> Load(bool drop_unmatched);
+  // Attaches a loaded program to `ifindex` (once; never replaces another program there:
+  // ALREADY_EXISTS / BUSY from the kernel). FAILED_PRECONDITION for an adopted program.
+  absl::Status AttachTo(int ifindex, XdpAttachMode mode);
+  // Load, then AttachTo.
   static absl::StatusOr<std::unique_ptr<XdpSteering>> Attach(int ifindex, XdpAttachMode mode,
                                                              bool drop_unmatched);
+  // The steering program attached to `ifindex` in generic (skb) mode by someone else (a
+  // previous broker): NOT_FOUND if none, FAILED_PRECONDITION if the attached program is not
+  // "vfb_steer" with this build's map layout. Destroying the result leaves it attached.
+  static absl::StatusOr<std::unique_ptr<XdpSteering>> Adopt(int ifindex);
+  ~XdpSteering();
+  XdpSteering(const XdpSteering&) = delete;
+  XdpSteering& operator=(const XdpSteering&) = delete;
+
+  // Destroying this object will leave the program attached (e.g. at a broker stop with live
+  // leases); it keeps running and can be adopted later.
+  void LeaveAttached();
+  bool attached() const;
 
   absl::Status SetSocket(uint32_t slot, int xsk_fd);
   absl::Status ClearSocket(uint32_t slot);
@@ -56,12 +81,16 @@ class XdpSteering {
   absl::Status RemoveFlowRule(const FlowRule& rule);
   absl::StatusOr<std::array<uint64_t, kStatCount>> Stats() const;
 
-  XdpProgram& program() { return *program_; }
+  // The program's descriptor (e.g. for BPF_PROG_TEST_RUN).
+  int program_fd() const;
 
  private:
-  explicit XdpSteering(std::unique_ptr<XdpProgram> program) : program_(std::move(program)) {}
-  std::unique_ptr<XdpProgram> program_;
-  int macs_ = -1, flows_ = -1, config_ = -1, stats_ = -1;
+  XdpSteering() = default;
+  absl::Status FindMaps();  // of program_
+  std::unique_ptr<XdpProgram> program_;  // null when adopted
+  vfbroker::UniqueFd adopted_program_;             // adopted: the program and its maps, by id
+  std::vector<vfbroker::UniqueFd> adopted_maps_;
+  int xsks_ = -1, macs_ = -1, flows_ = -1, config_ = -1, stats_ = -1;
 };
 
 }  // namespace vfdrivers::net

@@ -60,7 +60,7 @@ class XdpSteeringTest : public ::testing::Test {
   uint32_t Run(std::vector<uint8_t> frame) {
     LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame.data(),
                 .data_size_in = static_cast<uint32_t>(frame.size()), .repeat = 1);
-    int err = bpf_prog_test_run_opts(steering_->program().program_fd(), &opts);
+    int err = bpf_prog_test_run_opts(steering_->program_fd(), &opts);
     EXPECT_EQ(err, 0) << strerror(errno);
     return opts.retval;
   }
@@ -125,6 +125,53 @@ TEST_F(XdpSteeringTest, RulesCannotBeClaimedTwiceAndCanBeRemoved) {
   EXPECT_EQ(steering_->AddFlowRule(half, {0, 0}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(steering_->SetSocket(XdpSteering::kMaxSlots, 0).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Load and attach apart (a loaded program waits attached to nothing), and Adopt: a second
+// process's view of the program through the device writes the same maps.
+TEST_F(XdpSteeringTest, LoadedLaterAttachedThenAdoptedThroughTheDevice) {
+  ASSERT_EQ(system("ip link add st2 type veth peer name st3 && ip link set st2 up"), 0);
+  const int ifindex = static_cast<int>(if_nametoindex("st2"));
+  EXPECT_EQ(XdpSteering::Adopt(ifindex).status().code(), absl::StatusCode::kNotFound);
+  auto loaded = XdpSteering::Load(/*drop_unmatched=*/false);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  std::unique_ptr<XdpSteering> s = *std::move(loaded);
+  EXPECT_FALSE(s->attached());
+  ASSERT_TRUE(s->AttachTo(ifindex, XdpAttachMode::kGeneric).ok());
+  EXPECT_EQ(s->AttachTo(ifindex, XdpAttachMode::kGeneric).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Another program is never attached over ours.
+  auto other = XdpSteering::Attach(ifindex, XdpAttachMode::kGeneric, false);
+  EXPECT_FALSE(other.ok());
+
+  auto adopted = XdpSteering::Adopt(ifindex);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  ASSERT_TRUE((*adopted)->AddMacRule(kMacA, XdpSteering::kUntagged, {0, 0}).ok());
+  EXPECT_EQ(s->AddMacRule(kMacA, XdpSteering::kUntagged, {0, 0}).code(),
+            absl::StatusCode::kAlreadyExists);
+  LIBBPF_OPTS(bpf_test_run_opts, opts);
+  std::vector<uint8_t> f = Udp(kMacA, 1, 1, 2, 2);
+  opts.data_in = f.data();
+  opts.data_size_in = static_cast<uint32_t>(f.size());
+  opts.repeat = 1;
+  ASSERT_EQ(bpf_prog_test_run_opts((*adopted)->program_fd(), &opts), 0);
+  EXPECT_EQ(opts.retval, XDP_DROP);  // steered to an empty slot
+  auto stats = s->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ((*stats)[XdpSteering::kMac], 1u);
+  EXPECT_EQ((*adopted)->AttachTo(ifindex, XdpAttachMode::kGeneric).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // Destroying the adopter leaves the program attached; so does LeaveAttached.
+  adopted->reset();
+  s->LeaveAttached();
+  s.reset();
+  auto again = XdpSteering::Adopt(ifindex);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->RemoveMacRule(kMacA, XdpSteering::kUntagged).ok());
+  // Detached: nothing left to adopt.
+  ASSERT_EQ(system("ip link set st2 xdpgeneric off"), 0);
+  EXPECT_EQ(XdpSteering::Adopt(ifindex).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

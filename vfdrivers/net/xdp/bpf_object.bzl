@@ -1,9 +1,18 @@
 """Builds an XDP/BPF C program with Debian's clang (-target bpf) and embeds the object file in
-a C++ library as `const unsigned char <symbol>[]` / `const size_t <symbol>Size` in namespace
-vfdrivers::net::xdp, so that a loader needs no file at run time (libbpf: bpf_object__open_mem).
+a C++ library as `const unsigned char <symbol>[]` / `const size_t <symbol>Size` in `namespace`,
+declared by `header` (a header of the calling package, listing its objects), so that a loader
+needs no file at run time (libbpf: bpf_object__open_mem). The defaults are this directory's
+(xdp_objects.h, vfdrivers::net::xdp); another package passes its own.
 Headers: linux-libc-dev (linux/bpf.h) and libbpf-dev (bpf/bpf_helpers.h)."""
 
-def bpf_object(name, src, symbol, hdrs = [], visibility = None):
+def bpf_object(
+        name,
+        src,
+        symbol,
+        hdrs = [],
+        header = "xdp_objects.h",
+        namespace = "vfdrivers::net::xdp",
+        visibility = None):
     obj = name + ".o"
     native.genrule(
         name = name + "_compile",
@@ -18,16 +27,17 @@ def bpf_object(name, src, symbol, hdrs = [], visibility = None):
         srcs = [obj],
         outs = [name + "_embed.cc"],
         cmd = "{ echo '#include <cstddef>'; " +
-              "echo 'namespace vfdrivers::net::xdp {'; " +
+              "echo '#include \"%s/%s\"'; " % (native.package_name(), header) +
+              "echo 'namespace %s {'; " % namespace +
               "echo 'alignas(8) extern const unsigned char %s[] = {'; " % symbol +
               "od -An -v -tx1 $< | sed -e 's/ \\([0-9a-f][0-9a-f]\\)/0x\\1,/g'; " +
               "echo '};'; " +
               "echo 'extern const size_t %sSize = sizeof(%s);'; " % (symbol, symbol) +
-              "echo '}  // namespace vfdrivers::net::xdp'; } > $@",
+              "echo '}  // namespace %s'; } > $@" % namespace,
     )
     native.cc_library(
         name = name,
         srcs = [name + "_embed.cc"],
-        hdrs = ["xdp_objects.h"],
+        hdrs = [header],
         visibility = visibility,
     )
