@@ -13,6 +13,7 @@
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -799,6 +800,9 @@ TEST_F(NicIntegrationTest, GracefulStopLeavesLeasesLiveAndGuarded) {
 }  // namespace vfbroker::testing
 
 int main(int argc, char** argv) {
+  // A probe that died (e.g. its lease could not be adopted) must fail its test, not kill the
+  // whole binary with SIGPIPE when the test writes it a command.
+  ::signal(SIGPIPE, SIG_IGN);
   ::testing::InitGoogleTest(&argc, argv);
   ::testing::AddGlobalTestEnvironment(new vfbroker::testing::NetnsEnvironment);
   return RUN_ALL_TESTS();

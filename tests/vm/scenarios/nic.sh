@@ -30,6 +30,16 @@ status=$?
 end=$(cut -d' ' -f1 /proc/uptime)
 sed 's/^/  test: /' $OUT
 log "nic_integration_test exited $status after $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')s of guest time"
+# Before Linux 6.4 ("xsk: allow remap of fill and/or completion rings") a bound AF_XDP socket's
+# rings cannot be mapped (xsk_mmap: EBUSY), and the broker hands tenants bound sockets: no NIC
+# lease can be adopted at all, VLAN or not. On such a kernel (Debian 12's stock 6.1) that, and
+# only that, is a SKIP, said loudly; README.md says how to boot a 6.12 guest for this scenario.
+kv=$(uname -r); major=${kv%%.*}; minor=${kv#*.}; minor=${minor%%.*}
+if [ $status != 0 ] && { [ "$major" -lt 6 ] || { [ "$major" = 6 ] && [ "$minor" -lt 4 ]; }; } &&
+   grep -q "ADOPT_FAILED" $OUT && grep -q "mmap fill ring: Device or resource busy" $OUT; then
+  log "SKIPPED: kernel $kv refuses to map a bound AF_XDP socket's rings (EBUSY, fixed in 6.4): no NIC lease can be adopted here; run with VFBROKER_VM_CACHE=<a 6.12 guest kernel> (tests/vm/README.md)"
+  exit 0
+fi
 [ $status = 0 ] || fail "nic_integration_test exited with status $status"
 grep -q '^\[  PASSED  \]' $OUT || fail "nic_integration_test: no PASSED line"
 if grep -q '^\[  SKIPPED \]' $OUT; then fail "nic_integration_test skipped tests in the guest"; fi
