@@ -8,11 +8,15 @@
 #     open finds the VF as the first left it: a reset with no RSTD to see); then VF1 likewise.
 . /lib/vm_lib.sh
 CHECK=igbvf_check
-IP=/bin/ip
+IP=
+for c in /usr/sbin/ip /sbin/ip /bin/ip; do  # iproute2's, wherever the harness put it
+  [ -x "$c" ] && "$c" -V 2>&1 | grep -q iproute2 && { IP=$c; break; }
+done
 
 [ -n "$IGB_PF" ] || { fail "no igb (82576) 8086:10c9"; check_failed; exit; }
 command -v $CHECK >/dev/null || { fail "no $CHECK in the guest"; check_failed; exit; }
-$IP -V 2>&1 | grep -q iproute2 || { fail "$IP is not iproute2's: $($IP -V 2>&1 | head -1)"; check_failed; exit; }
+[ -n "$IP" ] || { fail "no iproute2 ip in the guest (busybox's has no 'vf')"; check_failed; exit; }
+log "iproute2: $IP ($($IP -V 2>&1 | head -1))"
 PFNET=$(ls "/sys/bus/pci/devices/$IGB_PF/net/" | head -1)
 [ -n "$PFNET" ] || { fail "igb PF $IGB_PF has no netdev"; check_failed; exit; }
 $IP link set "$PFNET" up || fail "link set $PFNET up"
