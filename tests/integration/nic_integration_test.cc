@@ -546,6 +546,24 @@ TEST_F(NicIntegrationTest, UntaggedLeaseGetsNoTaggedFramesToItsMac) {
   Finish(a);
 }
 
+// A priority-tagged frame (802.1p: a tag with VID 0) is untagged traffic (802.1Q): an untagged
+// lease receives it; a VLAN lease does not.
+TEST_F(NicIntegrationTest, PriorityTaggedFramesAreUntagged) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:13");
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "prio5-", 3, 0xA000);  // PCP 5, VID 0
+  wire.Send(Mac(a.mac), 5000, "plain-", 3);
+  EXPECT_EQ(Report(a).second, Join({}, Expected("prio5-", 3) + "," + Expected("plain-", 3)));
+  if (KernelHasVlanDevices()) {
+    Holder v = Hold(kTenantB, "02:76:66:00:01:69", 100);
+    wire.Send(Mac(v.mac), 5000, "v-prio5-", 3, 0xA000);
+    wire.Send(Mac(v.mac), 5000, "v-v100-", 3, 100);
+    EXPECT_EQ(Report(v).second, Expected("v-v100-", 3));
+    Finish(v);
+  }
+  Finish(a);
+}
+
 TEST_F(NicIntegrationTest, VlanLeaseReceivesOnlyItsVlanAndSendsTagged) {
   if (!KernelHasVlanDevices() && !VlanRequired()) {
     // The broker must say so plainly, and change nothing.

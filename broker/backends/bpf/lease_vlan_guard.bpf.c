@@ -58,6 +58,10 @@ int vfb_lease_vlan_guard(struct __sk_buff *skb) {
     if ((void *)(tci + 1) > data_end) return verdict(VFB_LVG_DROP_STACKED, TC_ACT_SHOT);
     vid = bpf_ntohs(*tci) & 0x0FFF;
   }
+  // VID 0 is a priority tag (802.1p), not a VLAN: 802.1Q counts such a frame as untagged, and
+  // so does the kernel (no VLAN device takes VID 0; the frame goes on to the interface's
+  // macvlans with the tag cleared).
+  if (vid == 0) vid = VFB_LVG_UNTAGGED;
   if (vid != *want) return verdict(VFB_LVG_DROP_VLAN, TC_ACT_SHOT);
   return verdict(VFB_LVG_PASSED, TC_ACT_OK);
 }
