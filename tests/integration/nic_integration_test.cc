@@ -651,6 +651,28 @@ TEST_F(NicIntegrationTest, VlanLeasesReceiveExactlyTheirVlansFramesToTheirMac) {
   EXPECT_EQ(VlanDevices(), std::set<std::string>{}) << "VLAN devices outlived their leases";
 }
 
+// Flow filters on a VLAN lease: its steering program sees the frames untagged (the VLAN
+// device took the tag), so a filter selects among that VLAN's flows to the lease's MAC only.
+TEST_F(NicIntegrationTest, VlanLeaseFlowFiltersSelectAmongItsVlansFlows) {
+  SKIP_WITHOUT_VLAN_DEVICES();
+  Holder a = Hold(kTenantA, "02:76:66:00:01:6a", 100, {"10.77.0.10:5000"});
+  ASSERT_EQ(a.filter_id, "f1");
+  Wire wire;
+  const MacAddress mac = Mac(a.mac);
+  wire.Send(mac, 5000, "v100-p5000-", 4, 100);
+  wire.Send(mac, 5001, "v100-p5001-", 4, 100);
+  wire.Send(mac, 5000, "v200-p5000-", 4, 200);
+  wire.Send(mac, 5000, "plain-p5000-", 4);
+  EXPECT_EQ(Report(a).second, Expected("v100-p5000-", 4));
+  EXPECT_EQ(Command(a, "add 10.77.0.10 5001", "added"), "f2");
+  EXPECT_EQ(Command(a, "remove f1", "removed"), "OK");
+  wire.Send(mac, 5000, "v100-p5000-", 4, 100);
+  wire.Send(mac, 5001, "v100-p5001-", 4, 100);
+  wire.Send(mac, 5001, "v200-p5001-", 4, 200);
+  EXPECT_EQ(Report(a).second, Expected("v100-p5001-", 4));
+  Finish(a);
+}
+
 // What a VLAN lease sends leaves tagged with its VLAN (the peer sees the tag, from the lease's
 // MAC); it cannot send untagged, on another VLAN, double-tagged, or from another MAC. An
 // untagged lease beside it sends untagged and cannot send onto the VLAN.
