@@ -265,7 +265,7 @@ absl::Status IgbvfPort::SetMac(const MacAddress& mac) {
 
 absl::Status IgbvfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
   // The PF takes 12-bit MTA hash values, two per word after word 0, at most 30 (§7.8.2 and
-  // the multicast table array, §7.1.2.3): hash = the address's top 12 bits of bytes 4-5
+  // the multicast table array, MTA): hash = the address's top 12 bits of bytes 4-5
   // (MO = 00b: bits 47:36).
   if (addrs.size() > 30) return absl::InvalidArgumentError("igbvf: more than 30 multicast addresses");
   uint32_t msg[kMbxWords] = {};
@@ -352,7 +352,7 @@ absl::Status IgbvfPort::SetupQueues() {
   rdt_ = *rdt;
   tdt_ = *tdt;
 
-  // Receive queue 0 (§4.x "receive initialization", §7.1.5): queue disabled while it is set up,
+  // Receive queue 0 (§7.1 receive initialization, §7.1.5 descriptors): queue disabled while it is set up,
   // ring base/length, head = tail = 0, SRRCTL = 2 KiB buffers, advanced one-buffer descriptors,
   // drop when no descriptor is free (so a stalled tenant never backs up the PF's switch).
   RETURN_IF_ERROR(bar_->Write32(kRxdctl, 0));
@@ -418,13 +418,13 @@ void IgbvfPort::Refill() {
   if (room == 0) return;
   uint32_t tail = rx_tail_;
   const uint32_t* free_list = free_.data();
-  BufState* state = state_.data();
   uint32_t* slots = rx_slot_.data();
   RxDesc* ring = rx_ring_;
   const uint64_t iova = buffers_iova_;
+  // state_ stays kFree: only kApp (the caller's) matters to the checks, and a free buffer's
+  // state is already "not the caller's".
   for (uint32_t n = room; n != 0; --n) {
     const uint32_t b = free_list[--top];
-    state[b] = BufState::kRx;
     slots[tail] = b;
     ring[tail].pkt_addr = iova + uint64_t{b} * kBufferSize;
     ring[tail].hdr_addr = 0;
@@ -439,20 +439,19 @@ void IgbvfPort::Refill() {
 
 size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
   if (tx_in_flight_ != 0) ReclaimTx();
-  const size_t want = out.size();
   const uint32_t mask = rx_mask_;
   uint32_t next = rx_next_;
-  uint32_t posted = rx_posted_;
-  volatile RxDesc* ring = rx_ring_;
-  const uint32_t* slots = rx_slot_.data();
-  BufState* state = state_.data();
+  // Only slots the driver gave the device are looked at (rx_posted_), in order.
+  const uint32_t limit = out.size() < rx_posted_ ? static_cast<uint32_t>(out.size()) : rx_posted_;
+  volatile RxDesc* const ring = rx_ring_;
+  const uint32_t* const slots = rx_slot_.data();
+  BufState* const state = state_.data();
   uint8_t* const buffers = buffers_;
-  const uint64_t iova = buffers_iova_;
-  PacketBuffer* o = out.data();
-  size_t n = 0;
+  const uint64_t to_iova = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
+  PacketBuffer* q = out.data();
+  uint32_t reaped = 0;
   uint64_t bytes = 0;
-  // Only slots the driver gave the device are looked at (posted), in order.
-  while (n < want && posted != 0) {
+  for (; reaped < limit; ++reaped) {
     const uint64_t wb = ring[next].hdr_addr;  // status/error 31:0, length 47:32
     const uint32_t staterr = static_cast<uint32_t>(wb);
     if ((staterr & kRxStatDd) == 0) break;
@@ -460,7 +459,6 @@ size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
     const uint32_t len = static_cast<uint32_t>(wb >> 32) & 0xFFFF;
     const uint32_t b = slots[next];
     next = (next + 1) & mask;
-    --posted;
     // Length and EOP checked before anything is handed out; a bad one goes back to the pool.
     if (__builtin_expect(len - 1 >= kBufferSize ||
                              (staterr & (kRxStatEop | kRxErrFrame)) != kRxStatEop,
@@ -469,20 +467,22 @@ size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
       continue;
     }
     state[b] = BufState::kApp;
-    PacketBuffer& p = o[n++];
-    p.data = buffers + size_t{b} * kBufferSize;
-    p.device_address = iova + uint64_t{b} * kBufferSize;
-    p.length = len;
-    p.capacity = kBufferSize;
-    p.index = b;
-    p.pool = this;
+    uint8_t* const data = buffers + size_t{b} * kBufferSize;
+    q->data = data;
+    q->device_address = reinterpret_cast<uintptr_t>(data) + to_iova;
+    q->length = len;
+    q->capacity = kBufferSize;
+    q->index = b;
+    q->pool = this;
+    ++q;
     bytes += len;
   }
+  const size_t n = static_cast<size_t>(q - out.data());
   rx_next_ = next;
-  rx_posted_ = posted;
+  rx_posted_ -= reaped;
   stats_.rx_packets += n;
   stats_.rx_bytes += bytes;
-  if (mask - posted >= kRxRefillBatch) Refill();
+  if (mask - rx_posted_ >= kRxRefillBatch) Refill();
   return n;
 }
 
@@ -496,8 +496,7 @@ void IgbvfPort::RxDrop(uint32_t b, uint32_t len, uint32_t staterr) {
   } else {
     ++xstats_.rx_frame_errors;
   }
-  state_[b] = BufState::kFree;
-  free_[free_top_++] = b;
+  free_[free_top_++] = b;  // state_ is not kApp: a dropped buffer never reached the caller
 }
 
 // Reads the head the device wrote back; everything between tx_clean_ and it is sent. A head
@@ -513,12 +512,11 @@ void IgbvfPort::ReclaimTx() {
     return;
   }
   const uint32_t* slots = tx_slot_.data();
-  BufState* state = state_.data();
   uint32_t* free_list = free_.data();
   uint32_t top = free_top_;
+  // state_ stays kTx (which, like kFree, is "not the caller's"): AllocBurst and RxBurst set kApp.
   for (uint32_t i = 0; i < done; ++i) {
     const uint32_t b = slots[c];
-    state[b] = BufState::kFree;
     free_list[top++] = b;
     c = (c + 1) & mask;
   }
@@ -570,7 +568,7 @@ size_t IgbvfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
     }
     state[b] = BufState::kTx;
     slots[tail] = b;
-    // §7.2.2.3 advanced data descriptor: DEXT, DTYP = data, EOP (one buffer per frame), IFCS
+    // §7.2.2 advanced data descriptor: DEXT, DTYP = data, EOP (one buffer per frame), IFCS
     // (the device appends the CRC); PAYLEN = the frame's length.
     TxDesc& d = ring[tail];
     d.addr = data + to_iova;

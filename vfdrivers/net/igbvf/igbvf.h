@@ -91,7 +91,7 @@ inline constexpr uint32_t kRxStatDd = 1u << 0, kRxStatEop = 1u << 1;
 // Errors in STATUS/ERROR bits 31:20 of the write-back (CE, SE, SEQ, CXE, RXE; not checksums).
 inline constexpr uint32_t kRxErrFrame = 0x97000000u;
 
-// Advanced transmit data descriptor (§7.2.2.3).
+// Advanced transmit data descriptor (§7.2.2).
 struct TxDesc {
   uint64_t addr;
   uint32_t cmd_type_len;  // DTALEN 15:0, DTYP 23:20 = 0011b, DCMD 31:24
@@ -191,6 +191,8 @@ class IgbvfPort final : public Port {
   uint32_t free_buffers() const { return free_top_; }
 
  private:
+  // Only kApp (in the caller's hands) is checked; buffers on the device or in the free stack
+  // are merely "not kApp", so the refill and reclaim loops do not write the state.
   enum class BufState : uint8_t { kFree, kRx, kApp, kTx };
   IgbvfPort(std::unique_ptr<Bar> bar, const Options& options);
   absl::Status Init();
