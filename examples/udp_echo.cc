@@ -8,10 +8,16 @@
 //                                     and attach the redirect-all program, as the broker would
 //                                     (udp_echo_provision.h); for benchmarks and host tests.
 //                                     Every frame arriving on that queue goes to the echo.
-//   (broker mode: a NIC lease from vfbrokerd through libvfclient's AllocateNic is not built
-//    yet: libvfclient has no AllocateNic at the time of writing.)
+//   --broker --pool=P                 (any uid the pool's policy admits) a NIC lease from
+//                                     vfbrokerd through libvfclient (AllocateNic): the broker
+//                                     creates the socket on a device of the lease's own and
+//                                     steers the lease's frames to it; we adopt the two
+//                                     descriptors (client/nic_port.h) and echo. The lease's MAC
+//                                     and device are printed; --flow_filter asks for a UDP
+//                                     filter on --udp_port.
 //
 //   udp_echo --self_provision --interface=veth0 [--udp_port=7] [--cpu=1] [--seconds=0]
+//   udp_echo --broker --pool=nic [--socket_dir=/run/vfbroker] [--mac=..] [--udp_port=7]
 //
 // Prints "ready" on stdout once the port receives, and its counters when it stops (SIGINT,
 // SIGTERM or --seconds).
@@ -30,17 +36,25 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "client/broker_client.h"
+#include "client/nic_port.h"
 #include "examples/udp_echo_loop.h"
 #include "examples/udp_echo_provision.h"
 
 ABSL_FLAG(bool, self_provision, false,
           "Create the AF_XDP socket on --interface ourselves (root) instead of asking a broker");
 ABSL_FLAG(std::string, interface, "", "Device for --self_provision");
+ABSL_FLAG(bool, broker, false, "Get the port from vfbrokerd (AllocateNic on --pool)");
+ABSL_FLAG(std::string, socket_dir, "/run/vfbroker", "--broker: where vfbrokerd's sockets are");
+ABSL_FLAG(std::string, pool, "", "--broker: the xdp_nic pool to allocate from");
+ABSL_FLAG(std::string, mac, "", "--broker: the MAC to ask for (\"\": the broker picks)");
+ABSL_FLAG(uint32_t, vlan, 0, "--broker: VLAN to ask for (0: untagged)");
+ABSL_FLAG(bool, flow_filter, false, "--broker: ask for a UDP flow filter on --udp_port");
 ABSL_FLAG(uint32_t, queue, 0, "Device queue for --self_provision");
 ABSL_FLAG(std::string, xdp_mode, "native", "XDP attach mode: native, generic or auto");
-ABSL_FLAG(uint32_t, frame_size, 2048, "UMEM chunk size (2048 or 4096)");
-ABSL_FLAG(uint32_t, frames, 4096, "UMEM chunks");
-ABSL_FLAG(uint32_t, ring_size, 2048, "Size of each of the four rings");
+ABSL_FLAG(uint32_t, frame_size, 2048, "--self_provision: UMEM chunk size (2048 or 4096)");
+ABSL_FLAG(uint32_t, frames, 4096, "--self_provision: UMEM chunks");
+ABSL_FLAG(uint32_t, ring_size, 2048, "--self_provision: size of each of the four rings");
 ABSL_FLAG(uint32_t, burst, 32, "Frames per RxBurst");
 ABSL_FLAG(uint32_t, udp_port, 0, "Echo only datagrams to this UDP port (0: any)");
 ABSL_FLAG(bool, verify, false, "Drop frames whose IPv4/UDP checksums do not verify");
@@ -62,10 +76,10 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using vfbroker::examples::ChecksumMode;
 
-  if (!absl::GetFlag(FLAGS_self_provision)) {
-    fprintf(stderr,
-            "udp_echo: only --self_provision is built; the broker mode waits for libvfclient's "
-            "AllocateNic\n");
+  const bool self_provision = absl::GetFlag(FLAGS_self_provision);
+  const bool broker = absl::GetFlag(FLAGS_broker);
+  if (self_provision == broker) {
+    fprintf(stderr, "udp_echo: give exactly one of --self_provision and --broker\n");
     return 2;
   }
   vfdrivers::net::XdpAttachMode mode;
@@ -92,18 +106,63 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  vfdrivers::net::AfXdpLayout layout;
-  layout.frame_size = absl::GetFlag(FLAGS_frame_size);
-  layout.frame_count = absl::GetFlag(FLAGS_frames);
-  layout.fill_size = layout.completion_size = layout.rx_size = layout.tx_size =
-      absl::GetFlag(FLAGS_ring_size);
-  auto provisioned = vfbroker::examples::SelfProvisionAfXdpPort(
-      absl::GetFlag(FLAGS_interface), absl::GetFlag(FLAGS_queue), mode, layout);
-  if (!provisioned.ok()) {
-    fprintf(stderr, "udp_echo: %s\n", provisioned.status().ToString().c_str());
-    return 1;
+  // The descriptor source. Destruction order: port, then lease / program.
+  std::shared_ptr<vfclient::BrokerClient> client;
+  std::unique_ptr<vfclient::NicLease> lease;
+  vfbroker::examples::SelfProvisionedPort provisioned;
+  std::unique_ptr<vfdrivers::net::AfXdpPort> leased_port;
+  vfdrivers::net::AfXdpPort* port_ptr = nullptr;
+  if (broker) {
+    vfclient::ConnectOptions co;
+    co.socket_dir = absl::GetFlag(FLAGS_socket_dir);
+    auto c = vfclient::BrokerClient::Connect(co);
+    if (!c.ok()) {
+      fprintf(stderr, "udp_echo: connect: %s\n", c.status().ToString().c_str());
+      return 1;
+    }
+    client = *c;
+    vfbroker::v1::AllocateNicRequest request;
+    request.set_pool(absl::GetFlag(FLAGS_pool));
+    request.set_mac(absl::GetFlag(FLAGS_mac));
+    request.set_vlan(absl::GetFlag(FLAGS_vlan));
+    if (absl::GetFlag(FLAGS_flow_filter) && options.udp_port != 0) {
+      vfbroker::v1::FlowFilter* f = request.add_filters();
+      f->set_protocol(vfbroker::v1::FlowFilter::PROTOCOL_UDP);
+      f->set_dst_port(options.udp_port);
+    }
+    auto l = client->AllocateNic(request);
+    if (!l.ok()) {
+      fprintf(stderr, "udp_echo: AllocateNic: %s\n", l.status().ToString().c_str());
+      return 1;
+    }
+    lease = std::move(*l);
+    auto p = vfclient::AdoptNicPort(*lease);
+    if (!p.ok()) {
+      fprintf(stderr, "udp_echo: adopt: %s\n", p.status().ToString().c_str());
+      return 1;
+    }
+    leased_port = std::move(*p);
+    port_ptr = leased_port.get();
+    fprintf(stderr, "udp_echo: lease %s: mac %s vlan %u on %s (device %s, queue %u)\n",
+            lease->id().c_str(), lease->nic().mac().c_str(), lease->nic().vlan(),
+            lease->nic().interface().c_str(), lease->nic().device().c_str(),
+            lease->nic().queue_id());
+  } else {
+    vfdrivers::net::AfXdpLayout layout;
+    layout.frame_size = absl::GetFlag(FLAGS_frame_size);
+    layout.frame_count = absl::GetFlag(FLAGS_frames);
+    layout.fill_size = layout.completion_size = layout.rx_size = layout.tx_size =
+        absl::GetFlag(FLAGS_ring_size);
+    auto p = vfbroker::examples::SelfProvisionAfXdpPort(
+        absl::GetFlag(FLAGS_interface), absl::GetFlag(FLAGS_queue), mode, layout);
+    if (!p.ok()) {
+      fprintf(stderr, "udp_echo: %s\n", p.status().ToString().c_str());
+      return 1;
+    }
+    provisioned = std::move(*p);
+    port_ptr = provisioned.port.get();
   }
-  vfdrivers::net::AfXdpPort& port = *provisioned->port;
+  vfdrivers::net::AfXdpPort& port = *port_ptr;
 
   if (int cpu = absl::GetFlag(FLAGS_cpu); cpu >= 0) {
     cpu_set_t set;
@@ -142,5 +201,6 @@ int main(int argc, char** argv) {
          st.received, st.echoed, st.ignored, st.tx_dropped, st.idle_polls, ps.wakeups,
          ps.bad_descriptors, port.info().zero_copy ? 1 : 0);
   fflush(stdout);
+  leased_port.reset();  // before the lease that backs it
   return 0;
 }
