@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # UDP over a veth pair, side by side in one run (root):
 #   (i)  receive: a fixed offered load of 60-byte UDP frames (udp_blast: AF_PACKET with
-#        PACKET_QDISC_BYPASS, sendmmsg of 8, batches at Poisson times) into one veth end, received by our AfXdpPort
-#        (rx_bench, busy-polling and poll()-when-idle), a kernel UDP socket with recvmmsg
-#        (blocking and MSG_DONTWAIT spin) and dpdk-testpmd's net_af_xdp PMD (rxonly). For each:
-#        packets received, the receiver process's CPU, the kernel's softirq CPU, and the
-#        receive cost per packet (see "How CPU is measured" below).
+#        PACKET_QDISC_BYPASS, sendmmsg of 8, batches at Poisson times) into one veth end,
+#        received by our AfXdpPort (rx_bench, busy-polling and poll()-when-idle), a kernel
+#        UDP socket with recvmmsg (blocking and MSG_DONTWAIT spin) and dpdk-testpmd's
+#        net_af_xdp PMD (rxonly). For each: packets received, the receiver process's CPU,
+#        the kernel's softirq CPU, and the receive cost per packet (see "How CPU is measured"
+#        below).
 #   (ii) echo: UDP ping-pong round trips (echo_client, one request outstanding) against
 #        udp_echo (AfXdpPort, busy-polling) and kernel_echo (busy-polling, blocking, blocking
 #        with SO_BUSY_POLL).
