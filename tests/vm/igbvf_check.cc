@@ -9,7 +9,9 @@
 // MAC is refused by the PF (trust off), SET_LPE is accepted, the device reported no bad
 // descriptor. Prints "CHECK PASS|FAIL <name>: <detail> [<time>]" per check and a summary line.
 #include <arpa/inet.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -42,6 +44,9 @@ ABSL_FLAG(std::string, vf_ip, "10.9.0.2", "the address the driver uses");
 ABSL_FLAG(uint32_t, count, 64, "datagrams each way");
 ABSL_FLAG(uint32_t, attempts, 3, "tries to bring the VF up (the mailbox can time out under TCG)");
 ABSL_FLAG(bool, vfio_reset, true, "VFIO_DEVICE_RESET (FLR) before the driver's own reset");
+ABSL_FLAG(int, run_as_uid, -1,
+          "drop to this uid and gid (same number) before opening anything, after raising "
+          "RLIMIT_MEMLOCK to 64 MiB as root (VFIO charges pinned DMA pages to it)");
 
 namespace {
 
@@ -94,7 +99,28 @@ std::string Payload(const char* dir, uint32_t i) {
   return p;
 }
 
+absl::Status DropPrivileges(int uid) {
+  const rlim_t bytes = rlim_t{64} << 20;
+  struct rlimit limit = {bytes, bytes};
+  if (setrlimit(RLIMIT_MEMLOCK, &limit) != 0) return absl::ErrnoToStatus(errno, "setrlimit");
+  if (setgroups(0, nullptr) != 0) return absl::ErrnoToStatus(errno, "setgroups");
+  if (setresgid(uid, uid, uid) != 0) return absl::ErrnoToStatus(errno, "setresgid");
+  if (setresuid(uid, uid, uid) != 0) return absl::ErrnoToStatus(errno, "setresuid");
+  if (geteuid() != static_cast<uid_t>(uid) || setresuid(0, 0, 0) == 0) {
+    return absl::InternalError("privileges were not dropped");
+  }
+  return absl::OkStatus();
+}
+
 int Main() {
+  const int uid = absl::GetFlag(FLAGS_run_as_uid);
+  if (uid >= 0 && !Check("drop to uid " + std::to_string(uid), [&]() -> absl::StatusOr<std::string> {
+        absl::Status st = DropPrivileges(uid);
+        if (!st.ok()) return st;
+        return absl::StrCat("uid ", getuid(), " gid ", getgid(), ", RLIMIT_MEMLOCK 64 MiB");
+      })) {
+    return 1;
+  }
   const std::string pci = absl::GetFlag(FLAGS_pci);
   absl::StatusOr<MacAddress> expect_mac = ParseMac(absl::GetFlag(FLAGS_expect_mac));
   absl::StatusOr<MacAddress> pf_mac = ParseMac(absl::GetFlag(FLAGS_pf_mac));

@@ -5,7 +5,8 @@
 #   - static neighbour entries on the PF for the VFs' addresses (the driver answers no ARP);
 #   - VF0 bound to vfio-pci: igbvf_check resets it, gets its MAC over the mailbox, waits for link,
 #     exchanges verified UDP with a kernel socket on the PF both ways; run twice (the second
-#     open finds the VF as the first left it: a reset with no RSTD to see); then VF1 likewise.
+#     open finds the VF as the first left it: a reset with no RSTD to see); then VF1 likewise,
+#     as uid 60001 owning only its /dev/vfio group node.
 . /lib/vm_lib.sh
 CHECK=igbvf_check
 IP=
@@ -58,6 +59,9 @@ verdict() {  # label args...
 verdict "VF0 $VF0" --pci="$VF0" --expect_mac=$VFMAC0 --pf_mac="$PFMAC" --vf_ip=10.9.0.2
 verdict "VF0 $VF0 again" --pci="$VF0" --expect_mac=$VFMAC0 --pf_mac="$PFMAC" --vf_ip=10.9.0.2 \
   --vfio_reset=false
-verdict "VF1 $VF1" --pci="$VF1" --expect_mac=$VFMAC1 --pf_mac="$PFMAC" --vf_ip=10.9.0.3
+# VF1 as a tenant would run: uid 60001, owner of its /dev/vfio group node only.
+chown 60001:60001 "/dev/vfio/$G1"
+verdict "VF1 $VF1 (uid 60001)" --pci="$VF1" --expect_mac=$VFMAC1 --pf_mac="$PFMAC" \
+  --vf_ip=10.9.0.3 --run_as_uid=60001
 dmesg | grep -i -E "igb|DMAR" | tail -20 | while IFS= read -r l; do log "kernel: $l"; done
 check_failed
