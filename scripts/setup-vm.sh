@@ -2,8 +2,10 @@
 # Sets up the QEMU guest harness (tests/vm) from Debian's archive only:
 #   - QEMU 10 (qemu-system-x86) from bookworm-backports (bookworm's 7.2 has no igb model),
 #   - busybox-static, cpio, kmod (depmod) for the initramfs,
-#   - a Debian linux-image-6.1.0-*-amd64 guest kernel, downloaded with `apt-get download` and unpacked
-#     with `dpkg -x` into .cache/vm/kernel/ (gitignored). It is never installed on the host.
+#   - two Debian guest kernels, downloaded with `apt-get download` and unpacked with `dpkg -x` (never
+#     installed on the host): bookworm's linux-image-6.1.0-*-amd64 into .cache/vm/kernel/ (the
+#     default: what Debian 12 runs), and the newest linux-image-6.12.*+deb12-amd64-unsigned into
+#     .cache/vm/kernel-6.12/ (tests selecting VM_KERNEL=6.12: xdp_nic needs Linux 6.4+).
 # Idempotent: when everything is already there it does nothing and touches no network.
 set -euo pipefail
 
@@ -16,13 +18,15 @@ qemu_major() {
   command -v qemu-system-x86_64 >/dev/null || { echo 0; return; }
   qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1
 }
-kernel_ready() { compgen -G "$CACHE/kernel/lib/modules/*/modules.dep" >/dev/null &&
-                 compgen -G "$CACHE/kernel/boot/vmlinuz-*" >/dev/null; }
+kernel_ready() {  # [DIR]
+  local dir=${1:-$CACHE/kernel}
+  compgen -G "$dir/lib/modules/*/modules.dep" >/dev/null && compgen -G "$dir/boot/vmlinuz-*" >/dev/null
+}
 
 need_qemu=0; (( $(qemu_major) >= 10 )) || need_qemu=1
 missing=()
 for p in busybox-static cpio kmod; do have_pkg "$p" || missing+=("$p"); done
-if (( need_qemu == 0 )) && ((${#missing[@]} == 0)) && kernel_ready; then
+if (( need_qemu == 0 )) && ((${#missing[@]} == 0)) && kernel_ready && kernel_ready "$CACHE/kernel-6.12"; then
   exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then
@@ -67,19 +71,30 @@ if (( need_qemu )); then
   (( $(qemu_major) >= 10 )) || { echo "setup-vm: QEMU is $(qemu_major).x, need 10" >&2; exit 1; }
 fi
 
+fetch_kernel() {  # PACKAGE DIR
+  local pkg=$1 dir=$2 kv
+  echo "setup-vm: fetching guest kernel $pkg into $dir (not installed on the host)"
+  rm -rf "$dir" "$CACHE/deb"; mkdir -p "$CACHE/deb"
+  if id _apt >/dev/null 2>&1; then chown _apt "$CACHE/deb"; fi  # apt downloads as _apt
+  (cd "$CACHE/deb" && apt-get download -qq "$pkg")
+  dpkg -x "$CACHE"/deb/"$pkg"_*.deb "$dir"
+  kv=$(basename "$(ls -d "$dir"/lib/modules/*)")
+  depmod -b "$dir" "$kv"
+  rm -rf "$CACHE/deb"
+  kernel_ready "$dir" || { echo "setup-vm: guest kernel unpack failed ($dir)" >&2; exit 1; }
+}
 if ! kernel_ready; then
   # Newest linux-image-6.1.0-N-amd64 (unsigned) that the archive offers.
   pkg=$(apt-cache pkgnames linux-image-6.1.0- | grep -E '^linux-image-6\.1\.0-[0-9]+-amd64$' |
         sort -t- -k4,4n | tail -1)
   [[ -n $pkg ]] || { echo "setup-vm: no linux-image-6.1.0-*-amd64 in the archive" >&2; exit 1; }
-  echo "setup-vm: fetching guest kernel $pkg into $CACHE/kernel (not installed on the host)"
-  rm -rf "$CACHE/kernel" "$CACHE/deb"; mkdir -p "$CACHE/deb"
-  if id _apt >/dev/null 2>&1; then chown _apt "$CACHE/deb"; fi  # apt downloads as _apt
-  (cd "$CACHE/deb" && apt-get download -qq "$pkg")
-  dpkg -x "$CACHE"/deb/"$pkg"_*.deb "$CACHE/kernel"
-  kv=$(basename "$(ls -d "$CACHE"/kernel/lib/modules/*)")
-  depmod -b "$CACHE/kernel" "$kv"
-  rm -rf "$CACHE/deb"
-  kernel_ready || { echo "setup-vm: guest kernel unpack failed" >&2; exit 1; }
+  fetch_kernel "$pkg" "$CACHE/kernel"
 fi
-echo "setup-vm: done (QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), guest kernel $(ls "$CACHE/kernel/lib/modules"))"
+if ! kernel_ready "$CACHE/kernel-6.12"; then
+  # Newest linux-image-6.12.N+deb12-amd64-unsigned (bookworm's security/backport line of 6.12).
+  pkg=$(apt-cache pkgnames linux-image-6.12. | grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' |
+        sort -V | tail -1)
+  [[ -n $pkg ]] || { echo "setup-vm: no linux-image-6.12.*+deb12-amd64-unsigned in the archive" >&2; exit 1; }
+  fetch_kernel "$pkg" "$CACHE/kernel-6.12"
+fi
+echo "setup-vm: done (QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), guest kernels $(ls "$CACHE/kernel/lib/modules") and $(ls "$CACHE/kernel-6.12/lib/modules"))"

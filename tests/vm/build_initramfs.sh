@@ -35,9 +35,11 @@ MODULES=(vfio vfio_iommu_type1 vfio-pci nvme igb igbvf)
 read -r -d "" -a EXTRA_MODULES <<< "${VM_EXTRA_MODULES:-}" || true  # any whitespace separates
 MODULES+=(${EXTRA_MODULES[@]+"${EXTRA_MODULES[@]}"})
 
-KV=$(ls "$CACHE/kernel/lib/modules" 2>/dev/null | head -1)
-MD=$CACHE/kernel/lib/modules/$KV
-[[ -n $KV && -f $MD/modules.dep ]] || { echo "build_initramfs: no guest kernel in $CACHE; run scripts/setup-vm.sh" >&2; exit 1; }
+# VM_KERNEL=6.12 selects $CACHE/kernel-6.12 (scripts/setup-vm.sh fetches both); default $CACHE/kernel (6.1).
+KDIR=$CACHE/kernel${VM_KERNEL:+-$VM_KERNEL}
+KV=$(ls "$KDIR/lib/modules" 2>/dev/null | head -1)
+MD=$KDIR/lib/modules/$KV
+[[ -n $KV && -f $MD/modules.dep ]] || { echo "build_initramfs: no guest kernel in $KDIR; run scripts/setup-vm.sh" >&2; exit 1; }
 [[ -x /bin/busybox ]] && /bin/busybox --list | grep -x insmod >/dev/null ||
   { echo "build_initramfs: need busybox-static (/bin/busybox)" >&2; exit 1; }
 

@@ -10,7 +10,7 @@
 #     group, as on hardware without ACS, so a VF of it must never be handed to a tenant.
 # The guest console goes to LOG; the guest's /init prints "VM-RESULT: PASS|FAIL" and powers off.
 # Exit status: 0 on PASS, 1 on FAIL, timeout, or no result line (the log is printed then).
-# usage: run_vm.sh INITRAMFS [LOG]    env: VM_TIMEOUT (s, default 300), VFBROKER_VM_CACHE, VM_QEMU
+# usage: run_vm.sh INITRAMFS [LOG]    env: VM_TIMEOUT (s, default 300), VFBROKER_VM_CACHE, VM_KERNEL, VM_QEMU
 set -euo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -23,8 +23,9 @@ TIMEOUT=${VM_TIMEOUT:-300}
 INITRD=$1
 LOG=${2:-${TMPDIR:-/tmp}/vfbroker-vm.log}
 
-KERNEL=$(ls "$CACHE"/kernel/boot/vmlinuz-* 2>/dev/null | head -1)
-[[ -n $KERNEL ]] || { echo "run_vm: no guest kernel in $CACHE; run scripts/setup-vm.sh" >&2; exit 1; }
+KDIR=$CACHE/kernel${VM_KERNEL:+-$VM_KERNEL}  # VM_KERNEL=6.12: the second guest kernel
+KERNEL=$(ls "$KDIR"/boot/vmlinuz-* 2>/dev/null | head -1)
+[[ -n $KERNEL ]] || { echo "run_vm: no guest kernel in $KDIR; run scripts/setup-vm.sh" >&2; exit 1; }
 [[ -f $INITRD ]] || { echo "run_vm: no initramfs $INITRD" >&2; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vfbroker-vm.XXXXXX")

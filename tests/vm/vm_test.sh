@@ -19,8 +19,9 @@ skip() {
 command -v qemu-system-x86_64 >/dev/null || skip "no qemu-system-x86_64"
 qv=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1)
 ((${qv:-0} >= 10)) || skip "QEMU is ${qv:-?}.x, the harness needs 10 (igb, NVMe SR-IOV)"
-compgen -G "$CACHE/kernel/boot/vmlinuz-*" >/dev/null &&
-  compgen -G "$CACHE/kernel/lib/modules/*/modules.dep" >/dev/null || skip "no guest kernel in $CACHE"
+KDIR=$CACHE/kernel${VM_KERNEL:+-$VM_KERNEL}  # VM_KERNEL=6.12: the second guest kernel
+compgen -G "$KDIR/boot/vmlinuz-*" >/dev/null &&
+  compgen -G "$KDIR/lib/modules/*/modules.dep" >/dev/null || skip "no guest kernel in $KDIR"
 [[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1 || skip "no static /bin/busybox (busybox-static)"
 command -v cpio >/dev/null || skip "no cpio"
 

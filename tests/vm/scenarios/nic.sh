@@ -3,7 +3,7 @@
 #   The guest's Debian kernel has 802.1Q VLAN devices (8021q, loaded from /modlist with
 #   macvlan, veth, sch_ingress, cls_bpf and loop: VM_EXTRA_MODULES of //tests/vm:vm_nic_test),
 #   which the development host's kernel lacks, so here the VLAN leases run for real. It needs
-#   a guest kernel of 6.4 or later (VFBROKER_VM_CACHE, e.g. Debian's 6.12: README.md); on the
+#   a guest kernel of 6.4 or later (the target sets VM_KERNEL=6.12: Debian's 6.12); on the
 #   harness's default 6.1 the scenario can only say SKIPPED (below).
 #   The test finds vfbrokerd and its probes in its runfiles (TEST_SRCDIR): a tree of links to
 #   /bin is made for it. VFBROKER_NIC_TEST_REQUIRE_VLAN=1 turns the VLAN cases' skip (no 8021q)
@@ -35,11 +35,11 @@ log "nic_integration_test exited $status after $(awk -v a="$start" -v b="$end" '
 # Before Linux 6.4 ("xsk: allow remap of fill and/or completion rings") a bound AF_XDP socket's
 # rings cannot be mapped (xsk_mmap: EBUSY), and the broker hands tenants bound sockets: no NIC
 # lease can be adopted at all, VLAN or not. On such a kernel (Debian 12's stock 6.1) that, and
-# only that, is a SKIP, said loudly; README.md says how to boot a 6.12 guest for this scenario.
+# only that, is a SKIP, said loudly; the target boots the 6.12 guest (VM_KERNEL=6.12).
 kv=$(uname -r); major=${kv%%.*}; minor=${kv#*.}; minor=${minor%%.*}
 if [ $status != 0 ] && { [ "$major" -lt 6 ] || { [ "$major" = 6 ] && [ "$minor" -lt 4 ]; }; } &&
    grep -q "ADOPT_FAILED" $OUT && grep -q "mmap fill ring: Device or resource busy" $OUT; then
-  log "SKIPPED: kernel $kv refuses to map a bound AF_XDP socket's rings (EBUSY, fixed in 6.4): no NIC lease can be adopted here; run with VFBROKER_VM_CACHE=<a 6.12 guest kernel> (tests/vm/README.md)"
+  log "SKIPPED: kernel $kv refuses to map a bound AF_XDP socket's rings (EBUSY, fixed in 6.4): no NIC lease can be adopted here; run with VM_KERNEL=6.12 (tests/vm/README.md)"
   exit 0
 fi
 [ $status = 0 ] || fail "nic_integration_test exited with status $status"
