@@ -45,7 +45,7 @@
 # both ways.
 #
 # Environment: RUNTIME (seconds of traffic per receiver, 5), RATES (offered loads in pps,
-# "100000 0"; 0 = unpaced, as fast as one sender thread goes), REPEAT (rounds, 5; each row
+# "100000 0"; 0 = unpaced, as fast as one sender thread goes; "" = echo only), REPEAT (rounds, 5; each row
 # shows its median round), SAMPLES (echo round trips per server and round, 20000), RX_CPU (1),
 # TX_CPU (0), RT_PRIO (1: SCHED_FIFO priority of receivers, servers and the echo client; 0:
 # nice instead), NICE (-20: the sender's niceness, and everyone's with RT_PRIO=0), CLIENT_BUSY
@@ -53,7 +53,7 @@
 set -euo pipefail
 
 RUNTIME=${RUNTIME:-5}
-RATES=${RATES:-"100000 0"}
+RATES=${RATES-"100000 0"}
 REPEAT=${REPEAT:-5}
 SAMPLES=${SAMPLES:-20000}
 RX_CPU=${RX_CPU:-1}
@@ -91,10 +91,17 @@ else
      //bench/net:echo_client //examples:udp_echo //examples:kernel_echo >&2)
   bin() { echo "$root/bazel-bin/$1"; }
 fi
-for b in "${bins[@]}"; do [[ -x $(bin "$b") ]] || die "no $(bin "$b")"; done
-RX_BENCH=$(bin bench/net/rx_bench); UDP_BLAST=$(bin bench/net/udp_blast)
-ECHO_CLIENT=$(bin bench/net/echo_client); UDP_ECHO=$(bin examples/udp_echo)
-KERNEL_ECHO=$(bin examples/kernel_echo)
+# Private copies: another build on the shared Bazel server may repoint bazel-bin meanwhile.
+work=$(mktemp -d /tmp/run_net_bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT  # until cleanup() below takes over
+mkdir "$work/bin"
+for b in "${bins[@]}"; do
+  [[ -x $(bin "$b") ]] || die "no $(bin "$b")"
+  cp "$(bin "$b")" "$work/bin/"
+done
+RX_BENCH=$work/bin/rx_bench; UDP_BLAST=$work/bin/udp_blast
+ECHO_CLIENT=$work/bin/echo_client; UDP_ECHO=$work/bin/udp_echo
+KERNEL_ECHO=$work/bin/kernel_echo
 
 # --- namespaces and the veth pair ---------------------------------------------------------------
 SRV=vfbn-srv-$$
@@ -103,7 +110,6 @@ SRV_MAC=02:76:66:00:03:01
 CLI_MAC=02:76:66:00:03:02
 SRV_IP=10.77.3.1
 CLI_IP=10.77.3.2
-work=$(mktemp -d /tmp/run_net_bench.XXXXXX)
 links_before=$(ip -br link)
 dpdk_run_existed=0
 [[ -e /var/run/dpdk ]] && dpdk_run_existed=1
