@@ -1,7 +1,8 @@
 // udp_echo: a UDP echo server on a net::Port, Arrakis's first benchmark. Every IPv4/UDP
 // datagram that reaches the port goes back to its sender from the same buffer (addresses
-// swapped in place, see udp_echo_loop.h), in bursts, busy-polling, with no system call per
-// packet.
+// swapped in place, see udp_echo_loop.h), in bursts, busy-polling, with no system call to
+// receive. (Transmit wakes the kernel when it asks: an AF_XDP socket in copy mode asks for one
+// sendto() per transmitted burst.)
 //
 // Where the port comes from:
 //   --self_provision --interface=IF   (root) create the AF_XDP socket and UMEM on IF's queue
