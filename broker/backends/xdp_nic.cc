@@ -2,16 +2,15 @@
 
 #include <bpf/libbpf.h>
 #include <linux/if_link.h>
+#include <sys/random.h>
 
 #include <utility>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "broker/backends/rtnetlink.h"
-#include "broker/config/config_loader.h"
 #include "common/logging.h"
 #include "vfdrivers/net/af_xdp_socket.h"
 
@@ -52,10 +51,10 @@ std::string MacText(const std::string& bytes) {
                          bytes[2] & 0xff, bytes[3] & 0xff, bytes[4] & 0xff, bytes[5] & 0xff);
 }
 
-// Every lease's rules steer to its own socket: slot 0 of its own program, queue 0.
-constexpr SteeringTarget kLeaseSocket{0, 0};
+// A lease's rules steer to its own socket: XSKMAP[its slot], bound to queue 0 of its device.
+SteeringTarget LeaseSocket(const journal::XdpNicState& state) { return {state.slot(), 0}; }
 
-FlowRule ToFlowRule(const journal::NicFilter& f) {
+FlowRule ToFlowRule(const journal::NicFilter& f, uint32_t ifindex) {
   FlowRule r;
   r.src_ip = f.src_ip();
   r.dst_ip = f.dst_ip();
@@ -63,6 +62,7 @@ FlowRule ToFlowRule(const journal::NicFilter& f) {
   r.dst_port = static_cast<uint16_t>(f.dst_port());
   r.protocol = static_cast<uint8_t>(f.protocol());
   r.vlan = XdpSteering::kUntagged;  // the macvlan sees untagged frames (see xdp_nic.h)
+  r.ifindex = ifindex;              // the lease's macvlan: rules never match another device's
   return r;
 }
 
@@ -78,9 +78,12 @@ XdpNicBackend::XdpNicBackend(std::string pool_name, config::XdpNicPool config)
   const uint32_t tag = Fnv1a(pool_name_) & 0xffffff;
   device_prefix_ = absl::StrFormat("vfbx%06x", tag);
   vlan_prefix_ = absl::StrFormat("vfbv%06x", tag);
+  holder_name_ = absl::StrFormat("vfbh%06x", tag);
 }
 
-XdpNicBackend::~XdpNicBackend() { StopSpares(); }
+XdpNicBackend::~XdpNicBackend() {
+  if (holder_ifindex_ != 0) (void)rtnl::Delete(holder_ifindex_);
+}
 
 absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
     const std::string& pool_name, const config::XdpNicPool& config) {
@@ -113,18 +116,41 @@ absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
     backend->guard_ = *std::move(guard);
     backend->vlan_guard_ = *std::move(vlan_guard);
   }
-  const uint32_t spares =
-      config.spare_programs() == 0 ? kDefaultXdpSparePrograms : config.spare_programs();
-  {
-    absl::MutexLock lock(&backend->spare_mu_);
-    backend->spare_target_ = spares;
+  absl::StatusOr<std::unique_ptr<XdpSteering>> program =
+      XdpSteering::Load(/*drop_unmatched=*/false);
+  if (!program.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("xdp_nic: loading the steering program: ", program.status().message()));
   }
-  XdpNicBackend* self = backend.get();
-  backend->refill_ = std::thread([self] { self->RefillLoop(); });
-  spdlog::info("pool={} backend=xdp_nic interface={} (ifindex {}) slots={} devices={}* "
-               "spare_programs={}",
+  backend->program_ = *std::move(program);
+  // The holder (see xdp_nic.h): a previous broker's is replaced.
+  if (absl::StatusOr<rtnl::Link> old = rtnl::GetLink(backend->holder_name_);
+      old.ok() && old->kind == "macvlan") {
+    (void)rtnl::Delete(old->ifindex);
+  }
+  std::array<uint8_t, 6> holder_mac{};
+  if (getrandom(holder_mac.data(), holder_mac.size(), 0) == 6) {
+    holder_mac[0] = (holder_mac[0] & 0xfc) | 0x02;  // locally administered unicast
+    absl::Status held = rtnl::CreateMacvlan(backend->holder_name_, parent->ifindex, holder_mac,
+                                            MACVLAN_MODE_PRIVATE);
+    absl::StatusOr<rtnl::Link> holder =
+        held.ok() ? rtnl::GetLink(backend->holder_name_) : absl::StatusOr<rtnl::Link>(held);
+    if (holder.ok()) {
+      backend->holder_ifindex_ = holder->ifindex;
+      held = backend->program_->AttachShared(holder->ifindex,
+                                              vfdrivers::net::XdpAttachMode::kGeneric);
+    } else {
+      held = holder.status();
+    }
+    if (!held.ok()) {
+      // Grants still work; each first one after the pool was idle pays the dispatcher update.
+      spdlog::warn("pool={}: steering program holder {}: {}", pool_name, backend->holder_name_,
+                   held.message());
+    }
+  }
+  spdlog::info("pool={} backend=xdp_nic interface={} (ifindex {}) slots={} devices={}*",
                pool_name, config.interface(), parent->ifindex, config.max_tenants(),
-               backend->device_prefix_, spares);
+               backend->device_prefix_);
   return backend;
 }
 
@@ -179,75 +205,27 @@ void XdpNicBackend::ReleaseVlanDevice(uint32_t vid) {
 
 absl::Status XdpNicBackend::ApplyRules(XdpSteering& steering, const journal::XdpNicState& state) {
   if (state.filters().empty()) {
-    return steering.AddMacRule(ToMac(state.mac()), XdpSteering::kUntagged, kLeaseSocket);
+    return steering.AddMacRule(ToMac(state.mac()), XdpSteering::kUntagged, LeaseSocket(state),
+                               state.ifindex());
   }
   for (const journal::NicFilter& f : state.filters()) {
-    if (absl::Status s = steering.AddFlowRule(ToFlowRule(f), kLeaseSocket); !s.ok()) return s;
+    if (absl::Status s = steering.AddFlowRule(ToFlowRule(f, state.ifindex()), LeaseSocket(state));
+        !s.ok()) {
+      return s;
+    }
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<XdpSteering>> XdpNicBackend::TakeProgram(bool* from_stock) {
-  {
-    absl::MutexLock lock(&spare_mu_);
-    if (!spares_.empty()) {
-      std::unique_ptr<XdpSteering> spare = std::move(spares_.front());
-      spares_.pop_front();
-      *from_stock = true;
-      return spare;
-    }
+void XdpNicBackend::ForgetRules(XdpSteering& steering, const journal::XdpNicState& state) {
+  (void)steering.RemoveMacRule(ToMac(state.mac()), XdpSteering::kUntagged, state.ifindex());
+  for (const journal::NicFilter& f : state.filters()) {
+    (void)steering.RemoveFlowRule(ToFlowRule(f, state.ifindex()));
   }
-  *from_stock = false;
-  return XdpSteering::Load(/*drop_unmatched=*/false);
-}
-
-void XdpNicBackend::RefillLoop() {
-  absl::Duration backoff = absl::ZeroDuration();
-  while (true) {
-    {
-      absl::MutexLock lock(&spare_mu_);
-      if (backoff > absl::ZeroDuration()) {
-        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) {
-          return spares_stopping_;
-        };
-        spare_mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
-      }
-      // Loads only while no grant is provisioning: it would only compete for the CPUs.
-      auto wanted = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(spare_mu_) {
-        return spares_stopping_ || (spares_.size() < spare_target_ && provisions_running_ == 0);
-      };
-      spare_mu_.Await(absl::Condition(&wanted));
-      if (spares_stopping_) return;
-    }
-    // Same as a grant's: generic mode attach later, unmatched frames to the kernel.
-    absl::StatusOr<std::unique_ptr<XdpSteering>> loaded =
-        XdpSteering::Load(/*drop_unmatched=*/false);
-    if (!loaded.ok()) {
-      spdlog::error("pool={}: loading a spare steering program: {}", pool_name_,
-                    loaded.status().ToString());
-      backoff = std::min(std::max(backoff * 2, absl::Milliseconds(100)), absl::Seconds(5));
-      continue;
-    }
-    backoff = absl::ZeroDuration();
-    absl::MutexLock lock(&spare_mu_);
-    spares_.push_back(*std::move(loaded));
+  if (absl::Status s = steering.ClearSocket(state.slot()); !s.ok()) {
+    spdlog::warn("pool={} device={}: clearing socket slot {}: {}", pool_name_, state.device(),
+                 state.slot(), s.message());
   }
-}
-
-void XdpNicBackend::StopSpares() {
-  std::deque<std::unique_ptr<XdpSteering>> stock;
-  {
-    absl::MutexLock lock(&spare_mu_);
-    spares_stopping_ = true;
-  }
-  if (refill_.joinable()) refill_.join();
-  absl::MutexLock lock(&spare_mu_);
-  stock.swap(spares_);  // closed (never attached) as `stock` goes
-}
-
-size_t XdpNicBackend::SparePrograms() {
-  absl::MutexLock lock(&spare_mu_);
-  return spares_.size();
 }
 
 absl::Status XdpNicBackend::GuardLease(const journal::XdpNicState& state) {
@@ -305,14 +283,6 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
       state.set_vlan_device(vlan_device);
     }
   }
-  {
-    absl::MutexLock lock(&spare_mu_);
-    ++provisions_running_;
-  }
-  absl::Cleanup provision_done = [this] {
-    absl::MutexLock lock(&spare_mu_);
-    --provisions_running_;
-  };
   bool created = false;
   auto undo = [&] {
     if (created) (void)rtnl::Delete(state.ifindex());
@@ -353,18 +323,13 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     return up;
   }
   const absl::Time t_device = absl::Now();
-  // A program loaded ahead (no rule, no socket, never attached before), attached here.
-  bool from_stock = false;
-  absl::StatusOr<std::unique_ptr<XdpSteering>> steering = TakeProgram(&from_stock);
-  const absl::Time t_loaded = absl::Now();
-  if (steering.ok()) {
-    absl::Status attached =
-        (*steering)->AttachTo(link->ifindex, vfdrivers::net::XdpAttachMode::kGeneric);
-    if (!attached.ok()) steering = attached;
-  }
-  if (!steering.ok()) {
+  // The pool's program, known to the kernel's XDP dispatcher already: no update, no grace period.
+  std::shared_ptr<XdpSteering> steering = program_;
+  if (absl::Status attached =
+          steering->AttachShared(link->ifindex, vfdrivers::net::XdpAttachMode::kGeneric);
+      !attached.ok()) {
     undo();
-    return steering.status();
+    return attached;
   }
   const absl::Time t_program = absl::Now();
   AfXdpSocketOptions options;
@@ -382,29 +347,27 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   options.layout.need_wakeup = state.need_wakeup();
   absl::StatusOr<AfXdpSocket> xsk = vfdrivers::net::CreateAfXdpSocket(options);
   if (!xsk.ok()) {
-    steering->reset();
     undo();
     return xsk.status();
   }
   const absl::Time t_socket = absl::Now();
   state.set_zero_copy(xsk->zero_copy);
-  absl::Status steered = (*steering)->SetSocket(kLeaseSocket.slot, xsk->socket.get());
-  if (steered.ok()) steered = ApplyRules(**steering, state);
+  absl::Status steered = steering->SetSocket(state.slot(), xsk->socket.get());
+  if (steered.ok()) steered = ApplyRules(*steering, state);
   if (steered.ok()) steered = GuardLease(state);
   if (!steered.ok()) {
-    steering->reset();
-    undo();
+    undo();  // the device first: no frame reaches the rules any more
+    ForgetRules(*steering, state);
     return steered;
   }
   {
     absl::MutexLock lock(&mu_);
-    live_[state.device()] = Live{state, *std::move(steering)};
+    live_[state.device()] = Live{state, std::move(steering)};
   }
-  spdlog::debug("pool={} device={}: macvlan {} us, steering program {} {} us + attach {} us, "
-                "socket {} us, rules and guards {} us",
+  spdlog::debug("pool={} device={}: macvlan {} us, steering attach {} us, socket {} us, rules "
+                "and guards {} us",
                 pool_name_, state.device(), absl::ToInt64Microseconds(t_device - t0),
-                from_stock ? "from stock" : "loaded", absl::ToInt64Microseconds(t_loaded - t_device),
-                absl::ToInt64Microseconds(t_program - t_loaded),
+                absl::ToInt64Microseconds(t_program - t_device),
                 absl::ToInt64Microseconds(t_socket - t_program),
                 absl::ToInt64Microseconds(absl::Now() - t_socket));
   ProvisionedExtent out;
@@ -437,24 +400,28 @@ absl::Status XdpNicBackend::ChangeFilters(const journal::ExtentState& before_sta
   absl::Status status;
   for (const auto& [key, f] : new_rules) {
     if (old_rules.count(key)) continue;
-    status = steering.AddFlowRule(ToFlowRule(*f), kLeaseSocket);
+    status = steering.AddFlowRule(ToFlowRule(*f, before.ifindex()), LeaseSocket(before));
     if (!status.ok()) break;
     added.push_back(f);
   }
   if (status.ok() && before.filters().empty() && !after.filters().empty()) {
-    status = steering.RemoveMacRule(ToMac(before.mac()), kUntagged);
+    status = steering.RemoveMacRule(ToMac(before.mac()), kUntagged, before.ifindex());
   }
   if (!status.ok()) {
-    for (const journal::NicFilter* f : added) (void)steering.RemoveFlowRule(ToFlowRule(*f));
+    for (const journal::NicFilter* f : added) {
+      (void)steering.RemoveFlowRule(ToFlowRule(*f, before.ifindex()));
+    }
     return status;
   }
   if (!before.filters().empty() && after.filters().empty()) {
-    status = steering.AddMacRule(ToMac(after.mac()), kUntagged, kLeaseSocket);
+    status = steering.AddMacRule(ToMac(after.mac()), kUntagged, LeaseSocket(after),
+                                 after.ifindex());
     if (!status.ok()) return status;
   }
   for (const auto& [key, f] : old_rules) {
     if (new_rules.count(key)) continue;
-    if (absl::Status s = steering.RemoveFlowRule(ToFlowRule(*f)); !s.ok() && !absl::IsNotFound(s)) {
+    if (absl::Status s = steering.RemoveFlowRule(ToFlowRule(*f, before.ifindex()));
+        !s.ok() && !absl::IsNotFound(s)) {
       spdlog::warn("pool={} device={}: removing a flow rule: {}", pool_name_, before.device(),
                    s.message());
     }
@@ -478,8 +445,8 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
         state.device(), " is not the journaled device (ifindex ", link->ifindex, " kind ",
         link->kind, ")"));
   }
-  // The steering program outlived the broker that attached it; it is adopted through the
-  // device so the lease's filters can still change.
+  // The steering program outlived the broker that attached it (shared by that broker's leases);
+  // it is adopted through the device so the lease's filters can still change.
   absl::StatusOr<std::unique_ptr<XdpSteering>> steering = XdpSteering::Adopt(link->ifindex);
   if (!steering.ok()) return steering.status();
   {
@@ -496,7 +463,7 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
 absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentState& extent) {
   if (!extent.has_xdp_nic()) return absl::InvalidArgumentError("xdp_nic: not an xdp_nic lease");
   const journal::XdpNicState& state = extent.xdp_nic();
-  std::unique_ptr<XdpSteering> steering;
+  std::shared_ptr<XdpSteering> steering;
   bool registered = false;
   {
     absl::MutexLock lock(&mu_);
@@ -508,7 +475,6 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
       steering = std::move(node.mapped().steering);
     }
   }
-  steering.reset();  // detaches ours, leaves an adopted one (the device goes next anyway)
   absl::StatusOr<rtnl::Link> link = rtnl::GetLink(state.device());
   if (link.ok()) {
     if (link->ifindex != state.ifindex()) {
@@ -521,6 +487,8 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
   } else if (!absl::IsNotFound(link.status())) {
     return link.status();
   }
+  // The device is gone, and the program with it: the lease's rules and slot go from the maps.
+  if (steering != nullptr) ForgetRules(*steering, state);
   absl::MutexLock lock(&mu_);
   if (registered) {
     macs_.erase(state.mac());
@@ -571,20 +539,21 @@ absl::Status XdpNicBackend::RemoveOrphans(const std::vector<journal::ExtentState
 }
 
 void XdpNicBackend::StopBackground() {
-  StopSpares();
   absl::MutexLock lock(&mu_);
   if (stopped_) return;
   stopped_ = true;
+  if (holder_ifindex_ != 0) {
+    (void)rtnl::Delete(holder_ifindex_);
+    holder_ifindex_ = 0;
+  }
   if (live_.empty()) {
     guard_.reset();
     vlan_guard_.reset();
     return;
   }
-  // Leases outlive the broker: leave their steering programs and the guard in the kernel
-  // (the guards deliberately not destroyed: their destructors would detach them).
-  for (auto& [device, live] : live_) {
-    if (live.steering != nullptr) live.steering->LeaveAttached();
-  }
+  // Leases outlive the broker: the steering program stays attached to their devices (nobody
+  // owns those attachments), and the guards stay in the kernel (deliberately not destroyed:
+  // their destructors would detach them).
   (void)guard_.release();
   (void)vlan_guard_.release();
   spdlog::info("pool={}: {} NIC leases stay live; steering and egress guard left in place",

@@ -42,28 +42,30 @@
 // no record names. At a graceful stop with live leases, the steering programs and the guards
 // are left in place so tenants keep their traffic and stay guarded while the broker is down.
 //
-// Spare programs: loading and verifying the steering program is ~95% of a grant's
-// provisioning (10-20 ms on 2 shared cores), attaching it ~0.1 ms. So a refill thread owned by
-// the backend keeps a stock of `spare_programs` (config, default 8) programs loaded with
-// XdpSteering::Load - attached to nothing, no rule, no socket, identical for every tenant -
-// and ProvisionNic takes one (falling back to loading inline if the stock is empty), attaches
-// it to the new macvlan and writes the lease's rules and socket. A program that served a
-// lease is never returned to the stock: Teardown destroys it with the device. The refill waits
-// while a ProvisionNic runs (it would only compete for the CPUs). A spare is only descriptors
-// in the broker: a killed broker leaks nothing; StopBackground and the destructor stop the
-// refill and close the stock.
+// One steering program per pool: Open loads it (~1 ms, attached to nothing), and every grant
+// attaches that same program to its macvlan (~50 us) and writes the lease's rules, keyed by the
+// macvlan's ifindex (the kernel's ingress ifindex of the frame, xdp/steer_maps.h), and its socket
+// at XSKMAP[slot]. Why not a program per lease: attaching a program the kernel's XDP dispatcher
+// does not know yet updates the dispatcher and waits for an RCU grace period under the RTNL lock
+// (6-17 ms measured, and every other grant's rtnetlink and bind wait behind it); a known one
+// costs ~50 us. Isolation holds per device: a rule names its device and only matches frames that
+// arrived on it (set by the kernel, not the tenant), and the kernel delivers to a socket only
+// frames of the device and queue it is bound to. Teardown deletes the device, then removes the
+// lease's rules and slot. A program left by a previous broker is adopted per lease
+// (XdpSteering::Adopt); new grants use this broker's. Nothing is loaded ahead per tenant.
+// The kernel forgets the program's dispatcher slot when its last attachment goes, so the pool
+// keeps one more: a holder macvlan "<holder_prefix>" on the interface, never up, no rules, no
+// socket, random MAC; deleted at stop, replaced by the next Open after a crash.
 //
 // Thread-safe.
 #ifndef VFBROKER_BROKER_BACKENDS_XDP_NIC_H_
 #define VFBROKER_BROKER_BACKENDS_XDP_NIC_H_
 
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -101,16 +103,15 @@ class XdpNicBackend : public ExtentBackend {
   // devices "<vlan_prefix()><vid as 3 hex digits>" (15 bytes at most, IFNAMSIZ).
   const std::string& device_prefix() const { return device_prefix_; }
   const std::string& vlan_prefix() const { return vlan_prefix_; }
-  // Loaded steering programs in stock now (tests, benchmarks).
-  size_t SparePrograms();
+  const std::string& holder_name() const { return holder_name_; }
 
  private:
   XdpNicBackend(std::string pool_name, config::XdpNicPool config);
 
   struct Live {
     journal::XdpNicState state;
-    // The lease's program: attached by this broker, or adopted after a restart.
-    std::unique_ptr<vfdrivers::net::XdpSteering> steering;
+    // The program steering the lease: the pool's, or adopted after a restart.
+    std::shared_ptr<vfdrivers::net::XdpSteering> steering;
   };
 
   // The device the lease's macvlan sits on: the interface, or its VLAN device for `vid`
@@ -120,16 +121,16 @@ class XdpNicBackend : public ExtentBackend {
   void ReleaseVlanDevice(uint32_t vid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ApplyRules(vfdrivers::net::XdpSteering& steering,
                           const journal::XdpNicState& state);
-  // A loaded program from the stock (`from_stock` set), else one loaded now.
-  absl::StatusOr<std::unique_ptr<vfdrivers::net::XdpSteering>> TakeProgram(bool* from_stock);
-  void RefillLoop();
-  void StopSpares();
+  // Removes the lease's rules and socket slot (after its device is gone). Best effort.
+  void ForgetRules(vfdrivers::net::XdpSteering& steering, const journal::XdpNicState& state);
   absl::Status GuardLease(const journal::XdpNicState& state);
 
   const std::string pool_name_;
   const config::XdpNicPool config_;
   std::string device_prefix_;
   std::string vlan_prefix_;
+  std::string holder_name_;
+  int holder_ifindex_ = 0;  // 0: none (deleted at stop)
   int parent_ifindex_ = 0;
 
   absl::Mutex mu_;
@@ -139,13 +140,9 @@ class XdpNicBackend : public ExtentBackend {
   std::map<std::string, Live> live_ ABSL_GUARDED_BY(mu_);   // by device name
   std::map<uint32_t, int> vlan_users_ ABSL_GUARDED_BY(mu_);  // vid -> leases on it
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
-
-  absl::Mutex spare_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  std::deque<std::unique_ptr<vfdrivers::net::XdpSteering>> spares_ ABSL_GUARDED_BY(spare_mu_);
-  size_t spare_target_ ABSL_GUARDED_BY(spare_mu_) = 0;
-  int provisions_running_ ABSL_GUARDED_BY(spare_mu_) = 0;
-  bool spares_stopping_ ABSL_GUARDED_BY(spare_mu_) = false;
-  std::thread refill_;
+  // The pool's steering program (set by Open, then only read: its rule and attach calls are
+  // bpf(2) syscalls, safe from several threads).
+  std::shared_ptr<vfdrivers::net::XdpSteering> program_;
 };
 
 }  // namespace vfbroker

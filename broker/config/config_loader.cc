@@ -233,11 +233,6 @@ void CheckXdpNic(const std::string& field, const config::XdpNicPool& nic, Proble
                  absl::StrCat("must be a power of two from 64 to frame_count (", nic.frame_count(),
                               "), got ", nic.ring_size()));
   }
-  if (nic.spare_programs() > kMaxXdpSparePrograms) {
-    problems.Add(absl::StrCat(field, ".spare_programs"),
-                 absl::StrCat("must be 1..", kMaxXdpSparePrograms, " (0: ",
-                              kDefaultXdpSparePrograms, "), got ", nic.spare_programs()));
-  }
 }
 
 void CheckPools(const config::BrokerConfig& config, Problems& problems) {
@@ -372,7 +367,6 @@ void ApplyBrokerConfigDefaults(config::BrokerConfig* config) {
       if (nic->ring_size() == 0) {
         nic->set_ring_size(std::min(kDefaultXdpRingSize, nic->frame_count()));
       }
-      if (nic->spare_programs() == 0) nic->set_spare_programs(kDefaultXdpSparePrograms);
     }
     if (pool.has_nvme_sriov()) {
       config::NvmeSriovPool* nvme = pool.mutable_nvme_sriov();

@@ -36,7 +36,6 @@ inline constexpr uint32_t kDefaultNvmeInterruptsPerVf = 1;
 inline constexpr uint32_t kDefaultXdpFrameSize = 4096;
 inline constexpr uint32_t kDefaultXdpFrameCount = 4096;
 inline constexpr uint32_t kDefaultXdpRingSize = 2048;
-inline constexpr uint32_t kDefaultXdpSparePrograms = 8;
 
 // Limits that validation enforces.
 inline constexpr uint64_t kMinExtentAlignment = 4096;  // the largest common page size
@@ -46,7 +45,6 @@ inline constexpr int kMaxNvmeSlots = 128;               // VFs per nvme_sriov po
 inline constexpr uint32_t kMaxNvmeQueuesPerVf = 64;     // VQ and VI resources per VF
 inline constexpr uint32_t kMaxXdpTenants = 4096;         // leases per xdp_nic pool
 inline constexpr uint32_t kMaxXdpFrameCount = 65536;     // UMEM chunks per lease
-inline constexpr uint32_t kMaxXdpSparePrograms = 64;     // loaded steering programs in stock
 
 // Parses `text` (protobuf text format), fills defaults and validates.
 //   INVALID_ARGUMENT  a syntax error or unknown field ("line L, column C: ..." with 1-based

@@ -26,7 +26,7 @@ absl::Status MapError(const char* what) {
                       absl::StrCat("steering: ", what, ": ", strerror(e)));
 }
 
-vfb_flow_key FlowKey(const FlowRule& r) {
+vfb_flow_key FlowKey(const FlowRule& r, uint32_t ifindex) {
   vfb_flow_key k;
   std::memset(&k, 0, sizeof(k));  // the padding is part of the hash key
   k.src_ip = htonl(r.src_ip);
@@ -35,14 +35,16 @@ vfb_flow_key FlowKey(const FlowRule& r) {
   k.dst_port = htons(r.dst_port);
   k.vlan = r.vlan;
   k.proto = r.protocol;
+  k.ifindex = ifindex;
   return k;
 }
 
-vfb_mac_key MacKey(const packet::MacAddress& mac, uint16_t vlan) {
+vfb_mac_key MacKey(const packet::MacAddress& mac, uint16_t vlan, uint32_t ifindex) {
   vfb_mac_key k;
   std::memset(&k, 0, sizeof(k));
   std::memcpy(k.mac, mac.bytes.data(), 6);
   k.vlan = vlan;
+  k.ifindex = ifindex;
   return k;
 }
 
@@ -82,7 +84,34 @@ absl::StatusOr<std::unique_ptr<XdpSteering>> XdpSteering::Load(bool drop_unmatch
 
 absl::Status XdpSteering::AttachTo(int ifindex, XdpAttachMode mode) {
   if (program_ == nullptr) return absl::FailedPreconditionError("steering: adopted program");
-  return program_->AttachTo(ifindex, mode);
+  absl::Status s = program_->AttachTo(ifindex, mode);
+  if (s.ok()) device_ = static_cast<uint32_t>(ifindex);
+  return s;
+}
+
+absl::Status XdpSteering::AttachShared(int ifindex, XdpAttachMode mode) {
+  uint32_t flags = XDP_FLAGS_UPDATE_IF_NOEXIST;
+  switch (mode) {
+    case XdpAttachMode::kNative:
+      flags |= XDP_FLAGS_DRV_MODE;
+      break;
+    case XdpAttachMode::kGeneric:
+      flags |= XDP_FLAGS_SKB_MODE;
+      break;
+    case XdpAttachMode::kAuto:
+      break;
+  }
+  if (int err = bpf_xdp_attach(ifindex, program_fd(), flags, nullptr); err != 0) {
+    errno = -err;
+    return MapError(absl::StrCat("attach to ifindex ", ifindex).c_str());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> XdpSteering::Device(uint32_t ifindex) const {
+  if (ifindex != 0) return ifindex;
+  if (device_ == 0) return absl::InvalidArgumentError("steering: a rule needs a device");
+  return device_;
 }
 
 absl::StatusOr<std::unique_ptr<XdpSteering>> XdpSteering::Attach(int ifindex, XdpAttachMode mode,
@@ -101,6 +130,7 @@ absl::StatusOr<std::unique_ptr<XdpSteering>> XdpSteering::Adopt(int ifindex) {
   }
   if (prog_id == 0) return absl::NotFoundError("steering: no XDP program on the device");
   std::unique_ptr<XdpSteering> s(new XdpSteering());
+  s->device_ = static_cast<uint32_t>(ifindex);
   s->adopted_program_ = vfbroker::UniqueFd(bpf_prog_get_fd_by_id(prog_id));
   if (!s->adopted_program_) return MapError("program by id");
   std::vector<uint32_t> map_ids(8);
@@ -185,17 +215,22 @@ absl::Status XdpSteering::ClearSocket(uint32_t slot) {
 }
 
 absl::Status XdpSteering::AddMacRule(const packet::MacAddress& mac, uint16_t vlan,
-                                     SteeringTarget target) {
+                                     SteeringTarget target, uint32_t ifindex) {
   if (auto s = CheckVlan(vlan); !s.ok()) return s;
   if (target.slot >= kMaxSlots) return absl::InvalidArgumentError("steering: slot out of range");
-  vfb_mac_key k = MacKey(mac, vlan);
+  absl::StatusOr<uint32_t> device = Device(ifindex);
+  if (!device.ok()) return device.status();
+  vfb_mac_key k = MacKey(mac, vlan, *device);
   vfb_target t{target.slot, target.queue};
   if (bpf_map_update_elem(macs_, &k, &t, BPF_NOEXIST) != 0) return MapError("MAC rule");
   return absl::OkStatus();
 }
 
-absl::Status XdpSteering::RemoveMacRule(const packet::MacAddress& mac, uint16_t vlan) {
-  vfb_mac_key k = MacKey(mac, vlan);
+absl::Status XdpSteering::RemoveMacRule(const packet::MacAddress& mac, uint16_t vlan,
+                                        uint32_t ifindex) {
+  absl::StatusOr<uint32_t> device = Device(ifindex);
+  if (!device.ok()) return device.status();
+  vfb_mac_key k = MacKey(mac, vlan, *device);
   if (bpf_map_delete_elem(macs_, &k) != 0) return MapError("MAC rule");
   return absl::OkStatus();
 }
@@ -209,14 +244,18 @@ absl::Status XdpSteering::AddFlowRule(const FlowRule& rule, SteeringTarget targe
     return absl::InvalidArgumentError("steering: wildcard the source address and port together");
   }
   if (target.slot >= kMaxSlots) return absl::InvalidArgumentError("steering: slot out of range");
-  vfb_flow_key k = FlowKey(rule);
+  absl::StatusOr<uint32_t> device = Device(rule.ifindex);
+  if (!device.ok()) return device.status();
+  vfb_flow_key k = FlowKey(rule, *device);
   vfb_target t{target.slot, target.queue};
   if (bpf_map_update_elem(flows_, &k, &t, BPF_NOEXIST) != 0) return MapError("flow rule");
   return absl::OkStatus();
 }
 
 absl::Status XdpSteering::RemoveFlowRule(const FlowRule& rule) {
-  vfb_flow_key k = FlowKey(rule);
+  absl::StatusOr<uint32_t> device = Device(rule.ifindex);
+  if (!device.ok()) return device.status();
+  vfb_flow_key k = FlowKey(rule, *device);
   if (bpf_map_delete_elem(flows_, &k) != 0) return MapError("flow rule");
   return absl::OkStatus();
 }

@@ -50,17 +50,23 @@ class XdpSteeringTest : public ::testing::Test {
     ASSERT_EQ(system("sysctl -qw net.ipv6.conf.default.disable_ipv6=1 >/dev/null 2>&1; "
                      "ip link add st0 type veth peer name st1 && ip link set st0 up"),
               0);
-    auto s = XdpSteering::Attach(static_cast<int>(if_nametoindex("st0")),
-                                 XdpAttachMode::kNative, /*drop_unmatched=*/false);
+    st0_ = static_cast<int>(if_nametoindex("st0"));
+    auto s = XdpSteering::Attach(st0_, XdpAttachMode::kNative, /*drop_unmatched=*/false);
     ASSERT_TRUE(s.ok()) << s.status();
     steering_ = std::move(*s);
   }
 
-  // Runs the program on `frame` (rx_queue_index 0); returns the XDP action.
-  uint32_t Run(std::vector<uint8_t> frame) {
+  // Runs the program on `frame` as if it arrived on `ifindex` (st0 by default), queue 0;
+  // returns the XDP action.
+  uint32_t Run(std::vector<uint8_t> frame, int ifindex = 0, int program_fd = -1) {
+    xdp_md ctx{};
+    ctx.data_end = static_cast<uint32_t>(frame.size());
+    ctx.ingress_ifindex = static_cast<uint32_t>(ifindex != 0 ? ifindex : st0_);
     LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame.data(),
-                .data_size_in = static_cast<uint32_t>(frame.size()), .repeat = 1);
-    int err = bpf_prog_test_run_opts(steering_->program_fd(), &opts);
+                .data_size_in = static_cast<uint32_t>(frame.size()), .ctx_in = &ctx,
+                .ctx_size_in = sizeof(ctx), .repeat = 1);
+    int err = bpf_prog_test_run_opts(program_fd >= 0 ? program_fd : steering_->program_fd(),
+                                     &opts);
     EXPECT_EQ(err, 0) << strerror(errno);
     return opts.retval;
   }
@@ -71,6 +77,7 @@ class XdpSteeringTest : public ::testing::Test {
   }
 
   std::unique_ptr<XdpSteering> steering_;
+  int st0_ = 0;
 };
 
 TEST_F(XdpSteeringTest, ClassifiesByFlowThenDestinationThenMac) {
@@ -149,13 +156,8 @@ TEST_F(XdpSteeringTest, LoadedLaterAttachedThenAdoptedThroughTheDevice) {
   ASSERT_TRUE((*adopted)->AddMacRule(kMacA, XdpSteering::kUntagged, {0, 0}).ok());
   EXPECT_EQ(s->AddMacRule(kMacA, XdpSteering::kUntagged, {0, 0}).code(),
             absl::StatusCode::kAlreadyExists);
-  LIBBPF_OPTS(bpf_test_run_opts, opts);
-  std::vector<uint8_t> f = Udp(kMacA, 1, 1, 2, 2);
-  opts.data_in = f.data();
-  opts.data_size_in = static_cast<uint32_t>(f.size());
-  opts.repeat = 1;
-  ASSERT_EQ(bpf_prog_test_run_opts((*adopted)->program_fd(), &opts), 0);
-  EXPECT_EQ(opts.retval, XDP_DROP);  // steered to an empty slot
+  EXPECT_EQ(Run(Udp(kMacA, 1, 1, 2, 2), ifindex, (*adopted)->program_fd()),
+            XDP_DROP);  // steered to an empty slot
   auto stats = s->Stats();
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ((*stats)[XdpSteering::kMac], 1u);
@@ -172,6 +174,34 @@ TEST_F(XdpSteeringTest, LoadedLaterAttachedThenAdoptedThroughTheDevice) {
   // Detached: nothing left to adopt.
   ASSERT_EQ(system("ip link set st2 xdpgeneric off"), 0);
   EXPECT_EQ(XdpSteering::Adopt(ifindex).status().code(), absl::StatusCode::kNotFound);
+}
+
+// One program on two devices: each device's rules match only frames that arrived on it.
+TEST_F(XdpSteeringTest, SharedProgramKeepsEachDevicesRulesApart) {
+  ASSERT_EQ(system("ip link add st4 type veth peer name st5 && ip link set st4 up"), 0);
+  const int st4 = static_cast<int>(if_nametoindex("st4"));
+  ASSERT_TRUE(steering_->AttachShared(st4, XdpAttachMode::kNative).ok());
+  EXPECT_FALSE(steering_->AttachShared(st4, XdpAttachMode::kNative).ok());  // never replaced
+  ASSERT_TRUE(steering_->AddMacRule(kMacA, XdpSteering::kUntagged, {1, 0}).ok());  // st0
+  // The same MAC on the other device is another key: no ALREADY_EXISTS.
+  ASSERT_TRUE(steering_->AddMacRule(kMacA, XdpSteering::kUntagged, {2, 0}, st4).ok());
+  FlowRule flow{0, Ipv4(10, 0, 0, 1), 0, 53, 17, XdpSteering::kUntagged};
+  flow.ifindex = static_cast<uint32_t>(st4);
+  ASSERT_TRUE(steering_->AddFlowRule(flow, {2, 0}).ok());
+  EXPECT_EQ(Run(Udp(kMacA, 1, 1, Ipv4(10, 0, 0, 1), 53), st0_), XDP_DROP);  // MAC rule, st0
+  EXPECT_EQ(Stat(XdpSteering::kMac), 1u);
+  EXPECT_EQ(Run(Udp(kMacA, 1, 1, Ipv4(10, 0, 0, 1), 53), st4), XDP_DROP);  // flow rule, st4
+  EXPECT_EQ(Stat(XdpSteering::kFlowWildcard), 1u);
+  EXPECT_TRUE(steering_->RemoveMacRule(kMacA, XdpSteering::kUntagged, st4).ok());
+  EXPECT_TRUE(steering_->RemoveFlowRule(flow).ok());
+  EXPECT_EQ(Run(Udp(kMacA, 1, 1, Ipv4(10, 0, 0, 1), 53), st4), XDP_PASS);  // nothing for st4
+  EXPECT_EQ(Run(Udp(kMacA, 1, 1, Ipv4(10, 0, 0, 1), 53), st0_), XDP_DROP);  // st0's stays
+  // A loaded program attached nowhere has no device of its own: rules must name one.
+  auto loaded = XdpSteering::Load(false);
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ((*loaded)->AddMacRule(kMacA, XdpSteering::kUntagged, {0, 0}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE((*loaded)->AddMacRule(kMacA, XdpSteering::kUntagged, {0, 0}, st4).ok());
 }
 
 }  // namespace

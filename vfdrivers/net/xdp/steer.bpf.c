@@ -24,6 +24,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, VFB_MAX_RULES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);  /* memory as rules come, not 262144 up front */
   __type(key, struct vfb_mac_key);
   __type(value, struct vfb_target);
 } macs SEC(".maps");
@@ -31,6 +32,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, VFB_MAX_RULES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);  /* memory as rules come, not 262144 up front */
   __type(key, struct vfb_flow_key);
   __type(value, struct vfb_target);
 } flows SEC(".maps");
@@ -128,6 +130,7 @@ int vfb_steer(struct xdp_md *ctx) {
       k.dst_port = ports[1];
       k.vlan = vlan;
       k.proto = ip->protocol;
+      k.ifindex = ctx->ingress_ifindex;
       struct vfb_target *t = bpf_map_lookup_elem(&flows, &k);
       if (t) return steer(ctx, t, VFB_STAT_FLOW);
       k.src_ip = 0;
@@ -140,6 +143,7 @@ int vfb_steer(struct xdp_md *ctx) {
   struct vfb_mac_key mk = {};
   __builtin_memcpy(mk.mac, eth->h_dest, 6);
   mk.vlan = vlan;
+  mk.ifindex = ctx->ingress_ifindex;
   struct vfb_target *t = bpf_map_lookup_elem(&macs, &mk);
   if (t) return steer(ctx, t, VFB_STAT_MAC);
   return unmatched();
