@@ -55,11 +55,12 @@ struct ProvisionedExtent {
 inline uint64_t ExtentOffset(const journal::ExtentState& state) {
   if (state.has_nvme_sriov()) return state.nvme_sriov().offset_bytes();
   if (state.has_xdp_nic()) return state.xdp_nic().slot();
+  if (state.has_sriov_nic()) return state.sriov_nic().slot();
   return state.loop_extent().offset_bytes();
 }
 inline uint64_t ExtentSize(const journal::ExtentState& state) {
   if (state.has_nvme_sriov()) return state.nvme_sriov().size_bytes();
-  if (state.has_xdp_nic()) return 1;
+  if (state.has_xdp_nic() || state.has_sriov_nic()) return 1;
   return state.loop_extent().size_bytes();
 }
 // The extent state a grant record carries (kind unset if it carries none).
@@ -68,12 +69,14 @@ inline journal::ExtentState ExtentStateOf(const journal::LeaseGranted& granted) 
   if (granted.has_loop_extent()) *state.mutable_loop_extent() = granted.loop_extent();
   if (granted.has_nvme_sriov()) *state.mutable_nvme_sriov() = granted.nvme_sriov();
   if (granted.has_xdp_nic()) *state.mutable_xdp_nic() = granted.xdp_nic();
+  if (granted.has_sriov_nic()) *state.mutable_sriov_nic() = granted.sriov_nic();
   return state;
 }
 inline void SetExtentState(const journal::ExtentState& state, journal::LeaseGranted* granted) {
   if (state.has_loop_extent()) *granted->mutable_loop_extent() = state.loop_extent();
   if (state.has_nvme_sriov()) *granted->mutable_nvme_sriov() = state.nvme_sriov();
   if (state.has_xdp_nic()) *granted->mutable_xdp_nic() = state.xdp_nic();
+  if (state.has_sriov_nic()) *granted->mutable_sriov_nic() = state.sriov_nic();
 }
 
 // A NIC lease as the core asks a NIC backend (xdp_nic) for it, already validated
@@ -83,6 +86,7 @@ struct NicRequest {
   uint32_t vlan = 0;               // 0: untagged; 1..4094
   std::vector<journal::NicFilter> filters;  // normalized, non-overlapping, ids assigned
   uint32_t next_filter_id = 0;
+  uint64_t max_tx_rate_mbps = 0;   // 0: unlimited (sriov_nic sets it on the VF)
 };
 
 enum class TeardownResult {
