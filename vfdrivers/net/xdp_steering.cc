@@ -57,6 +57,9 @@ absl::Status CheckVlan(uint16_t vlan) {
 
 }  // namespace
 
+static_assert(XdpSteering::kMaxSlots == VFB_MAX_SLOTS, "steer_maps.h");
+static_assert(XdpSteering::kUntagged == VFB_UNTAGGED, "steer_maps.h");
+
 absl::Status XdpSteering::FindMaps() {
   for (auto [name, fd] : {std::pair<const char*, int*>{"xsks", &xsks_},
                           {"macs", &macs_},
