@@ -235,6 +235,29 @@ void CheckXdpNic(const std::string& field, const config::XdpNicPool& nic, Proble
   }
 }
 
+void CheckSriovNic(const std::string& field, const config::SriovNicPool& nic,
+                   Problems& problems) {
+  const bool by_name = !nic.pf_interface().empty();
+  const bool by_address = !nic.pf_pci_address().empty();
+  if (by_name == by_address) {
+    problems.Add(field, "set exactly one of pf_interface and pf_pci_address");
+  }
+  if (by_name && !IsValidInterfaceName(nic.pf_interface())) {
+    problems.Add(absl::StrCat(field, ".pf_interface"),
+                 absl::StrCat("must be a network interface name of 1..15 bytes without '/', ':' "
+                              "or spaces, got ", Quoted(nic.pf_interface())));
+  }
+  if (by_address && !IsCanonicalPciAddress(nic.pf_pci_address())) {
+    problems.Add(absl::StrCat(field, ".pf_pci_address"),
+                 absl::StrCat("must be a PCI address DDDD:BB:DD.F in lower-case hex, got ",
+                              Quoted(nic.pf_pci_address())));
+  }
+  if (nic.max_vfs() < 1 || nic.max_vfs() > kMaxSriovVfs) {
+    problems.Add(absl::StrCat(field, ".max_vfs"),
+                 absl::StrCat("must be 1..", kMaxSriovVfs, ", got ", nic.max_vfs()));
+  }
+}
+
 void CheckPools(const config::BrokerConfig& config, Problems& problems) {
   if (config.pools().empty()) {
     problems.Add("pools", "at least one pool is required");
@@ -305,9 +328,24 @@ void CheckPools(const config::BrokerConfig& config, Problems& problems) {
         }
         break;
       }
+      case config::PoolConfig::kSriovNic: {
+        const std::string nic_field = absl::StrCat(field, ".sriov_nic");
+        CheckSriovNic(nic_field, pool.sriov_nic(), problems);
+        // Two pools on one PF would hand out its VFs twice (a PF named both ways is caught at
+        // open, when the broker resolves the name: sriov_numvfs is then already set).
+        for (const std::string& pf : {pool.sriov_nic().pf_interface(),
+                                      pool.sriov_nic().pf_pci_address()}) {
+          if (pf.empty()) continue;
+          if (auto [it, inserted] = pool_by_pf.emplace(pf, i); !inserted) {
+            problems.Add(nic_field, absl::StrCat(Quoted(pf), " is already the PF of pools[",
+                                                 it->second, "]"));
+          }
+        }
+        break;
+      }
       case config::PoolConfig::BACKEND_NOT_SET:
         problems.Add(field, "no backend set; add a backend block such as loop_extent { ... }, "
-                     "nvme_sriov { ... } or xdp_nic { ... }");
+                     "nvme_sriov { ... }, xdp_nic { ... } or sriov_nic { ... }");
         break;
     }
   }
@@ -467,6 +505,17 @@ BlockPoolSpec XdpNicPoolSpec(const config::PoolConfig& pool) {
   spec.access = ToAccessPolicy(pool.access());
   spec.slots = true;
   spec.capacity_bytes = pool.xdp_nic().max_tenants();
+  spec.alignment_bytes = 1;
+  spec.max_extent_bytes = 1;
+  return spec;
+}
+
+BlockPoolSpec SriovNicPoolSpec(const config::PoolConfig& pool) {
+  BlockPoolSpec spec;
+  spec.name = pool.name();
+  spec.access = ToAccessPolicy(pool.access());
+  spec.slots = true;
+  spec.capacity_bytes = pool.sriov_nic().max_vfs();
   spec.alignment_bytes = 1;
   spec.max_extent_bytes = 1;
   return spec;

@@ -730,5 +730,45 @@ TEST(ParseBrokerConfigTest, XdpNicDefaultsAndRules) {
                         "pools[0]"));
 }
 
+TEST(ParseBrokerConfigTest, SriovNicRules) {
+  absl::StatusOr<config::BrokerConfig> config = ParseBrokerConfig(R"pb(
+    pools { name: "vf" access { uids: 60001 } sriov_nic { pf_interface: "eth1" max_vfs: 2 } }
+    pools { name: "vf2" access { uids: 60001 } sriov_nic { pf_pci_address: "0000:00:05.0" max_vfs: 7 } }
+  )pb");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const BlockPoolSpec spec = SriovNicPoolSpec(config->pools(1));
+  EXPECT_TRUE(spec.slots);
+  EXPECT_EQ(spec.capacity_bytes, 7u);
+
+  struct Case {
+    std::string nic;
+    std::string expected;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"max_vfs: 2", "pools[0].sriov_nic: set exactly one of pf_interface and pf_pci_address"},
+           {"pf_interface: \"eth1\" pf_pci_address: \"0000:00:05.0\" max_vfs: 2",
+            "pools[0].sriov_nic: set exactly one"},
+           {"pf_interface: \"../eth1\" max_vfs: 2",
+            "pools[0].sriov_nic.pf_interface: must be a network interface name"},
+           {"pf_pci_address: \"0000:00:05\" max_vfs: 2",
+            "pools[0].sriov_nic.pf_pci_address: must be a PCI address"},
+           {"pf_interface: \"eth1\"", "pools[0].sriov_nic.max_vfs: must be 1..256, got 0"},
+           {"pf_interface: \"eth1\" max_vfs: 300", "pools[0].sriov_nic.max_vfs"},
+       }) {
+    auto parsed = ParseBrokerConfig(absl::StrCat(
+        "pools { name: \"vf\" access { any_user: true } sriov_nic { ", c.nic, " } }"));
+    ASSERT_FALSE(parsed.ok()) << c.nic;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(parsed.status().message()), HasSubstr(c.expected)) << c.nic;
+  }
+  auto shared = ParseBrokerConfig(R"pb(
+    pools { name: "a" access { any_user: true } sriov_nic { pf_interface: "eth1" max_vfs: 1 } }
+    pools { name: "b" access { any_user: true } sriov_nic { pf_interface: "eth1" max_vfs: 1 } }
+  )pb");
+  ASSERT_FALSE(shared.ok());
+  EXPECT_THAT(std::string(shared.status().message()),
+              HasSubstr("pools[1].sriov_nic: \"eth1\" is already the PF of pools[0]"));
+}
+
 }  // namespace
 }  // namespace vfbroker

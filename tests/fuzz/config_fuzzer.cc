@@ -58,6 +58,10 @@ void CheckAccepted(const config::BrokerConfig& config) {
       specs.push_back(XdpNicPoolSpec(pool));
       continue;
     }
+    if (pool.has_sriov_nic()) {
+      specs.push_back(SriovNicPoolSpec(pool));  // one slot per VF
+      continue;
+    }
     BlockPoolSpec spec;
     spec.name = pool.name();
     spec.access = ToAccessPolicy(pool.access());
