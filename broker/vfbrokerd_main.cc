@@ -26,6 +26,7 @@
 #include "broker/allocator/allocator.h"
 #include "broker/backends/loop_extent.h"
 #include "broker/backends/nvme_sriov.h"
+#include "broker/backends/sriov_nic.h"
 #include "broker/backends/xdp_nic.h"
 #include "broker/config/config_loader.h"
 #include "broker/core/broker_core.h"
@@ -97,6 +98,17 @@ int Run(const config::BrokerConfig& config) {
         return 1;
       }
       specs.push_back(XdpNicPoolSpec(pool));  // one slot per tenant
+      backends.emplace(pool.name(), *std::move(backend));
+      continue;
+    }
+    if (pool.has_sriov_nic()) {
+      absl::StatusOr<std::unique_ptr<SriovNicBackend>> backend = SriovNicBackend::Open(
+          pool.name(), pool.sriov_nic(), MakeRealSriovNicPlatform());
+      if (!backend.ok()) {
+        spdlog::critical("pool {}: {}", pool.name(), backend.status().message());
+        return 1;
+      }
+      specs.push_back(SriovNicPoolSpec(pool));  // slot i is VF i
       backends.emplace(pool.name(), *std::move(backend));
       continue;
     }

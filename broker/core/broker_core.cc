@@ -37,6 +37,9 @@ std::string OwnerLabel(const v1::Lease& lease) {
   return absl::StrFormat("uid:%d/pid:%d", lease.owner_uid(), lease.owner_pid());
 }
 
+// IFLA_VF_RATE carries Mbps in 32 bits; no NIC is near 1 Tb/s per VF.
+constexpr uint64_t kMaxNicTxRateMbps = 1000000;
+
 absl::Duration RetryDelay(int attempts, absl::Duration first = kFirstRetry,
                           absl::Duration max = kMaxRetry) {
   absl::Duration delay = first;
@@ -68,6 +71,18 @@ void FillNicInfo(const journal::XdpNicState& state, v1::Nic* nic) {
   nic->set_zero_copy(state.zero_copy());
 }
 
+// What the tenant is told about a sriov_nic lease: the VF to adopt through its VFIO descriptors.
+void FillSriovNicInfo(const journal::SriovNicState& state, v1::Nic* nic) {
+  MacBytes mac{};
+  if (state.mac().size() == mac.size()) std::copy(state.mac().begin(), state.mac().end(), mac.begin());
+  nic->set_mac(FormatMac(mac));
+  nic->set_vlan(state.vlan());
+  nic->set_queues(1);
+  nic->set_max_tx_rate_mbps(state.max_tx_rate_mbps());
+  nic->set_interface(state.pf_interface());
+  nic->set_pci_address(state.vf_pci_address());
+}
+
 v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block_size,
                     std::string device_path) {
   v1::Lease info;
@@ -78,6 +93,10 @@ v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block
   info.set_granted_unix_ms(granted.granted_unix_ms());
   if (granted.has_xdp_nic()) {
     FillNicInfo(granted.xdp_nic(), info.mutable_nic());
+    return info;
+  }
+  if (granted.has_sriov_nic()) {
+    FillSriovNicInfo(granted.sriov_nic(), info.mutable_nic());
     return info;
   }
   v1::Extent* extent = info.mutable_extent();
@@ -99,6 +118,11 @@ std::string DevicePathOf(const journal::ExtentState& state) {
 
 // What a grant log line calls the slice.
 std::string SliceLabel(const v1::Lease& lease) {
+  if (lease.has_nic() && !lease.nic().pci_address().empty()) {
+    return absl::StrCat("VF ", lease.nic().pci_address(), " mac ", lease.nic().mac(),
+                        lease.nic().vlan() != 0 ? absl::StrCat(" vlan ", lease.nic().vlan()) : "",
+                        " of ", lease.nic().interface());
+  }
   if (lease.has_nic()) {
     return absl::StrCat("device ", lease.nic().device(), " mac ", lease.nic().mac(),
                         lease.nic().vlan() != 0 ? absl::StrCat(" vlan ", lease.nic().vlan()) : "",
@@ -588,11 +612,27 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateNic(absl::string_view token,
         absl::StrCat("pool: must be a pool name of 1..", kMaxNameBytes, " bytes"));
   }
   // Hostile input first: nothing is reserved for a malformed request.
-  if (absl::Status shape = ValidateNicShape(request); !shape.ok()) return shape;
+  // A sriov_nic VF's TX rate is set on the PF (IFLA_VF_RATE); only xdp_nic refuses a rate.
+  auto target = backends_.find(request.pool());
+  const bool polices_rate =
+      target != backends_.end() && target->second->backend_name() == "sriov_nic";
+  v1::AllocateNicRequest shape_request;
+  const v1::AllocateNicRequest* shaped = &request;
+  if (polices_rate && request.max_tx_rate_mbps() != 0) {
+    if (request.max_tx_rate_mbps() > kMaxNicTxRateMbps) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "max_tx_rate_mbps: at most ", kMaxNicTxRateMbps, ", got ", request.max_tx_rate_mbps()));
+    }
+    shape_request = request;
+    shape_request.set_max_tx_rate_mbps(0);
+    shaped = &shape_request;
+  }
+  if (absl::Status shape = ValidateNicShape(*shaped); !shape.ok()) return shape;
   absl::StatusOr<std::vector<journal::NicFilter>> filters = NormalizeFilters(request.filters());
   if (!filters.ok()) return filters.status();
   NicRequest nic;
   nic.vlan = request.vlan();
+  nic.max_tx_rate_mbps = request.max_tx_rate_mbps();
   for (journal::NicFilter& filter : *filters) {
     filter.set_id(absl::StrCat("f", ++nic.next_filter_id));
     nic.filters.push_back(std::move(filter));
@@ -691,6 +731,11 @@ absl::StatusOr<v1::FlowFilter> BrokerCore::ChangeFlowFilter(absl::string_view to
     if (it == leases_.end() || (it->second.info.owner_uid() != (*session)->peer.tenant.uid &&
                                 !IsOperator((*session)->peer.tenant.uid))) {
       return absl::NotFoundError(absl::StrCat("no lease ", lease_id));
+    }
+    if (it->second.granted.has_sriov_nic()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "lease ", lease_id, " is a sriov_nic VF: its PF cannot steer flows to a VF (no ntuple "
+          "rule reaches a VF on igb); the VF receives every frame to its MAC and VLAN"));
     }
     if (!it->second.granted.has_xdp_nic()) {
       return absl::FailedPreconditionError(

@@ -98,6 +98,8 @@ class BrokerCore {
                                            const v1::AllocateExtentRequest& request);
   // A NIC slice of an xdp_nic pool: slot -> validated MAC / VLAN / filters -> backend
   // (macvlan, steering, socket) -> journal -> [FD_ROLE_XSK, FD_ROLE_UMEM] -> answer.
+  // Of a sriov_nic pool: slot (VF) -> MAC / VLAN / TX rate -> backend (FLR, PF-set VF config,
+  // vfio-pci) -> journal -> [FD_ROLE_VFIO_CONTAINER, _GROUP, _DEVICE], Nic.pci_address -> answer.
   absl::StatusOr<v1::Lease> AllocateNic(absl::string_view token,
                                         const v1::AllocateNicRequest& request);
   // Live steering changes of the caller's NIC lease, durable before they are answered.

@@ -296,5 +296,100 @@ TEST_F(NicCoreTest, FilterChangesAreJournaledAndSurviveARestart) {
   EXPECT_EQ(FreeSlots(), 3u);
 }
 
+// A sriov_nic pool: VFIO descriptors, the VF's address, the TX rate passed through, and no
+// flow filters.
+class FakeSriovBackend : public ExtentBackend {
+ public:
+  std::string backend_name() const override { return "sriov_nic"; }
+  uint64_t capacity_bytes() const override { return 2; }
+  bool is_nic() const override { return true; }
+  absl::StatusOr<ProvisionedExtent> Provision(uint64_t, uint64_t) override {
+    return absl::UnimplementedError("NIC pool");
+  }
+  absl::StatusOr<ProvisionedExtent> ProvisionNic(uint64_t slot, const NicRequest& r) override {
+    if (!r.filters.empty()) return absl::UnimplementedError("no ntuple to VFs");
+    last_rate = r.max_tx_rate_mbps;
+    ProvisionedExtent out;
+    journal::SriovNicState* s = out.state.mutable_sriov_nic();
+    s->set_slot(static_cast<uint32_t>(slot));
+    s->set_pf_interface("eth1");
+    s->set_pf_pci_address("0000:02:00.0");
+    s->set_vf_pci_address(absl::StrCat("0000:02:10.", slot * 2));
+    s->set_mac(std::string(r.mac.begin(), r.mac.end()));
+    s->set_vlan(r.vlan);
+    s->set_iommu_group(9 + static_cast<uint32_t>(slot));
+    s->set_max_tx_rate_mbps(r.max_tx_rate_mbps);
+    out.pci_address = s->vf_pci_address();
+    for (v1::FdRole role : {v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP,
+                            v1::FD_ROLE_VFIO_DEVICE}) {
+      out.fds.push_back(TenantFd{role, UniqueFd(::eventfd(0, EFD_CLOEXEC))});
+    }
+    return out;
+  }
+  absl::Status Readopt(const journal::ExtentState&) override { return absl::OkStatus(); }
+  absl::StatusOr<TeardownResult> Teardown(const journal::ExtentState& state) override {
+    torn_down.push_back(state.sriov_nic().slot());
+    return TeardownResult::kFreed;
+  }
+  absl::Status RemoveOrphans(const std::vector<journal::ExtentState>&) override {
+    return absl::OkStatus();
+  }
+  uint64_t last_rate = 0;
+  std::vector<uint32_t> torn_down;
+};
+
+TEST_F(NicCoreTest, SriovNicGrantCarriesVfioDescriptorsAndTheVf) {
+  JournalReplay replay;
+  auto journal = Journal::Open(dir_ + "/journal", &replay);
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  auto owned = std::make_unique<FakeSriovBackend>();
+  FakeSriovBackend* backend = owned.get();
+  std::map<std::string, std::unique_ptr<ExtentBackend>> backends;
+  backends.emplace("vf", std::move(owned));
+  BlockPoolSpec spec;
+  spec.name = "vf";
+  spec.slots = true;
+  spec.capacity_bytes = 2;
+  spec.alignment_bytes = 1;
+  spec.max_extent_bytes = 1;
+  spec.access.uids = {1000};
+  core_ = std::make_unique<BrokerCore>(
+      CoreOptions{}, std::make_unique<Allocator>(std::vector<BlockPoolSpec>{spec}, QuotaPolicy{}),
+      std::move(backends), *std::move(journal));
+  ASSERT_TRUE(core_->Recover(replay).ok());
+  core_->Start();
+  const std::string t = Open(Peer(1000, 1));
+  v1::AllocateNicRequest r;
+  r.set_pool("vf");
+  r.set_vlan(5);
+  r.set_max_tx_rate_mbps(100);
+  auto lease = core_->AllocateNic(t, r);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(backend->last_rate, 100u);
+  EXPECT_EQ(lease->nic().pci_address(), "0000:02:10.0");
+  EXPECT_EQ(lease->nic().interface(), "eth1");
+  EXPECT_EQ(lease->nic().vlan(), 5u);
+  EXPECT_EQ(lease->nic().max_tx_rate_mbps(), 100u);
+  EXPECT_TRUE(ParseUnicastMac(lease->nic().mac()).ok()) << lease->nic().mac();
+  EXPECT_EQ(link_->roles.back(),
+            (std::vector<int>{v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP,
+                              v1::FD_ROLE_VFIO_DEVICE}));
+  // No flow filters on a VF, at grant or later; an absurd rate is refused up front.
+  EXPECT_EQ(core_->AddFlowFilter(t, lease->id(), Udp("10.0.0.1", 53)).status().code(),
+            absl::StatusCode::kUnimplemented);
+  v1::AllocateNicRequest filtered;
+  filtered.set_pool("vf");
+  *filtered.add_filters() = Udp("10.0.0.1", 53);
+  EXPECT_EQ(core_->AllocateNic(t, filtered).status().code(), absl::StatusCode::kUnimplemented);
+  v1::AllocateNicRequest fast;
+  fast.set_pool("vf");
+  fast.set_max_tx_rate_mbps(uint64_t{1} << 40);
+  EXPECT_EQ(core_->AllocateNic(t, fast).status().code(), absl::StatusCode::kInvalidArgument);
+  // The session ends: the VF is reclaimed.
+  core_->CloseSession(t);
+  ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
+  EXPECT_EQ(backend->torn_down, (std::vector<uint32_t>{0}));
+}
+
 }  // namespace
 }  // namespace vfbroker
