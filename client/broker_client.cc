@@ -441,6 +441,22 @@ absl::StatusOr<XdpDescriptors> NicLease::TakeXdpDescriptors() {
   return out;
 }
 
+absl::StatusOr<VfioDescriptors> NicLease::TakeVfioDescriptors() {
+  VfioDescriptors out;
+  int found = 0;
+  for (LeaseFd& fd : fds_) {
+    if (!fd.fd) continue;
+    if (fd.role == v1::FD_ROLE_VFIO_CONTAINER) out.container = std::move(fd.fd), ++found;
+    if (fd.role == v1::FD_ROLE_VFIO_GROUP) out.group = std::move(fd.fd), ++found;
+    if (fd.role == v1::FD_ROLE_VFIO_DEVICE) out.device = std::move(fd.fd), ++found;
+  }
+  if (found != 3) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "lease ", id(), ": no VFIO descriptors (an xdp_nic lease, or taken already)"));
+  }
+  return out;
+}
+
 absl::StatusOr<v1::FlowFilter> NicLease::AddFlowFilter(const v1::FlowFilter& filter) {
   return client_->AddFlowFilter(id(), filter);
 }

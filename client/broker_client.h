@@ -77,7 +77,7 @@ struct LeaseFd {
   UniqueFd fd;
 };
 
-// The VFIO descriptors of an nvme_sriov lease, for vfdrivers::vfio::VfioDevice::Adopt.
+// The VFIO descriptors of an nvme_sriov or sriov_nic lease, for vfdrivers::vfio::VfioDevice::Adopt.
 struct VfioDescriptors {
   UniqueFd container;
   UniqueFd group;
@@ -201,6 +201,9 @@ class NicLease {
   int fd(v1::FdRole role) const;
   // Moves both descriptors out (for AfXdpPort::Adopt). FAILED_PRECONDITION if taken already.
   absl::StatusOr<XdpDescriptors> TakeXdpDescriptors();
+  // A sriov_nic lease: moves its three VFIO descriptors out (for VfioDevice::Adopt; the VF is
+  // nic().pci_address()). FAILED_PRECONDITION if it has none (an xdp_nic lease) or taken already.
+  absl::StatusOr<VfioDescriptors> TakeVfioDescriptors();
   absl::StatusOr<v1::FlowFilter> AddFlowFilter(const v1::FlowFilter& filter);
   absl::Status RemoveFlowFilter(absl::string_view filter_id);
   // Closes the descriptors it still holds, then gives the NIC back. Idempotent.
