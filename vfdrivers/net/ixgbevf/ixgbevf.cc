@@ -1,0 +1,656 @@
+// Intel 82599 VF driver: see ixgbevf.h. Section numbers are of the Intel 82599 10 GbE
+// Controller datasheet. Not yet run on hardware (QEMU has no 82599): see README.md.
+#include "vfdrivers/net/ixgbevf/ixgbevf.h"
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+
+namespace vfdrivers::net::ixgbevf {
+namespace {
+
+#define IXGBEVF_TRY(expr)                  \
+  do {                                     \
+    absl::Status status_ = (expr);         \
+    if (!status_.ok()) return status_;     \
+  } while (0)
+
+constexpr uint32_t kRxGiveBatch = 32;  // VFRDT moves by at least this many slots (or fewer
+                                       // on small rings: half the ring)
+
+// Calls `done` until it is true or `timeout` passes, idling the Bar in between.
+template <typename F>
+bool PollUntil(Bar* bar, absl::Duration timeout, F done) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (absl::Now() > deadline) return false;
+    bar->Idle();
+  }
+}
+
+// MAC <-> mailbox words: bytes 0..5 in memory order from word 1.
+void MacToWords(const MacAddress& mac, uint32_t* w) {
+  uint8_t b[8] = {};
+  std::memcpy(b, mac.bytes.data(), 6);
+  std::memcpy(w, b, 8);
+}
+MacAddress MacFromWords(const uint32_t* w) {
+  uint8_t b[8];
+  std::memcpy(b, w, 8);
+  MacAddress m;
+  std::memcpy(m.bytes.data(), b, 6);
+  return m;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<IxgbevfPort>> IxgbevfPort::Open(vfio::VfioDevice* device,
+                                                               const Options& options) {
+  // BAR0 of an 82599 VF is 16 KiB, as the 82576's: igbvf's VFIO Bar checks that and turns on
+  // bus mastering.
+  absl::StatusOr<std::unique_ptr<Bar>> bar = igbvf::OpenVfioBar(device);
+  if (!bar.ok()) return bar.status();
+  return Create(*std::move(bar), options);
+}
+
+absl::StatusOr<std::unique_ptr<IxgbevfPort>> IxgbevfPort::Create(std::unique_ptr<Bar> bar,
+                                                                 const Options& options) {
+  if (bar == nullptr) return absl::InvalidArgumentError("ixgbevf: null bar");
+  for (uint32_t n : {options.rx_ring_size, options.tx_ring_size}) {
+    if (n < 8 || n > 4096 || (n & (n - 1)) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("ixgbevf: ring size %u is not a power of two in 8..4096", n));
+    }
+  }
+  if (options.buffer_count <= options.rx_ring_size || options.buffer_count > (1u << 20)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ixgbevf: buffer_count %u must exceed rx_ring_size %u (and be <= 2^20)",
+        options.buffer_count, options.rx_ring_size));
+  }
+  std::unique_ptr<IxgbevfPort> port(new IxgbevfPort(std::move(bar), options));
+  IXGBEVF_TRY(port->Init());
+  return port;
+}
+
+IxgbevfPort::IxgbevfPort(std::unique_ptr<Bar> bar, const Options& options)
+    : bar_(std::move(bar)), options_(options) {}
+
+IxgbevfPort::~IxgbevfPort() {
+  Stop();
+  if (mapped_) (void)bar_->UnmapDma(iova_);
+}
+
+absl::Status IxgbevfPort::Init() {
+  IXGBEVF_TRY(Reset());
+  IXGBEVF_TRY(NegotiateApi());
+  IXGBEVF_TRY(SetupRings());
+  if (options_.link_timeout > absl::ZeroDuration()) {
+    IXGBEVF_TRY(WaitForLink(options_.link_timeout));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Mailbox (§7.9 PF/VF mailbox; VFMAILBOX and VFMBMEM, §8.3.5) -------------------------
+
+// PFSTS, PFACK and RSTD clear on read: remember what a read saw until someone consumes it.
+uint32_t IxgbevfPort::MailboxBits() {
+  absl::StatusOr<uint32_t> v = bar_->Read32(kVfMailbox);
+  const uint32_t bits = v.ok() ? *v : 0;
+  mb_seen_ |= bits & kMbReadClear;
+  return bits | mb_seen_;
+}
+
+bool IxgbevfPort::TakeBit(uint32_t bit) {
+  if ((MailboxBits() & bit) == 0) return false;
+  mb_seen_ &= ~bit;
+  return true;
+}
+
+absl::Status IxgbevfPort::Await(uint32_t bit, const char* what) {
+  if (PollUntil(bar_.get(), options_.mailbox_timeout, [&] { return TakeBit(bit); })) {
+    return absl::OkStatus();
+  }
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "ixgbevf mailbox: no %s from the PF within %s (VFMAILBOX 0x%02x)", what,
+      absl::FormatDuration(options_.mailbox_timeout), MailboxBits()));
+}
+
+// VF -> PF (§7.9): claim the buffer (VFU set and read back), write VFMBMEM, set REQ; the PF
+// reads it and raises PFACK.
+absl::Status IxgbevfPort::Send(absl::Span<const uint32_t> msg) {
+  const bool owned = PollUntil(bar_.get(), options_.mailbox_timeout, [&] {
+    return bar_->Write32(kVfMailbox, kMbVfu).ok() && (MailboxBits() & kMbVfu) != 0;
+  });
+  if (!owned) {
+    return absl::DeadlineExceededError(
+        "ixgbevf mailbox: could not claim the buffer (VFMAILBOX.VFU never read back set)");
+  }
+  mb_seen_ &= ~(kMbPfsts | kMbPfack);  // older news: the buffer is about to be ours
+  for (size_t i = 0; i < msg.size(); ++i) {
+    IXGBEVF_TRY(bar_->Write32(kVfMbmem + 4 * static_cast<uint32_t>(i), msg[i]));
+  }
+  IXGBEVF_TRY(bar_->Write32(kVfMailbox, kMbReq));
+  ++xstats_.mailbox_messages;
+  return Await(kMbPfack, "PFACK for our message");
+}
+
+// PF -> VF: PFSTS says a message is there; claim, copy VFMBMEM out, ACK (which releases VFU).
+absl::Status IxgbevfPort::Receive(absl::Span<uint32_t> reply) {
+  IXGBEVF_TRY(Await(kMbPfsts, "reply (PFSTS)"));
+  IXGBEVF_TRY(bar_->Write32(kVfMailbox, kMbVfu));
+  if ((MailboxBits() & kMbVfu) == 0) {
+    return absl::FailedPreconditionError("ixgbevf mailbox: PF message there, buffer not ours");
+  }
+  for (size_t i = 0; i < reply.size(); ++i) {
+    absl::StatusOr<uint32_t> w = bar_->Read32(kVfMbmem + 4 * static_cast<uint32_t>(i));
+    if (!w.ok()) return w.status();
+    reply[i] = *w;
+  }
+  return bar_->Write32(kVfMailbox, kMbAck);
+}
+
+// Request + reply; the reply must carry the request's id and exactly one of ACK / NACK.
+absl::Status IxgbevfPort::Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply) {
+  IXGBEVF_TRY(Send(msg));
+  IXGBEVF_TRY(Receive(reply));
+  const uint32_t r = reply[0] & ~kMsgCts;
+  const uint32_t verdict = r & (kMsgAck | kMsgNack);
+  if ((r & kMsgId) != (msg[0] & kMsgId) || verdict == 0 || verdict == (kMsgAck | kMsgNack)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ixgbevf mailbox: reply 0x%08x to request 0x%08x is neither its ACK nor its NACK",
+        reply[0], msg[0]));
+  }
+  if (verdict == kMsgNack) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("ixgbevf mailbox: the PF refused request 0x%08x (NACK)", msg[0]));
+  }
+  return absl::OkStatus();
+}
+
+// ---- Reset and API negotiation ---------------------------------------------------------------
+
+absl::Status IxgbevfPort::Reset() {
+  // Polling only: mask every VF interrupt cause (VTEIMC, §8.3).
+  IXGBEVF_TRY(bar_->Write32(kVtEimc, 0xFFFFFFFFu));
+  // VF software reset (VFCTRL.RST, §8.3): the VF's queues stop and the PF is told. While the
+  // PF itself resets, VFMAILBOX.RSTI is set; RSTD (read-to-clear) says it has finished. A
+  // VF reset that sees neither bit in time goes on to the RESET message, which is the real
+  // handshake (RSTD may already have been consumed by an earlier open).
+  mb_seen_ = 0;
+  IXGBEVF_TRY(bar_->Write32(kVfCtrl, kVfCtrlRst));
+  uint32_t bits = 0;
+  if (!PollUntil(bar_.get(), options_.reset_timeout,
+                 [&] { return ((bits = MailboxBits()) & kMbRstd) != 0; })) {
+    if (bits & kMbRsti) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "ixgbevf reset: the PF is still resetting (VFMAILBOX.RSTI) %s after VFCTRL.RST",
+          absl::FormatDuration(options_.reset_timeout)));
+    }
+    ++xstats_.reset_without_rstd;
+  }
+  mb_seen_ &= ~kMbRstd;
+
+  // VF_RESET message (§7.9): RESET|ACK, permanent MAC in words 1-2, multicast filter type
+  // (the PF's MCSTCTRL.MO, which bits of an address the MTA hash takes) in word 3.
+  const uint32_t msg[1] = {kVfReset};
+  uint32_t r[kResetReplyWords] = {};
+  absl::Status st = Send(msg);
+  if (st.ok()) st = Receive(r);
+  if (!st.ok()) return absl::Status(st.code(), absl::StrCat("ixgbevf reset: ", st.message()));
+  const uint32_t word0 = r[0] & ~kMsgCts;
+  if (word0 == (kVfReset | kMsgNack)) {
+    return absl::FailedPreconditionError(
+        "ixgbevf reset: the PF has no MAC address for this VF (RESET|NACK); set one on the PF "
+        "(ip link set <pf> vf N mac ...)");
+  }
+  if (word0 != (kVfReset | kMsgAck) || r[3] > 3) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ixgbevf reset: reply %08x %08x %08x %08x is not RESET|ACK, MAC, filter type 0..3",
+        r[0], r[1], r[2], r[3]));
+  }
+  mac_ = MacFromWords(&r[1]);
+  mc_filter_type_ = r[3];
+  if ((mac_.bytes[0] & 1) != 0 || mac_ == MacAddress{}) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "ixgbevf reset: the PF gave %02x:%02x:%02x:%02x:%02x:%02x, not a unicast MAC",
+        mac_.bytes[0], mac_.bytes[1], mac_.bytes[2], mac_.bytes[3], mac_.bytes[4],
+        mac_.bytes[5]));
+  }
+  return absl::OkStatus();
+}
+
+// API_NEGOTIATE (§7.9; revision numbers as the PF enumerates them): newest first; a NACK means
+// "not that one", anything else ends the negotiation. 1.0 works with every PF but keeps jumbo
+// frames off; we only need 2 KiB frames.
+absl::Status IxgbevfPort::NegotiateApi() {
+  for (uint32_t api : {kApi12, kApi11, kApi10}) {
+    const uint32_t msg[3] = {kVfApiNegotiate, api, 0};
+    uint32_t r[1] = {};
+    absl::Status st = Send(msg);
+    if (st.ok()) st = Receive(r);
+    if (!st.ok()) return absl::Status(st.code(), absl::StrCat("ixgbevf API negotiation: ", st.message()));
+    const uint32_t word0 = r[0] & ~kMsgCts;
+    if (word0 == (kVfApiNegotiate | kMsgAck)) {
+      api_ = api;
+      return absl::OkStatus();
+    }
+    if (word0 != (kVfApiNegotiate | kMsgNack)) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "ixgbevf API negotiation: reply 0x%08x is neither API_NEGOTIATE|ACK nor |NACK", r[0]));
+    }
+  }
+  return absl::FailedPreconditionError(
+      "ixgbevf API negotiation: the PF NACKed mailbox API 1.2, 1.1 and 1.0");
+}
+
+absl::Status IxgbevfPort::SetMac(const MacAddress& mac) {
+  if ((mac.bytes[0] & 1) != 0 || mac == MacAddress{}) {
+    return absl::InvalidArgumentError("ixgbevf: SetMac needs a unicast address");
+  }
+  uint32_t msg[3] = {kVfSetMacAddr, 0, 0};
+  MacToWords(mac, &msg[1]);
+  uint32_t r[3] = {};
+  IXGBEVF_TRY(Call(msg, r));
+  mac_ = mac;
+  return absl::OkStatus();
+}
+
+// SET_MULTICAST: count in the info field, then 12-bit MTA hash values, 16 bits each. Which 12
+// bits of the address form the hash follows the filter type the PF gave at reset (MO, §8.2 MTA).
+absl::Status IxgbevfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
+  if (addrs.size() > kMaxMulticast) {
+    return absl::InvalidArgumentError("ixgbevf: more than 30 multicast addresses");
+  }
+  uint32_t msg[kMbSize] = {};
+  msg[0] = kVfSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
+  const uint32_t shift = 4 - mc_filter_type_;  // type 0: bits 47:36 ... type 3: bits 43:32
+  for (size_t i = 0; i < addrs.size(); ++i) {
+    const uint32_t b4 = addrs[i].bytes[4], b5 = addrs[i].bytes[5];
+    const uint32_t hash = ((b4 >> shift) | (b5 << (8 - shift))) & 0xFFF;
+    msg[1 + i / 2] |= hash << (16 * (i % 2));
+  }
+  uint32_t r[1] = {};
+  return Call(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), r);
+}
+
+absl::Status IxgbevfPort::SetVlan(uint16_t vid, bool add) {
+  if (vid > 4095) return absl::InvalidArgumentError("ixgbevf: VLAN id above 4095");
+  const uint32_t msg[2] = {kVfSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
+  uint32_t r[1] = {};
+  return Call(msg, r);
+}
+
+absl::Status IxgbevfPort::SetMaxFrame(uint32_t bytes) {
+  if (bytes < 64 || bytes > kBufferSize) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ixgbevf: max frame %u outside 64..%u (one 2 KiB buffer per frame)", bytes, kBufferSize));
+  }
+  const uint32_t msg[2] = {kVfSetLpe, bytes};
+  uint32_t r[1] = {};
+  return Call(msg, r);
+}
+
+bool IxgbevfPort::LinkUp() {
+  absl::StatusOr<uint32_t> v = bar_->Read32(kVfLinks);  // VFLINKS (§8.3)
+  return v.ok() && (*v & kVfLinksUp) != 0;
+}
+
+absl::Status IxgbevfPort::WaitForLink(absl::Duration timeout) {
+  if (PollUntil(bar_.get(), timeout, [&] { return LinkUp(); })) return absl::OkStatus();
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "ixgbevf: link not up (VFLINKS.LINK_UP) within %s", absl::FormatDuration(timeout)));
+}
+
+// ---- Rings ------------------------------------------------------------------------------------
+
+// §4.6.7 / §8.3 (VFRXDCTL, VFTXDCTL): ENABLE takes effect when it reads back set.
+absl::Status IxgbevfPort::EnableQueue(uint32_t reg, uint32_t value, const char* name) {
+  IXGBEVF_TRY(bar_->Write32(reg, value));
+  if (PollUntil(bar_.get(), options_.enable_timeout, [&] {
+        absl::StatusOr<uint32_t> v = bar_->Read32(reg);
+        return v.ok() && (*v & kDctlEnable) != 0;
+      })) {
+    return absl::OkStatus();
+  }
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "ixgbevf: %s.ENABLE did not read back set within %s", name,
+      absl::FormatDuration(options_.enable_timeout)));
+}
+
+absl::Status IxgbevfPort::SetupRings() {
+  const uint32_t nrx = options_.rx_ring_size, ntx = options_.tx_ring_size;
+  // One region: RX ring | TX ring | head write-back dword (own 128-byte line) | buffers.
+  const size_t rx_bytes = size_t{nrx} * sizeof(RxDesc);
+  const size_t tx_bytes = size_t{ntx} * sizeof(TxDesc);
+  const size_t head_off = rx_bytes + tx_bytes;
+  const size_t buf_off = (head_off + 128 + kBufferSize - 1) / kBufferSize * kBufferSize;
+  absl::StatusOr<memory::MemoryRegion> region = memory::MemoryRegion::Allocate(
+      buf_off + size_t{options_.buffer_count} * kBufferSize, {options_.huge_pages});
+  if (!region.ok()) return region.status();
+  region_ = *std::move(region);
+  absl::StatusOr<uint64_t> iova = bar_->MapDma(region_.base(), region_.size());
+  if (!iova.ok()) return iova.status();
+  iova_ = *iova;
+  mapped_ = true;
+  uint8_t* base = static_cast<uint8_t*>(region_.base());
+  rx_ring_ = reinterpret_cast<RxDesc*>(base);
+  tx_ring_ = reinterpret_cast<TxDesc*>(base + rx_bytes);
+  tx_head_ = reinterpret_cast<volatile uint32_t*>(base + head_off);
+  *tx_head_ = 0;
+  buffers_ = base + buf_off;
+  buffers_iova_ = iova_ + buf_off;
+
+  rx_mask_ = nrx - 1;
+  tx_mask_ = ntx - 1;
+  rx_give_batch_ = nrx / 2 < kRxGiveBatch ? nrx / 2 : kRxGiveBatch;
+  rx_slot_.assign(nrx, 0);
+  tx_slot_.assign(ntx, 0);
+  owner_.assign(options_.buffer_count, kIdle);
+  free_.resize(options_.buffer_count);
+  for (uint32_t i = 0; i < options_.buffer_count; ++i) free_[i] = options_.buffer_count - 1 - i;
+  free_top_ = options_.buffer_count;
+
+  absl::StatusOr<volatile uint32_t*> rdt = bar_->Register32(kVfRdt);
+  if (!rdt.ok()) return rdt.status();
+  absl::StatusOr<volatile uint32_t*> tdt = bar_->Register32(kVfTdt);
+  if (!tdt.ok()) return tdt.status();
+  rdt_ = *rdt;
+  tdt_ = *tdt;
+
+  // RX queue 0 (§4.6.7 receive init; §8.3 VFRDBAL/H, VFRDLEN, VFSRRCTL, VFRXDCTL): disabled
+  // while programmed; 2 KiB packet buffers, advanced one-buffer descriptors (§7.1.6), drop
+  // when out of descriptors (DROP_EN: a slow tenant never backs up the PF's switch); no
+  // header split (VFPSRTYPE 0). Enabled, then the tail is written (§4.6.7: after ENABLE).
+  IXGBEVF_TRY(bar_->Write32(kVfRxdctl, 0));
+  IXGBEVF_TRY(bar_->Write32(kVfPsrtype, 0));
+  IXGBEVF_TRY(bar_->Write32(kVfRdbal, static_cast<uint32_t>(iova_)));
+  IXGBEVF_TRY(bar_->Write32(kVfRdbah, static_cast<uint32_t>(iova_ >> 32)));
+  IXGBEVF_TRY(bar_->Write32(kVfRdlen, static_cast<uint32_t>(rx_bytes)));
+  IXGBEVF_TRY(bar_->Write32(kVfRdh, 0));
+  IXGBEVF_TRY(bar_->Write32(kVfRdt, 0));
+  IXGBEVF_TRY(bar_->Write32(
+      kVfSrrctl, (kBufferSize >> 10) | kSrrctlAdvOneBuf | kSrrctlDropEn));
+  running_ = true;  // from here on, Stop() turns the queues off again
+  IXGBEVF_TRY(EnableQueue(kVfRxdctl, kDctlEnable, "VFRXDCTL"));
+
+  // TX queue 0 (§4.6.8 transmit init; §8.3 VFTDBAL/H, VFTDLEN, VFTDWBAL/H, VFTXDCTL): head
+  // write-back to memory (Head_WB_En): the device writes VFTDH there after each RS descriptor,
+  // and does not write the descriptors' DD back.
+  const uint64_t tx_iova = iova_ + rx_bytes, head_iova = iova_ + head_off;
+  IXGBEVF_TRY(bar_->Write32(kVfTxdctl, 0));
+  IXGBEVF_TRY(bar_->Write32(kVfTdbal, static_cast<uint32_t>(tx_iova)));
+  IXGBEVF_TRY(bar_->Write32(kVfTdbah, static_cast<uint32_t>(tx_iova >> 32)));
+  IXGBEVF_TRY(bar_->Write32(kVfTdlen, static_cast<uint32_t>(tx_bytes)));
+  IXGBEVF_TRY(bar_->Write32(kVfTdh, 0));
+  IXGBEVF_TRY(bar_->Write32(kVfTdt, 0));
+  IXGBEVF_TRY(bar_->Write32(kVfTdwbal, static_cast<uint32_t>(head_iova) | kTdwbalHeadWbEn));
+  IXGBEVF_TRY(bar_->Write32(kVfTdwbah, static_cast<uint32_t>(head_iova >> 32)));
+  // PTHRESH 32, HTHRESH 1, WTHRESH 0 (bits 6:0, 14:8, 22:16).
+  IXGBEVF_TRY(EnableQueue(kVfTxdctl, kDctlEnable | 32 | 1 << 8, "VFTXDCTL"));
+
+  info_.queue_id = 0;
+  info_.buffer_count = options_.buffer_count;
+  info_.buffer_capacity = kBufferSize;
+  info_.rx_ring_size = nrx - 1;
+  info_.tx_ring_size = ntx - 1;
+  info_.zero_copy = true;
+  Refill();
+  GiveRx(true);
+  return absl::OkStatus();
+}
+
+void IxgbevfPort::Stop() {
+  if (!running_) return;
+  (void)bar_->Write32(kVfRxdctl, 0);
+  (void)bar_->Write32(kVfTxdctl, 0);
+  (void)bar_->Write32(kVfCtrl, kVfCtrlRst);  // ends any DMA still in progress before the unmap
+  running_ = false;
+}
+
+// ---- Fast path ----------------------------------------------------------------------------------
+// The loops work on local copies of members: stores through rings and tables could otherwise
+// alias them and force reloads.
+
+// Empty slots [tail + filled, next) get free buffers: read format, packet address and a zero
+// header address (which also clears the previous write-back's DD).
+void IxgbevfPort::Refill() {
+  const uint32_t mask = rx_mask_;
+  uint32_t n = mask + 1 - rx_posted_ - rx_filled_;
+  if (n > free_top_) n = free_top_;
+  uint32_t slot = (rx_tail_ + rx_filled_) & mask, top = free_top_;
+  const uint32_t* free_list = free_.data();
+  uint32_t* slots = rx_slot_.data();
+  RxDesc* ring = rx_ring_;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t b = free_list[--top];
+    slots[slot] = b;
+    ring[slot].pkt_addr = buffers_iova_ + uint64_t{b} * kBufferSize;
+    ring[slot].hdr_addr = 0;
+    slot = (slot + 1) & mask;
+  }
+  free_top_ = top;
+  rx_filled_ += n;
+}
+
+// Hands filled slots to the device with one VFRDT write (§7.1.6 / §8.3 VFRDT), keeping one slot
+// back (RDH == RDT means "no descriptors"). Waits for a batch unless forced or the device has
+// nothing left.
+void IxgbevfPort::GiveRx(bool force) {
+  const uint32_t room = rx_mask_ - rx_posted_;
+  const uint32_t give = rx_filled_ < room ? rx_filled_ : room;
+  if (give == 0 || (give < rx_give_batch_ && !force && rx_posted_ != 0)) return;
+  rx_tail_ = (rx_tail_ + give) & rx_mask_;
+  rx_posted_ += give;
+  rx_filled_ -= give;
+  ++xstats_.rx_tail_writes;
+  __atomic_thread_fence(__ATOMIC_RELEASE);  // descriptors before the tail
+  *rdt_ = rx_tail_;
+}
+
+void IxgbevfPort::CountBadRx(uint32_t len, uint32_t status) {
+  if (len - 1 >= kBufferSize) {
+    ++stats_.bad_descriptors;
+    ++xstats_.bad_rx_length;
+  } else if ((status & kRxEop) == 0) {
+    ++stats_.bad_descriptors;
+    ++xstats_.bad_rx_no_eop;
+  } else {
+    ++xstats_.rx_frame_errors;
+  }
+}
+
+// Reaps up to `limit` written-back descriptors (only slots the device owns). With kRefill, each
+// reaped slot at once gets a fresh buffer from the free stack (the caller checked there are
+// enough and that no slot is empty, so the reaped slot extends the filled run).
+template <bool kRefill>
+uint32_t IxgbevfPort::Reap(PacketBuffer* q, uint32_t limit, uint32_t* reaped) {
+  const uint32_t mask = rx_mask_;
+  uint32_t next = rx_next_, top = free_top_, i = 0;
+  volatile RxDesc* const ring = rx_ring_;
+  uint32_t* const slots = rx_slot_.data();
+  uint32_t* const free_list = free_.data();
+  uint8_t* const owner = owner_.data();
+  uint8_t* const buffers = buffers_;
+  const uint64_t iova = buffers_iova_;
+  PacketBuffer* const q0 = q;
+  uint64_t bytes = 0;
+  for (; i < limit; ++i) {
+    // §7.1.6.2 write-back: extended status 19:0 (DD bit 0, EOP bit 1), errors 31:20, PKT_LEN
+    // 47:32 of the second quadword.
+    const uint64_t wb = ring[next].hdr_addr;
+    const uint32_t status = static_cast<uint32_t>(wb);
+    if ((status & kRxDd) == 0) break;
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    const uint32_t len = static_cast<uint32_t>(wb >> 32) & 0xFFFF;
+    const uint32_t b = slots[next];
+    if (kRefill) {
+      const uint32_t fresh = free_list[--top];
+      slots[next] = fresh;
+      ring[next].pkt_addr = iova + uint64_t{fresh} * kBufferSize;
+      ring[next].hdr_addr = 0;
+    }
+    next = (next + 1) & mask;
+    if (__builtin_expect(((status & (kRxEop | kRxErrRxe)) ^ kRxEop) | ((len - 1) >> 11), 0)) {
+      free_list[top++] = b;  // never reached the caller
+      CountBadRx(len, status);
+      continue;
+    }
+    owner[b] = kCaller;
+    uint8_t* const data = buffers + size_t{b} * kBufferSize;
+    q->data = data;
+    q->device_address = iova + uint64_t{b} * kBufferSize;
+    q->length = len;
+    q->capacity = kBufferSize;
+    q->index = b;
+    q->pool = this;
+    ++q;
+    bytes += len;
+  }
+  rx_next_ = next;
+  free_top_ = top;
+  *reaped = i;
+  stats_.rx_bytes += bytes;
+  return static_cast<uint32_t>(q - q0);
+}
+
+size_t IxgbevfPort::RxBurst(absl::Span<PacketBuffer> out) {
+  if (tx_in_flight_ != 0) ReclaimTx();
+  const uint32_t limit =
+      out.size() < rx_posted_ ? static_cast<uint32_t>(out.size()) : rx_posted_;
+  uint32_t reaped = 0, n;
+  if (rx_posted_ + rx_filled_ == rx_mask_ + 1 && free_top_ >= limit) {
+    n = Reap<true>(out.data(), limit, &reaped);
+    rx_filled_ += reaped;
+  } else {
+    n = Reap<false>(out.data(), limit, &reaped);
+  }
+  rx_posted_ -= reaped;
+  stats_.rx_packets += n;
+  if (rx_posted_ + rx_filled_ != rx_mask_ + 1) Refill();
+  GiveRx(false);
+  return n;
+}
+
+// Everything from tx_clean_ up to the written-back head is sent (§7.2.3, head write-back). A
+// head outside the ring or past what is in flight is counted and ignored. The finished slots'
+// buffer ids go to the free stack in (at most) two block copies: the ring may wrap once.
+void IxgbevfPort::ReclaimTx() {
+  const uint32_t mask = tx_mask_;
+  const uint32_t head = *tx_head_;
+  const uint32_t clean = tx_clean_;
+  const uint32_t done = (head - clean) & mask;
+  if (__builtin_expect(head > mask || done > tx_in_flight_, 0)) {
+    ++stats_.bad_descriptors;
+    ++xstats_.bad_tx_head;
+    return;
+  }
+  if (done == 0) return;
+  const uint32_t first = done < mask + 1 - clean ? done : mask + 1 - clean;
+  uint32_t* dst = free_.data() + free_top_;
+  std::memcpy(dst, tx_slot_.data() + clean, size_t{first} * sizeof(uint32_t));
+  std::memcpy(dst + first, tx_slot_.data(), size_t{done - first} * sizeof(uint32_t));
+  free_top_ += done;
+  tx_clean_ = head;
+  tx_in_flight_ -= done;
+  stats_.tx_completed += done;
+}
+
+size_t IxgbevfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
+  if (tx_in_flight_ != 0) ReclaimTx();
+  const uint32_t mask = tx_mask_;
+  const uint32_t room = mask - tx_in_flight_;
+  const size_t n = pkts.size() < room ? pkts.size() : room;
+  const PacketBuffer* p = pkts.data();
+  const PacketBuffer* const end = p + n;
+  uint32_t tail = tx_tail_;
+  uint8_t* const owner = owner_.data();
+  uint32_t* const slots = tx_slot_.data();
+  TxDesc* const ring = tx_ring_;
+  const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
+  const uint64_t to_iova = buffers_iova_ - buffers;
+  const uint32_t count = options_.buffer_count;
+  uint64_t bytes = 0;
+  for (; p != end; ++p) {
+    const uint32_t b = p->index;
+    const uint32_t len = p->length;
+    const uintptr_t data = reinterpret_cast<uintptr_t>(p->data);
+    const uintptr_t off = data - (buffers + uintptr_t{b} * kBufferSize);
+    // Ours, in the caller's hands, data inside its buffer, 0 < length <= what follows data.
+    if (__builtin_expect(p->pool != this || b >= count || owner[b] != kCaller ||
+                             off >= kBufferSize || len - 1 >= kBufferSize - off,
+                         0)) {
+      ++stats_.bad_buffers;
+      break;
+    }
+    owner[b] = kIdle;
+    slots[tail] = b;
+    // §7.2.3.2.4 advanced data descriptor: DTALEN = PAYLEN = len, DTYP data, DEXT, EOP (one
+    // buffer per frame), IFCS (the MAC appends the CRC). The two dwords in one store.
+    TxDesc& d = ring[tail];
+    d.addr = data + to_iova;
+    const uint64_t words = (uint64_t{len} << (32 + kTxPaylenShift)) |
+                           (len | kTxDtypData | kTxDext | kTxEop | kTxIfcs);
+    std::memcpy(&d.cmd_type_len, &words, sizeof words);
+    tail = (tail + 1) & mask;
+    bytes += len;
+  }
+  const size_t sent = static_cast<size_t>(p - pkts.data());
+  if (sent != 0) {
+    ring[(tail - 1) & mask].cmd_type_len |= kTxRs;  // one head write-back per burst
+    tx_tail_ = tail;
+    tx_in_flight_ += static_cast<uint32_t>(sent);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    *tdt_ = tail;  // §7.2.3 / §8.3 VFTDT: one write per burst
+    stats_.tx_packets += sent;
+    stats_.tx_bytes += bytes;
+  }
+  if (sent == n && n < pkts.size()) stats_.tx_ring_full += pkts.size() - n;
+  return sent;
+}
+
+size_t IxgbevfPort::AllocBurst(absl::Span<PacketBuffer> out) {
+  const size_t n = out.size() < free_top_ ? out.size() : free_top_;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t b = free_[--free_top_];
+    owner_[b] = kCaller;
+    PacketBuffer& p = out[i];
+    p.data = buffers_ + size_t{b} * kBufferSize;
+    p.device_address = buffers_iova_ + uint64_t{b} * kBufferSize;
+    p.length = 0;
+    p.capacity = kBufferSize;
+    p.index = b;
+    p.pool = this;
+  }
+  stats_.alloc_failed += out.size() - n;
+  return n;
+}
+
+size_t IxgbevfPort::FreeBurst(absl::Span<const PacketBuffer> bufs) {
+  size_t accepted = 0;
+  const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
+  for (const PacketBuffer& p : bufs) {
+    const uintptr_t off =
+        reinterpret_cast<uintptr_t>(p.data) - (buffers + uintptr_t{p.index} * kBufferSize);
+    if (p.pool != this || p.index >= options_.buffer_count || owner_[p.index] != kCaller ||
+        off >= kBufferSize) {
+      ++stats_.bad_buffers;
+      continue;
+    }
+    owner_[p.index] = kIdle;
+    free_[free_top_++] = p.index;
+    ++accepted;
+  }
+  return accepted;
+}
+
+void IxgbevfPort::Service() {
+  ReclaimTx();
+  Refill();
+  GiveRx(true);
+}
+
+}  // namespace vfdrivers::net::ixgbevf

@@ -1,0 +1,321 @@
+#include "vfdrivers/net/ixgbevf/ixgbevf_device_model.h"
+
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace vfdrivers::net::ixgbevf::testing {
+namespace {
+
+// The Bar over the model: offsets checked (dword-aligned, inside the 16 KiB BAR).
+class ModelBar final : public Bar {
+ public:
+  explicit ModelBar(IxgbevfDeviceModel* model) : model_(model) {}
+  absl::StatusOr<uint32_t> Read32(uint32_t off) override {
+    if (!Valid(off)) return Bad(off);
+    return model_->Read(off);
+  }
+  absl::Status Write32(uint32_t off, uint32_t value) override {
+    if (!Valid(off)) return Bad(off);
+    model_->Write(off, value);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<volatile uint32_t*> Register32(uint32_t off) override {
+    if (!Valid(off)) return Bad(off);
+    return model_->RegPtr(off);
+  }
+  absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) override {
+    if (size == 0 || size % 4096 != 0 || reinterpret_cast<uintptr_t>(vaddr) % 4096 != 0) {
+      return absl::InvalidArgumentError("ixgbevf model: DMA range not page-aligned");
+    }
+    return model_->Map(vaddr, size);
+  }
+  absl::Status UnmapDma(uint64_t iova) override {
+    if (model_->Unmap(iova)) return absl::OkStatus();
+    return absl::NotFoundError("ixgbevf model: no such mapping");
+  }
+  void Idle() override {}
+
+ private:
+  static bool Valid(uint32_t off) { return off < kVfBarSize && (off & 3) == 0; }
+  static absl::Status Bad(uint32_t off) {
+    return absl::OutOfRangeError(absl::StrCat("ixgbevf model: register offset ", off));
+  }
+  IxgbevfDeviceModel* model_;
+};
+
+// Word 0 of a PF reply.
+uint32_t Verdict(uint32_t id, bool ok, bool cts) {
+  return id | (ok ? kMsgAck : kMsgNack) | (cts ? kMsgCts : 0);
+}
+
+}  // namespace
+
+IxgbevfDeviceModel::IxgbevfDeviceModel(const ModelOptions& options)
+    : options_(options), regs_(kVfBarSize / 4, 0), vf_mac_(options.mac) {
+  set_link(options.link_up);
+  mailbox_ = kMbRstd;  // the PF has finished its own reset before the VF is used
+}
+
+std::unique_ptr<Bar> IxgbevfDeviceModel::MakeBar() { return std::make_unique<ModelBar>(this); }
+
+void IxgbevfDeviceModel::set_link(bool up) {
+  regs_[kVfLinks / 4] = up ? kVfLinksUp : 0;
+}
+
+uint32_t IxgbevfDeviceModel::Random() {
+  seed_ ^= seed_ << 13;
+  seed_ ^= seed_ >> 17;
+  seed_ ^= seed_ << 5;
+  return seed_;
+}
+
+uint64_t IxgbevfDeviceModel::Map(void* vaddr, size_t size) {
+  const uint64_t iova = next_iova_;
+  next_iova_ += (size + (1u << 21) - 1) & ~uint64_t{(1u << 21) - 1};
+  dma_.emplace(iova, std::make_pair(static_cast<uint8_t*>(vaddr), size));
+  return iova;
+}
+
+bool IxgbevfDeviceModel::Unmap(uint64_t iova) { return dma_.erase(iova) != 0; }
+
+uint8_t* IxgbevfDeviceModel::Dma(uint64_t iova, size_t length) {
+  auto it = dma_.upper_bound(iova);
+  if (it != dma_.begin()) {
+    --it;
+    const uint64_t off = iova - it->first;
+    const size_t size = it->second.second;
+    if (off < size && length <= size - off) return it->second.first + off;
+  }
+  ++dma_errors_;
+  return nullptr;
+}
+
+uint32_t IxgbevfDeviceModel::Read(uint32_t off) {
+  switch (off) {
+    case kVfMailbox: {
+      if (hostile_ == Hostile::kResetNeverDone) return (mailbox_ & ~kMbRstd) | kMbRsti;
+      if (hostile_ == Hostile::kMailboxBusy) return (mailbox_ & ~kMbVfu) | kMbPfu;
+      const uint32_t v = mailbox_;
+      mailbox_ &= ~kMbReadClear;
+      return v;
+    }
+    case kVfRxdctl:
+    case kVfTxdctl:
+      if (hostile_ == Hostile::kQueueNeverEnables) return regs_[off / 4] & ~kDctlEnable;
+      return regs_[off / 4];
+    default:
+      return regs_[off / 4];
+  }
+}
+
+void IxgbevfDeviceModel::Write(uint32_t off, uint32_t value) {
+  switch (off) {
+    case kVfCtrl:
+      if (value & kVfCtrlRst) {
+        // VF reset: queues disabled, their pointers and write-back address cleared; the PF
+        // forgets the VF (no CTS until the next RESET message) and signals RSTD when done.
+        ++resets_;
+        for (uint32_t r : {kVfRxdctl, kVfTxdctl, kVfRdh, kVfRdt, kVfTdh, kVfTdt, kVfTdwbal,
+                           kVfTdwbah}) {
+          regs_[r / 4] = 0;
+        }
+        partial_.clear();
+        rx_head_ = 0;
+        cts_ = false;
+        api_ = kApi10;
+        mailbox_ |= kMbRstd;
+      }
+      return;
+    case kVfStatus:
+    case kVfLinks:
+      return;  // read-only
+    case kVfRdh:
+      rx_head_ = value;
+      regs_[off / 4] = value;
+      return;
+    case kVfMailbox:
+      if (value & kMbVfu) {
+        if (!(mailbox_ & kMbPfu) && hostile_ != Hostile::kMailboxBusy) mailbox_ |= kMbVfu;
+      } else {
+        mailbox_ &= ~kMbVfu;  // REQ and ACK writes release the buffer
+      }
+      if (value & kMbReq) PfReceive();
+      return;
+    default:
+      regs_[off / 4] = value;
+  }
+}
+
+void IxgbevfDeviceModel::PfSend(const uint32_t* words, size_t n) {
+  for (size_t i = 0; i < n; ++i) regs_[kVfMbmem / 4 + i] = words[i];
+  mailbox_ |= kMbPfsts;
+}
+
+// The PF reads the VF's message (PFACK) and answers it in VFMBMEM (PFSTS).
+void IxgbevfDeviceModel::PfReceive() {
+  if (hostile_ == Hostile::kMailboxSilent) return;
+  mailbox_ |= kMbPfack;
+  uint32_t m[kMbSize];
+  for (uint32_t i = 0; i < kMbSize; ++i) m[i] = regs_[kVfMbmem / 4 + i];
+  const uint32_t id = m[0] & kMsgId;
+  if (hostile_ == Hostile::kMailboxGarbage) {
+    uint32_t r[kResetReplyWords];
+    for (uint32_t& w : r) w = Random();
+    r[0] = (r[0] & 0x1FFF0000u) | ((id + 0x40) & kMsgId);  // no verdict, another id
+    PfSend(r, kResetReplyWords);
+    return;
+  }
+  if (hostile_ == Hostile::kMailboxWrongId) {
+    const uint32_t r[kResetReplyWords] = {Verdict((id % 7) + 9, true, true), ~0u, ~0u, ~0u};
+    PfSend(r, kResetReplyWords);
+    return;
+  }
+  if (id == kVfReset) {
+    uint32_t r[kResetReplyWords] = {Verdict(kVfReset, false, false), 0, 0, 0};
+    if (options_.mac_set_by_pf) {
+      r[0] = Verdict(kVfReset, true, false);
+      uint8_t b[8] = {};
+      std::memcpy(b, vf_mac_.bytes.data(), 6);
+      std::memcpy(&r[1], b, 8);
+      r[3] = hostile_ == Hostile::kBadFilterType ? 7 : options_.mc_filter_type;
+      cts_ = true;
+    }
+    PfSend(r, kResetReplyWords);
+    return;
+  }
+  bool ok = false;
+  if (cts_) {
+    switch (id) {
+      case kVfApiNegotiate:
+        ok = !options_.nack_every_api && m[1] <= options_.max_api && m[1] != 1;
+        if (ok) api_ = m[1];
+        break;
+      case kVfSetMacAddr: {
+        uint8_t b[8];
+        std::memcpy(b, &m[1], 8);
+        MacAddress mac;
+        std::memcpy(mac.bytes.data(), b, 6);
+        ok = options_.trust || mac == vf_mac_;
+        if (ok) vf_mac_ = mac;
+        break;
+      }
+      case kVfSetMulticast: {
+        const uint32_t n = (m[0] >> kMsgInfoShift) & 0xFF;
+        ok = n <= kMaxMulticast;
+        if (ok) {
+          mc_hashes_.clear();
+          for (uint32_t i = 0; i < n; ++i) {
+            mc_hashes_.push_back(static_cast<uint16_t>(m[1 + i / 2] >> (16 * (i % 2))));
+          }
+        }
+        break;
+      }
+      case kVfSetVlan: {
+        const uint16_t vid = m[1] & 0xFFF;
+        ok = true;
+        if ((m[0] >> kMsgInfoShift) & 1) {
+          vlans_.push_back(vid);
+        } else {
+          for (auto it = vlans_.begin(); it != vlans_.end(); ++it) {
+            if (*it == vid) {
+              vlans_.erase(it);
+              break;
+            }
+          }
+        }
+        break;
+      }
+      case kVfSetLpe:
+        ok = m[1] >= 64 && m[1] <= 9728;
+        if (ok) max_frame_ = m[1];
+        break;
+      default:
+        break;
+    }
+  }
+  const uint32_t r[1] = {Verdict(id, ok, cts_)};
+  PfSend(r, 1);
+}
+
+// §7.1.6: the device takes the descriptor at VFRDH (when VFRDH != VFRDT), DMAs the frame to its
+// packet address, and writes the descriptor back (status, length).
+bool IxgbevfDeviceModel::Deliver(const uint8_t* frame, uint32_t length) {
+  if (!(regs_[kVfRxdctl / 4] & kDctlEnable)) {
+    ++rx_dropped_;
+    return false;
+  }
+  const uint32_t size = regs_[kVfRdlen / 4] / sizeof(RxDesc);
+  uint32_t& rdh = rx_head_;  // the device's own position; VFRDH mirrors it (or lies, below)
+  const uint32_t rdt = regs_[kVfRdt / 4];
+  if (size == 0 || rdh >= size || rdt >= size || rdh == rdt) {
+    ++rx_dropped_;
+    return false;
+  }
+  const uint64_t base = uint64_t{regs_[kVfRdbah / 4]} << 32 | regs_[kVfRdbal / 4];
+  auto* d = reinterpret_cast<RxDesc*>(Dma(base + uint64_t{rdh} * sizeof(RxDesc), sizeof(RxDesc)));
+  if (d == nullptr) return false;
+  const uint32_t bsize = (regs_[kVfSrrctl / 4] & kSrrctlBsizeKb) * 1024;
+  const uint32_t copy = length < bsize ? length : bsize;
+  uint8_t* buf = Dma(d->pkt_addr, copy);
+  if (buf == nullptr) return false;
+  std::memcpy(buf, frame, copy);
+  uint32_t status = kRxDd | kRxEop;
+  uint32_t len = copy;
+  switch (hostile_) {
+    case Hostile::kRxLengthZero: len = 0; break;
+    case Hostile::kRxLengthHuge: len = 60000; break;
+    case Hostile::kRxNoEop: status = kRxDd; break;
+    case Hostile::kRxFrameError: status |= kRxErrRxe; break;
+    default: break;
+  }
+  d->pkt_addr = Random();  // RSS hash / packet type: nothing the driver may use as an address
+  d->hdr_addr = status | uint64_t{len & 0xFFFF} << 32;
+  rdh = (rdh + 1) % size;
+  if (hostile_ == Hostile::kRxDoneNotGiven) {
+    for (uint32_t s = rdt; s != rdh; s = (s + 1) % size) {
+      auto* x = reinterpret_cast<RxDesc*>(Dma(base + uint64_t{s} * sizeof(RxDesc), 16));
+      // Only the status quadword: the address stays what the driver wrote, so the device's
+      // own later use of the slot stays inside the mapping (dma_errors counts driver faults).
+      if (x != nullptr) x->hdr_addr = kRxDd | kRxEop | uint64_t{64} << 32;
+    }
+  }
+  // The register the VF can read: its real value, or beyond the ring when lying.
+  regs_[kVfRdh / 4] = hostile_ == Hostile::kRxHeadBeyondRing ? size + 17 : rdh;
+  return true;
+}
+
+// §7.2.3: descriptors from VFTDH to VFTDT are fetched and sent; after an RS descriptor the head
+// is written to the VFTDWBAL/H address when Head_WB_En is set.
+void IxgbevfDeviceModel::Step() {
+  if (!(regs_[kVfTxdctl / 4] & kDctlEnable)) return;
+  const uint32_t size = regs_[kVfTdlen / 4] / sizeof(TxDesc);
+  uint32_t& tdh = regs_[kVfTdh / 4];
+  const uint32_t tdt = regs_[kVfTdt / 4];
+  if (size == 0 || tdh >= size || tdt >= size) return;
+  const uint64_t base = uint64_t{regs_[kVfTdbah / 4]} << 32 | regs_[kVfTdbal / 4];
+  const uint64_t wb = uint64_t{regs_[kVfTdwbah / 4]} << 32 | regs_[kVfTdwbal / 4];
+  while (tdh != tdt) {
+    auto* d = reinterpret_cast<TxDesc*>(Dma(base + uint64_t{tdh} * sizeof(TxDesc), 16));
+    if (d == nullptr) return;
+    const uint32_t cmd = d->cmd_type_len;
+    const uint32_t len = cmd & 0xFFFF;
+    if (const uint8_t* buf = Dma(d->addr, len)) partial_.insert(partial_.end(), buf, buf + len);
+    if (cmd & kTxEop) {
+      sent_.push_back(std::move(partial_));
+      partial_.clear();
+    }
+    tdh = (tdh + 1) % size;
+    if ((cmd & kTxRs) && (wb & kTdwbalHeadWbEn)) {
+      if (auto* h = reinterpret_cast<uint32_t*>(Dma(wb & ~uint64_t{3}, 4))) {
+        uint32_t v = tdh;
+        if (hostile_ == Hostile::kTxHeadBeyondRing) v = size + 5;
+        if (hostile_ == Hostile::kTxHeadAhead) v = (tdt + 1) % size;
+        __atomic_store_n(h, v, __ATOMIC_RELEASE);
+      }
+    }
+  }
+}
+
+}  // namespace vfdrivers::net::ixgbevf::testing
