@@ -188,11 +188,13 @@ class RealSriovNicPlatform : public SriovNicPlatform {
     std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
     nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
     nlh->nlmsg_type = RTM_GETLINK;
-    nlh->nlmsg_flags = NLM_F_REQUEST;
+    // With NLM_F_ACK the answer is followed by an ACK, which ends the exchange.
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
     auto* ifm = static_cast<ifinfomsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
     ifm->ifi_family = AF_UNSPEC;
     ifm->ifi_index = pf_ifindex;
-    mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_VF);
+    // VF info without each VF's statistics (they make the answer large and are not used).
+    mnl_attr_put_u32(nlh, IFLA_EXT_MASK, RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS);
     std::vector<VfInfo> vfs;
     if (absl::Status s = Transact("RTM_GETLINK (VFs)", nlh, OnLink, &vfs); !s.ok()) return s;
     return vfs;

@@ -387,5 +387,16 @@ TEST_F(SriovNicTest, HeldOrphanStaysOutUntilItCanBeRestored) {
   EXPECT_EQ(nic_.vfs[1].mac, (Mac{0x02, 0, 0, 0, 0, 0x41}));
 }
 
+// The real rtnetlink side on the loopback device (ifindex 1): an answer with no VFs, and a VF
+// setting refused, both without hanging.
+TEST(RealSriovNicPlatformTest, LoopbackHasNoVfs) {
+  std::unique_ptr<SriovNicPlatform> platform = MakeRealSriovNicPlatform();
+  absl::StatusOr<std::vector<VfInfo>> vfs = platform->GetVfs(1);
+  ASSERT_TRUE(vfs.ok()) << vfs.status().message();
+  EXPECT_TRUE(vfs->empty());
+  VfSetting setting{VfSetting::kVlan, {}, 5};
+  EXPECT_FALSE(platform->SetVf(1, 0, setting).ok());
+}
+
 }  // namespace
 }  // namespace vfbroker
