@@ -266,8 +266,12 @@ absl::StatusOr<std::unique_ptr<NicLease>> BrokerClient::AllocateNic(
     return stub_->AllocateNic(&context, request, &response);
   });
   if (!status.ok()) return status;
-  absl::StatusOr<std::vector<LeaseFd>> fds =
-      ReceiveExpected(response.lease().id(), {v1::FD_ROLE_XSK, v1::FD_ROLE_UMEM});
+  // An xdp_nic lease comes as socket + UMEM; a sriov_nic VF as container, group and device.
+  std::vector<v1::FdRole> want = {v1::FD_ROLE_XSK, v1::FD_ROLE_UMEM};
+  if (!response.lease().nic().pci_address().empty()) {
+    want = {v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP, v1::FD_ROLE_VFIO_DEVICE};
+  }
+  absl::StatusOr<std::vector<LeaseFd>> fds = ReceiveExpected(response.lease().id(), want);
   if (!fds.ok()) return fds.status();
   return std::unique_ptr<NicLease>(
       new NicLease(shared_from_this(), response.lease(), *std::move(fds)));
