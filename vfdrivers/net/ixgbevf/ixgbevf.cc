@@ -451,86 +451,89 @@ void IxgbevfPort::GiveRx(bool force) {
   *rdt_ = rx_tail_;
 }
 
-void IxgbevfPort::CountBadRx(uint32_t len, uint32_t status) {
-  if (len - 1 >= kBufferSize) {
-    ++stats_.bad_descriptors;
-    ++xstats_.bad_rx_length;
-  } else if ((status & kRxEop) == 0) {
-    ++stats_.bad_descriptors;
-    ++xstats_.bad_rx_no_eop;
-  } else {
-    ++xstats_.rx_frame_errors;
-  }
-}
-
-// Reaps up to `limit` written-back descriptors (only slots the device owns). With kRefill, each
-// reaped slot at once gets a fresh buffer from the free stack (the caller checked there are
-// enough and that no slot is empty, so the reaped slot extends the filled run).
+// Reaps written-back descriptors in slots [from, from + count), a run that does not wrap, up to
+// the first one without DD; returns how many slots it consumed and advances *out. With kRefill
+// each reaped slot at once gets a fresh buffer from the free stack (RxBurst checked there are
+// enough and that no slot is empty, so the reaped slots extend the filled run). Written for
+// the register allocator: descriptor and slot pointers walk together, no index masking, no
+// call, the free stack as a pointer, the byte count straight into stats_.
 template <bool kRefill>
-uint32_t IxgbevfPort::Reap(PacketBuffer* q, uint32_t limit, uint32_t* reaped) {
-  const uint32_t mask = rx_mask_;
-  uint32_t next = rx_next_, top = free_top_, i = 0;
-  volatile RxDesc* const ring = rx_ring_;
-  uint32_t* const slots = rx_slot_.data();
-  uint32_t* const free_list = free_.data();
+uint32_t IxgbevfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
+  volatile RxDesc* d = rx_ring_ + from;
+  volatile RxDesc* const end = d + count;
+  uint32_t* s = rx_slot_.data() + from;
+  uint32_t* fp = free_.data() + free_top_;
   uint8_t* const owner = owner_.data();
   uint8_t* const buffers = buffers_;
-  const uint64_t iova = buffers_iova_;
-  PacketBuffer* const q0 = q;
-  uint64_t bytes = 0;
-  for (; i < limit; ++i) {
+  const uint64_t to_iova = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
+  PacketBuffer* q = *out;
+  for (; d != end; ++d, ++s) {
     // §7.1.6.2 write-back: extended status 19:0 (DD bit 0, EOP bit 1), errors 31:20, PKT_LEN
     // 47:32 of the second quadword.
-    const uint64_t wb = ring[next].hdr_addr;
-    const uint32_t status = static_cast<uint32_t>(wb);
-    if ((status & kRxDd) == 0) break;
+    const uint64_t wb = d->hdr_addr;
+    if ((wb & kRxDd) == 0) break;
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     const uint32_t len = static_cast<uint32_t>(wb >> 32) & 0xFFFF;
-    const uint32_t b = slots[next];
+    const uint32_t b = *s;
     if (kRefill) {
-      const uint32_t fresh = free_list[--top];
-      slots[next] = fresh;
-      ring[next].pkt_addr = iova + uint64_t{fresh} * kBufferSize;
-      ring[next].hdr_addr = 0;
+      // §7.1.6.1 read format: packet buffer address, header address 0 (clears DD).
+      const uint32_t fresh = *--fp;
+      *s = fresh;
+      d->pkt_addr = reinterpret_cast<uintptr_t>(buffers + size_t{fresh} * kBufferSize) + to_iova;
+      d->hdr_addr = 0;
     }
-    next = (next + 1) & mask;
-    if (__builtin_expect(((status & (kRxEop | kRxErrRxe)) ^ kRxEop) | ((len - 1) >> 11), 0)) {
-      free_list[top++] = b;  // never reached the caller
-      CountBadRx(len, status);
+    if (__builtin_expect(((static_cast<uint32_t>(wb) & (kRxEop | kRxErrRxe)) ^ kRxEop) |
+                             ((len - 1) >> 11),
+                         0)) {
+      *fp++ = b;  // never reached the caller
+      if (len - 1 >= kBufferSize) {
+        ++stats_.bad_descriptors;
+        ++xstats_.bad_rx_length;
+      } else if ((wb & kRxEop) == 0) {
+        ++stats_.bad_descriptors;
+        ++xstats_.bad_rx_no_eop;
+      } else {
+        ++xstats_.rx_frame_errors;
+      }
       continue;
     }
     owner[b] = kCaller;
     uint8_t* const data = buffers + size_t{b} * kBufferSize;
     q->data = data;
-    q->device_address = iova + uint64_t{b} * kBufferSize;
+    q->device_address = reinterpret_cast<uintptr_t>(data) + to_iova;
     q->length = len;
     q->capacity = kBufferSize;
     q->index = b;
     q->pool = this;
     ++q;
-    bytes += len;
+    stats_.rx_bytes += len;
   }
-  rx_next_ = next;
-  free_top_ = top;
-  *reaped = i;
-  stats_.rx_bytes += bytes;
-  return static_cast<uint32_t>(q - q0);
+  *out = q;
+  free_top_ = static_cast<uint32_t>(fp - free_.data());
+  return static_cast<uint32_t>(d - (rx_ring_ + from));
 }
 
 size_t IxgbevfPort::RxBurst(absl::Span<PacketBuffer> out) {
   if (tx_in_flight_ != 0) ReclaimTx();
+  const uint32_t size = rx_mask_ + 1;
   const uint32_t limit =
       out.size() < rx_posted_ ? static_cast<uint32_t>(out.size()) : rx_posted_;
-  uint32_t reaped = 0, n;
-  if (rx_posted_ + rx_filled_ == rx_mask_ + 1 && free_top_ >= limit) {
-    n = Reap<true>(out.data(), limit, &reaped);
-    rx_filled_ += reaped;
-  } else {
-    n = Reap<false>(out.data(), limit, &reaped);
+  // Only slots the device owns are looked at: [rx_next_, rx_next_ + limit), in at most two runs
+  // (the ring wraps at most once).
+  const bool refill = rx_posted_ + rx_filled_ == size && free_top_ >= limit;
+  const uint32_t first = rx_next_;
+  const uint32_t run1 = limit < size - first ? limit : size - first;
+  PacketBuffer* q = out.data();
+  uint32_t reaped = refill ? Reap<true>(&q, first, run1) : Reap<false>(&q, first, run1);
+  if (reaped == run1 && limit > run1) {
+    reaped += refill ? Reap<true>(&q, 0, limit - run1) : Reap<false>(&q, 0, limit - run1);
   }
+  rx_next_ = (first + reaped) & rx_mask_;
   rx_posted_ -= reaped;
+  if (refill) rx_filled_ += reaped;
+  const size_t n = static_cast<size_t>(q - out.data());
   stats_.rx_packets += n;
-  if (rx_posted_ + rx_filled_ != rx_mask_ + 1) Refill();
+  if (rx_posted_ + rx_filled_ != size) Refill();
   GiveRx(false);
   return n;
 }
@@ -559,54 +562,61 @@ void IxgbevfPort::ReclaimTx() {
   stats_.tx_completed += done;
 }
 
-size_t IxgbevfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
-  if (tx_in_flight_ != 0) ReclaimTx();
-  const uint32_t mask = tx_mask_;
-  const uint32_t room = mask - tx_in_flight_;
-  const size_t n = pkts.size() < room ? pkts.size() : room;
-  const PacketBuffer* p = pkts.data();
-  const PacketBuffer* const end = p + n;
-  uint32_t tail = tx_tail_;
+// Queues pkts[0, count) into slots [from, from + count), a run that does not wrap; stops at the
+// first bad buffer. Returns how many were queued. Descriptor, slot and packet pointers walk
+// together (no index masking), the byte count goes straight into stats_.
+uint32_t IxgbevfPort::Fill(const PacketBuffer* p, uint32_t from, uint32_t count) {
+  const PacketBuffer* const end = p + count;
+  const PacketBuffer* const start = p;
+  TxDesc* d = tx_ring_ + from;
+  uint32_t* s = tx_slot_.data() + from;
   uint8_t* const owner = owner_.data();
-  uint32_t* const slots = tx_slot_.data();
-  TxDesc* const ring = tx_ring_;
   const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
   const uint64_t to_iova = buffers_iova_ - buffers;
-  const uint32_t count = options_.buffer_count;
-  uint64_t bytes = 0;
-  for (; p != end; ++p) {
+  for (; p != end; ++p, ++d, ++s) {
     const uint32_t b = p->index;
     const uint32_t len = p->length;
     const uintptr_t data = reinterpret_cast<uintptr_t>(p->data);
     const uintptr_t off = data - (buffers + uintptr_t{b} * kBufferSize);
     // Ours, in the caller's hands, data inside its buffer, 0 < length <= what follows data.
-    if (__builtin_expect(p->pool != this || b >= count || owner[b] != kCaller ||
-                             off >= kBufferSize || len - 1 >= kBufferSize - off,
+    if (__builtin_expect(p->pool != this || b >= options_.buffer_count ||
+                             owner[b] != kCaller || off >= kBufferSize ||
+                             len - 1 >= kBufferSize - off,
                          0)) {
       ++stats_.bad_buffers;
       break;
     }
     owner[b] = kIdle;
-    slots[tail] = b;
+    *s = b;
     // §7.2.3.2.4 advanced data descriptor: DTALEN = PAYLEN = len, DTYP data, DEXT, EOP (one
-    // buffer per frame), IFCS (the MAC appends the CRC). The two dwords in one store.
-    TxDesc& d = ring[tail];
-    d.addr = data + to_iova;
+    // buffer per frame), IFCS (the MAC appends the CRC). Both dwords in one store.
+    d->addr = data + to_iova;
     const uint64_t words = (uint64_t{len} << (32 + kTxPaylenShift)) |
                            (len | kTxDtypData | kTxDext | kTxEop | kTxIfcs);
-    std::memcpy(&d.cmd_type_len, &words, sizeof words);
-    tail = (tail + 1) & mask;
-    bytes += len;
+    std::memcpy(&d->cmd_type_len, &words, sizeof words);
+    stats_.tx_bytes += len;
   }
-  const size_t sent = static_cast<size_t>(p - pkts.data());
+  return static_cast<uint32_t>(p - start);
+}
+
+size_t IxgbevfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
+  if (tx_in_flight_ != 0) ReclaimTx();
+  const uint32_t mask = tx_mask_;
+  const uint32_t room = mask - tx_in_flight_;
+  const uint32_t n = pkts.size() < room ? static_cast<uint32_t>(pkts.size()) : room;
+  const uint32_t tail = tx_tail_;
+  // At most two runs: the ring wraps at most once.
+  const uint32_t run1 = n < mask + 1 - tail ? n : mask + 1 - tail;
+  uint32_t sent = Fill(pkts.data(), tail, run1);
+  if (sent == run1 && n > run1) sent += Fill(pkts.data() + run1, 0, n - run1);
   if (sent != 0) {
-    ring[(tail - 1) & mask].cmd_type_len |= kTxRs;  // one head write-back per burst
-    tx_tail_ = tail;
-    tx_in_flight_ += static_cast<uint32_t>(sent);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    *tdt_ = tail;  // §7.2.3 / §8.3 VFTDT: one write per burst
+    const uint32_t new_tail = (tail + sent) & mask;
+    tx_ring_[(new_tail - 1) & mask].cmd_type_len |= kTxRs;  // one head write-back per burst
+    tx_tail_ = new_tail;
+    tx_in_flight_ += sent;
     stats_.tx_packets += sent;
-    stats_.tx_bytes += bytes;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    *tdt_ = new_tail;  // §7.2.3 / §8.3 VFTDT: one write per burst
   }
   if (sent == n && n < pkts.size()) stats_.tx_ring_full += pkts.size() - n;
   return sent;

@@ -202,11 +202,11 @@ class IxgbevfPort final : public Port {
   absl::Status Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply);
 
   template <bool kRefill>
-  uint32_t Reap(PacketBuffer* out, uint32_t limit, uint32_t* reaped);
+  uint32_t Reap(PacketBuffer** out, uint32_t from, uint32_t count);
   void Refill();
   void GiveRx(bool force);
   void ReclaimTx();
-  void CountBadRx(uint32_t len, uint32_t status);
+  uint32_t Fill(const PacketBuffer* pkts, uint32_t from, uint32_t count);
 
   std::unique_ptr<Bar> bar_;
   Options options_;
