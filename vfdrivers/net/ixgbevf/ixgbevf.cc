@@ -232,7 +232,9 @@ absl::Status IxgbevfPort::NegotiateApi() {
     uint32_t r[1] = {};
     absl::Status st = Send(msg);
     if (st.ok()) st = Receive(r);
-    if (!st.ok()) return absl::Status(st.code(), absl::StrCat("ixgbevf API negotiation: ", st.message()));
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("ixgbevf API negotiation: ", st.message()));
+    }
     const uint32_t word0 = r[0] & ~kMsgCts;
     if (word0 == (kVfApiNegotiate | kMsgAck)) {
       api_ = api;
