@@ -465,10 +465,8 @@ absl::StatusOr<TeardownResult> SriovNicBackend::Restore(uint32_t slot, const std
   if (!vfio->has_value()) return TeardownResult::kStillOpen;
   // 2. Link down where the driver can, then a function-level reset: the VF forgets its queues,
   //    filters and any state its tenant left in it.
-  if (absl::Status s = Set(slot, VfSetting::kLinkState, IFLA_VF_LINK_STATE_DISABLE);
-      !s.ok() && !absl::IsUnimplemented(s)) {
-    return s;
-  }
+  absl::Status link = Set(slot, VfSetting::kLinkState, IFLA_VF_LINK_STATE_DISABLE);
+  if (!link.ok() && !absl::IsUnimplemented(link)) return link;
   if (absl::Status s = platform_->ResetDevice(**vfio); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("resetting VF ", vf, ": ", s.message()));
   }
@@ -488,8 +486,8 @@ absl::StatusOr<TeardownResult> SriovNicBackend::Restore(uint32_t slot, const std
                                                       " after restoring"));
   }
   live_.erase(slot);
-  spdlog::info("pool={} VF {} ({}): reset, MAC and VLAN restored, link disabled ({})",
-               pool_name_, slot, vf, why);
+  spdlog::info("pool={} VF {} ({}): reset, MAC and VLAN restored, {} ({})", pool_name_, slot,
+               vf, link.ok() ? "link disabled" : "link state not settable on this PF", why);
   return TeardownResult::kFreed;
 }
 
