@@ -51,6 +51,8 @@ ABSL_FLAG(uint32_t, watch_seconds, 0, "after the exchange, count foreign frames 
 ABSL_FLAG(std::string, watch_until_file, "", "stop watching early once this file exists");
 ABSL_FLAG(bool, hold, false, "hold the lease until killed");
 ABSL_FLAG(std::string, peek, "", "a /dev/vfio group node to try to open first");
+ABSL_FLAG(uint32_t, vlan, 0, "the VLAN to ask for (0: untagged)");
+ABSL_FLAG(uint32_t, filter_udp_port, 0, "ask for a UDP flow filter to --vf_ip:port (0: none)");
 
 namespace {
 
@@ -127,11 +129,18 @@ int main(int argc, char** argv) {
   vfbroker::v1::AllocateNicRequest request;
   request.set_pool(absl::GetFlag(FLAGS_pool));
   request.set_mac(absl::GetFlag(FLAGS_mac));
+  request.set_vlan(absl::GetFlag(FLAGS_vlan));
+  if (const uint32_t port = absl::GetFlag(FLAGS_filter_udp_port); port != 0) {
+    vfbroker::v1::FlowFilter* filter = request.add_filters();
+    filter->set_protocol(vfbroker::v1::FlowFilter::PROTOCOL_UDP);
+    filter->set_dst_ip(absl::GetFlag(FLAGS_vf_ip));
+    filter->set_dst_port(port);
+  }
   absl::StatusOr<std::unique_ptr<vfclient::NicLease>> lease = (*client)->AllocateNic(request);
   if (!lease.ok()) return Fail(absl::StrCat("AllocateNic: ", lease.status().ToString()));
   const vfbroker::v1::Nic nic = (*lease)->nic();
-  std::printf("LEASE id=%s vf=%s mac=%s pf=%s\n", (*lease)->id().c_str(), nic.pci_address().c_str(),
-              nic.mac().c_str(), nic.interface().c_str());
+  std::printf("LEASE id=%s vf=%s mac=%s vlan=%u pf=%s\n", (*lease)->id().c_str(),
+              nic.pci_address().c_str(), nic.mac().c_str(), nic.vlan(), nic.interface().c_str());
   MacAddress mac;
   if (!ParseMac(nic.mac(), &mac)) return Fail("the lease's MAC does not parse: " + nic.mac());
 

@@ -13,8 +13,11 @@
 #   3. A is SIGKILLed: its VF is reset and its MAC restored to 00:00:00:00:00:00 (ip link show);
 #   4. a request for B's MAC (a VF is free now) is refused (ALREADY_EXISTS) and changes nothing;
 #      then tenant C gets A's former VF with a MAC of its own and exchanges UDP; C releases;
-#   5. a tenant with a broker-picked MAC (locally administered) gets the VF; released;
-#   6. the broker restarts while B holds its VF: re-adopted, then restored when B dies.
+#   5. a flow filter is refused (UNIMPLEMENTED: igb cannot steer to a VF); a tenant with a
+#      broker-picked MAC (locally administered) on VLAN 100 gets the VF (ip link show: MAC and
+#      vlan 100); killed, the VF is back to no MAC, no VLAN;
+#   6. the broker restarts while B holds its VF and the free VF was configured by hand (an
+#      orphan): the orphan is restored at start, B's lease re-adopted, then restored when B dies.
 . /lib/vm_lib.sh
 for b in vfbrokerd nic_vf_tenant; do
   command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
@@ -139,17 +142,34 @@ grep -q "TENANT OK" /tmp/c.out || fail "tenant C failed"
 grep -q "RELEASED" /tmp/c.out || fail "tenant C did not release"
 wait_restored "$SLOT_A" "$VF_A" 2 || fail "C's release was not restored"
 
-# 5. A broker-picked MAC.
-nic_vf_tenant --socket_dir=$S --uid=60002 --pf_mac="$PFMAC" --count=0 > /tmp/d.out 2>&1
+# 5. A broker-picked MAC, on VLAN 100 (the PF inserts and strips the tag); a flow filter is
+#    refused (the PF cannot steer to a VF).
+nic_vf_tenant --socket_dir=$S --uid=60002 --pf_mac="$PFMAC" --count=0 --vf_ip=10.9.0.5 \
+  --filter_udp_port=53 > /tmp/f.out 2>&1
+show_log /tmp/f.out "tenant F"
+grep -q "UNIMPLEMENTED.*ntuple" /tmp/f.out || fail "a flow filter on a VF was not refused as UNIMPLEMENTED"
+D=$(tenant /tmp/d.out 60002 --count=0 --vlan=100 --hold)
+wait_for 600 grep -q "HOLDING\|TENANT FAIL" /tmp/d.out
 show_log /tmp/d.out "tenant D"
 MAC_D=$(sed -n 's/^LEASE .* mac=\([^ ]*\) .*/\1/p' /tmp/d.out)
-grep -q "TENANT OK" /tmp/d.out || fail "tenant D (broker-picked MAC) failed"
+grep -q "TENANT OK" /tmp/d.out || fail "tenant D (broker-picked MAC, VLAN 100) failed"
 case "$MAC_D" in ?[26ae]:*) ;; *) fail "picked MAC $MAC_D is not locally administered unicast" ;; esac
-wait_restored "$SLOT_A" "$VF_A" 3 || fail "D's release was not restored"
+vf_line "$SLOT_A" | while IFS= read -r l; do log "tenant D: $l"; done
+vf_line "$SLOT_A" | grep -q "link/ether $MAC_D .*vlan 100" || fail "VF $SLOT_A: not D's MAC on VLAN 100"
+kill -9 "$D"
+wait_restored "$SLOT_A" "$VF_A" 3 || fail "D's VF was not restored"
+vf_line "$SLOT_A" | grep -q "vlan" && fail "VF $SLOT_A kept D's VLAN"
+vf_line "$SLOT_A" | grep -q "link/ether 00:00:00:00:00:00 " || fail "VF $SLOT_A kept D's MAC"
 
-# 6. Restart while B holds.
+# 6. Restart while B holds; meanwhile someone configured the free VF by hand (an orphan: no
+#    journal record names it): the broker restores it before offering it.
 stop_broker
+$IP link set "$PFNET" vf "$SLOT_A" mac 02:00:00:09:00:66 vlan 7 || fail "configuring an orphan"
+vf_line "$SLOT_A" | while IFS= read -r l; do log "orphan: $l"; done
 start_broker || { show_log $BLOG broker; check_failed; exit 1; }
+grep -q "VF $SLOT_A ($VF_A): reset, MAC and VLAN restored.*orphan" $BLOG || fail "the orphaned VF was not restored at start"
+vf_line "$SLOT_A" | grep -q "link/ether 00:00:00:00:00:00 " || fail "the orphaned VF kept its MAC"
+vf_line "$SLOT_A" | grep -q "vlan" && fail "the orphaned VF kept its VLAN"
 grep "recovered from journal" $BLOG | tail -1 | while read -r l; do log "broker: $l"; done
 grep "recovered from journal" $BLOG | tail -1 | grep -q "1 leases kept" || fail "B's lease was not re-adopted"
 vf_line "$SLOT_B" | grep -q "link/ether $MAC_B " || fail "the restart changed B's VF"
