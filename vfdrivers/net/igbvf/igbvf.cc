@@ -18,62 +18,27 @@ namespace {
     if (!_st.ok()) return _st;             \
   } while (0)
 
-class VfioBar final : public Bar {
- public:
-  VfioBar(vfio::VfioDevice* device, const vfio::MmioRegion* bar) : device_(device), bar_(bar) {}
-  absl::StatusOr<uint32_t> Read32(uint32_t offset) override { return bar_->Read32(offset); }
-  absl::Status Write32(uint32_t offset, uint32_t value) override {
-    return bar_->Write32(offset, value);
-  }
-  absl::StatusOr<volatile uint32_t*> Register32(uint32_t offset) override {
-    return bar_->Register32(offset);
-  }
-  absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) override {
-    constexpr uint64_t kHuge = uint64_t{2} << 20;
-    const bool huge = reinterpret_cast<uintptr_t>(vaddr) % kHuge == 0 && size % kHuge == 0 &&
-                      (device_->iommu_info().iova_pgsizes & kHuge) != 0;
-    absl::StatusOr<vfio::DmaMapping> m = device_->MapDma(vaddr, size, huge ? kHuge : 0);
-    if (!m.ok()) return m.status();
-    return m->iova;
-  }
-  absl::Status UnmapDma(uint64_t iova) override { return device_->UnmapDma(iova); }
-  void Idle() override {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
-  }
-
- private:
-  vfio::VfioDevice* device_;
-  const vfio::MmioRegion* bar_;
-};
-
-std::string MacString(const MacAddress& m) {
-  return absl::StrFormat("%02x:%02x:%02x:%02x:%02x:%02x", m.bytes[0], m.bytes[1], m.bytes[2],
-                         m.bytes[3], m.bytes[4], m.bytes[5]);
-}
-
-// The PF's message layout for a MAC: 6 bytes from word 1, little-endian (memory order).
-void PutMac(const MacAddress& mac, uint32_t* words) {
-  uint8_t b[8] = {};
-  std::memcpy(b, mac.bytes.data(), 6);
-  std::memcpy(words, b, 8);
-}
+using intel_vf::IsUnicast;
+using intel_vf::kMbWords;
+using intel_vf::kMsgAck;
+using intel_vf::kMsgCts;
+using intel_vf::kMsgInfoShift;
+using intel_vf::kMsgNack;
+using intel_vf::kMsgReset;
+using intel_vf::kMsgSetLpe;
+using intel_vf::kMsgSetMac;
+using intel_vf::kMsgSetMulticast;
+using intel_vf::kMsgSetVlan;
+using intel_vf::MacFromWords;
+using intel_vf::MacString;
+using intel_vf::MacToWords;
 
 constexpr uint32_t kRxRefillBatch = 32;  // RDT is written once per this many buffers at most
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Bar>> OpenVfioBar(vfio::VfioDevice* device) {
-  if (device == nullptr) return absl::InvalidArgumentError("igbvf: null device");
-  absl::StatusOr<const vfio::MmioRegion*> bar = device->MapBar(0);
-  if (!bar.ok()) return bar.status();
-  if ((*bar)->size() < kBarSize) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "igbvf: BAR0 is %u bytes, an 82576 VF has %u", (*bar)->size(), kBarSize));
-  }
-  RETURN_IF_ERROR(device->EnableBusMastering());
-  return std::unique_ptr<Bar>(new VfioBar(device, *bar));
+  return intel_vf::OpenVfioBar(device, kBarSize, "igbvf", "82576 VF");
 }
 
 absl::StatusOr<std::unique_ptr<IgbvfPort>> IgbvfPort::Open(vfio::VfioDevice* device,
@@ -104,7 +69,10 @@ absl::StatusOr<std::unique_ptr<IgbvfPort>> IgbvfPort::Create(std::unique_ptr<Bar
 }
 
 IgbvfPort::IgbvfPort(std::unique_ptr<Bar> bar, const Options& options)
-    : bar_(std::move(bar)), options_(options) {}
+    : bar_(std::move(bar)),
+      options_(options),
+      mbx_(bar_.get(), kMailbox, kMbmem, options.mailbox_timeout, "igbvf",
+           &xstats_.mailbox_messages) {}
 
 absl::Status IgbvfPort::Init() {
   RETURN_IF_ERROR(ResetVf());
@@ -115,88 +83,7 @@ absl::Status IgbvfPort::Init() {
   return absl::OkStatus();
 }
 
-// ---- Mailbox (§7.8.2: VFMAILBOX, VMBMEM) --------------------------------------------------------
-
-// PFSTS, PFACK and RSTD clear when read: keep what each read saw until a waiter consumes it.
-uint32_t IgbvfPort::ReadMailbox() {
-  absl::StatusOr<uint32_t> v = bar_->Read32(kMailbox);
-  const uint32_t bits = v.ok() ? *v : 0;
-  mbx_saved_ |= bits & kMbxR2c;
-  return bits | mbx_saved_;
-}
-
-bool IgbvfPort::MailboxBit(uint32_t bit) {
-  if ((ReadMailbox() & bit) == 0) return false;
-  mbx_saved_ &= ~bit;
-  return true;
-}
-
-absl::Status IgbvfPort::WaitMailbox(uint32_t bit, const char* what) {
-  const absl::Time deadline = absl::Now() + options_.mailbox_timeout;
-  while (!MailboxBit(bit)) {
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrFormat(
-          "igbvf mailbox: no %s from the PF within %s (VFMAILBOX 0x%x)", what,
-          absl::FormatDuration(options_.mailbox_timeout), ReadMailbox()));
-    }
-    bar_->Idle();
-  }
-  return absl::OkStatus();
-}
-
-// VF -> PF (§7.8.2): take the buffer (set VFU, read it back set), write VMBMEM, then REQ
-// (which drops VFU and interrupts the PF); the PF answers with PFACK once it has read it.
-absl::Status IgbvfPort::MailboxWrite(absl::Span<const uint32_t> msg) {
-  const absl::Time deadline = absl::Now() + options_.mailbox_timeout;
-  for (;;) {
-    RETURN_IF_ERROR(bar_->Write32(kMailbox, kMbxVfu));
-    if (ReadMailbox() & kMbxVfu) break;
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(
-          "igbvf mailbox: the PF holds the buffer (VFU never stuck)");
-    }
-    bar_->Idle();
-  }
-  mbx_saved_ &= ~(kMbxPfsts | kMbxPfack);  // stale message/ack bits: we overwrite the buffer
-  for (size_t i = 0; i < msg.size(); ++i) RETURN_IF_ERROR(bar_->Write32(kMbmem + 4 * i, msg[i]));
-  RETURN_IF_ERROR(bar_->Write32(kMailbox, kMbxReq));
-  ++xstats_.mailbox_messages;
-  return WaitMailbox(kMbxPfack, "ACK of our message");
-}
-
-// PF -> VF: wait for PFSTS, take the buffer, copy VMBMEM out, then ACK (drops VFU too).
-absl::Status IgbvfPort::MailboxRead(absl::Span<uint32_t> msg) {
-  RETURN_IF_ERROR(WaitMailbox(kMbxPfsts, "reply"));
-  RETURN_IF_ERROR(bar_->Write32(kMailbox, kMbxVfu));
-  if ((ReadMailbox() & kMbxVfu) == 0) {
-    return absl::FailedPreconditionError("igbvf mailbox: could not take the buffer to read");
-  }
-  for (size_t i = 0; i < msg.size(); ++i) {
-    absl::StatusOr<uint32_t> w = bar_->Read32(kMbmem + 4 * i);
-    if (!w.ok()) return w.status();
-    msg[i] = *w;
-  }
-  return bar_->Write32(kMailbox, kMbxAck);
-}
-
-// A request and its reply: the reply must name the request and say ACK; CTS is ignored.
-absl::Status IgbvfPort::Request(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply) {
-  RETURN_IF_ERROR(MailboxWrite(msg));
-  RETURN_IF_ERROR(MailboxRead(reply));
-  const uint32_t id = msg[0] & kMsgIdMask;
-  const uint32_t got = reply[0] & ~kMsgCts;
-  if ((got & kMsgIdMask) != id || (got & (kMsgAck | kMsgNack)) == 0 ||
-      (got & (kMsgAck | kMsgNack)) == (kMsgAck | kMsgNack)) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "igbvf mailbox: reply 0x%08x to message 0x%08x is neither its ACK nor its NACK",
-        reply[0], msg[0]));
-  }
-  if (got & kMsgNack) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("igbvf mailbox: the PF refused message 0x%08x (NACK)", msg[0]));
-  }
-  return absl::OkStatus();
-}
+// ---- Mailbox (§7.8.2: VFMAILBOX, VMBMEM): intel_vf::Mailbox, the same protocol as the 82599's --
 
 // ---- Reset (VTCTRL.RST, then the mailbox RESET message) -----------------------------------------
 
@@ -208,29 +95,17 @@ absl::Status IgbvfPort::ResetVf() {
   // only raised when the PF finishes its own reset (CTRL_EXT.PFRSTD) and clears when read, so a
   // VF reset after the first finds neither bit (QEMU's igb behaves so): that is not an error,
   // the RESET message below is what the PF answers.
-  mbx_saved_ = 0;
+  mbx_.Forget();
   RETURN_IF_ERROR(bar_->Write32(kCtrl, kCtrlRst));
-  const absl::Time deadline = absl::Now() + options_.reset_timeout;
-  uint32_t mbx;
-  while (((mbx = ReadMailbox()) & kMbxRstd) == 0) {
-    if (absl::Now() > deadline) {
-      if (mbx & kMbxRsti) {
-        return absl::DeadlineExceededError(absl::StrFormat(
-            "igbvf reset: the PF is still resetting (VFMAILBOX.RSTI) %s after VTCTRL.RST",
-            absl::FormatDuration(options_.reset_timeout)));
-      }
-      ++xstats_.reset_without_rstd;
-      break;
-    }
-    bar_->Idle();
-  }
-  mbx_saved_ &= ~kMbxRstd;
+  absl::StatusOr<bool> rstd = mbx_.AwaitResetDone(options_.reset_timeout, "VTCTRL.RST");
+  if (!rstd.ok()) return rstd.status();
+  if (!*rstd) ++xstats_.reset_without_rstd;
   // RESET message: the PF re-enables our queues (VFRE/VFTE) and answers RESET|ACK with the
   // permanent MAC in words 1-2, or RESET|NACK when it has none for us.
   const uint32_t msg[1] = {kMsgReset};
   uint32_t reply[3] = {};
-  absl::Status st = MailboxWrite(msg);
-  if (st.ok()) st = MailboxRead(reply);
+  absl::Status st = mbx_.Send(msg);
+  if (st.ok()) st = mbx_.Receive(reply);
   if (!st.ok()) {
     return absl::Status(st.code(), absl::StrCat("igbvf reset handshake: ", st.message()));
   }
@@ -244,10 +119,8 @@ absl::Status IgbvfPort::ResetVf() {
         "igbvf reset: reply 0x%08x 0x%08x 0x%08x is not RESET|ACK", reply[0], reply[1],
         reply[2]));
   }
-  uint8_t b[8];
-  std::memcpy(b, &reply[1], 8);
-  std::memcpy(mac_.bytes.data(), b, 6);
-  if ((mac_.bytes[0] & 1) != 0 || mac_ == MacAddress{}) {
+  mac_ = MacFromWords(&reply[1]);
+  if (!IsUnicast(mac_)) {
     return absl::FailedPreconditionError(
         absl::StrCat("igbvf reset: the PF gave MAC ", MacString(mac_), ", not a unicast address"));
   }
@@ -256,9 +129,9 @@ absl::Status IgbvfPort::ResetVf() {
 
 absl::Status IgbvfPort::SetMac(const MacAddress& mac) {
   uint32_t msg[3] = {kMsgSetMac, 0, 0};
-  PutMac(mac, &msg[1]);
+  MacToWords(mac, &msg[1]);
   uint32_t reply[3] = {};
-  RETURN_IF_ERROR(Request(msg, reply));
+  RETURN_IF_ERROR(mbx_.Call(msg, reply));
   mac_ = mac;
   return absl::OkStatus();
 }
@@ -268,21 +141,21 @@ absl::Status IgbvfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
   // the multicast table array, MTA): hash = the address's top 12 bits of bytes 4-5
   // (MO = 00b: bits 47:36).
   if (addrs.size() > 30) return absl::InvalidArgumentError("igbvf: more than 30 multicast addresses");
-  uint32_t msg[kMbxWords] = {};
+  uint32_t msg[kMbWords] = {};
   msg[0] = kMsgSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
   uint16_t* hashes = reinterpret_cast<uint16_t*>(&msg[1]);
   for (size_t i = 0; i < addrs.size(); ++i) {
     hashes[i] = static_cast<uint16_t>((addrs[i].bytes[4] >> 4 | addrs[i].bytes[5] << 4) & 0xFFF);
   }
   uint32_t reply[1] = {};
-  return Request(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), reply);
+  return mbx_.Call(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), reply);
 }
 
 absl::Status IgbvfPort::SetVlan(uint16_t vid, bool add) {
   if (vid > 4095) return absl::InvalidArgumentError("igbvf: VLAN id above 4095");
   const uint32_t msg[2] = {kMsgSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
   uint32_t reply[1] = {};
-  return Request(msg, reply);
+  return mbx_.Call(msg, reply);
 }
 
 absl::Status IgbvfPort::SetMaxFrame(uint32_t bytes) {
@@ -292,7 +165,7 @@ absl::Status IgbvfPort::SetMaxFrame(uint32_t bytes) {
   }
   const uint32_t msg[2] = {kMsgSetLpe, bytes};
   uint32_t reply[1] = {};
-  return Request(msg, reply);
+  return mbx_.Call(msg, reply);
 }
 
 bool IgbvfPort::LinkUp() {

@@ -28,7 +28,6 @@
 #ifndef VFBROKER_VFDRIVERS_NET_IGBVF_IGBVF_H_
 #define VFBROKER_VFDRIVERS_NET_IGBVF_IGBVF_H_
 
-#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -39,6 +38,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "vfdrivers/memory/memory_region.h"
+#include "vfdrivers/net/intel_vf/mailbox.h"
 #include "vfdrivers/net/port.h"
 #include "vfdrivers/vfio/mmio_region.h"
 #include "vfdrivers/vfio/vfio_device.h"
@@ -60,19 +60,8 @@ inline constexpr uint32_t kBarSize = 0x4000;
 inline constexpr uint32_t kCtrlRst = 1u << 26;   // VTCTRL.RST
 inline constexpr uint32_t kStatusLu = 1u << 1;   // VTSTATUS.LU
 
-// VFMAILBOX bits (§7.8.2): PFSTS, PFACK and RSTD are read-to-clear.
-inline constexpr uint32_t kMbxReq = 1u << 0, kMbxAck = 1u << 1, kMbxVfu = 1u << 2,
-                          kMbxPfu = 1u << 3, kMbxPfsts = 1u << 4, kMbxPfack = 1u << 5,
-                          kMbxRsti = 1u << 6, kMbxRstd = 1u << 7;
-inline constexpr uint32_t kMbxR2c = kMbxPfsts | kMbxPfack | kMbxRstd;
-inline constexpr uint32_t kMbxWords = 16;
-
-// Mailbox messages (word 0: id | info << 16 | ACK/NACK/CTS in the top bits).
-inline constexpr uint32_t kMsgReset = 0x01, kMsgSetMac = 0x02, kMsgSetMulticast = 0x03,
-                          kMsgSetVlan = 0x04, kMsgSetLpe = 0x05;
-inline constexpr uint32_t kMsgAck = 0x80000000u, kMsgNack = 0x40000000u, kMsgCts = 0x20000000u;
-inline constexpr uint32_t kMsgInfoShift = 16;
-inline constexpr uint32_t kMsgIdMask = 0xFFFF;
+// The mailbox (VFMAILBOX bits, message ids, ACK/NACK/CTS; §7.8.2) is the same protocol on the
+// 82599: intel_vf/mailbox.h has it. Here only where it lives in this BAR (kMailbox, kMbmem).
 
 // SRRCTL / RXDCTL / TXDCTL fields (§8, receive and transmit queue registers).
 inline constexpr uint32_t kSrrctlBsizeShift = 10;           // BSIZEPKT in 1 KiB units, bits 6:0
@@ -103,22 +92,13 @@ inline constexpr uint32_t kTxCmdEop = 1u << 24, kTxCmdIfcs = 1u << 25, kTxCmdRs 
                           kTxCmdDext = 1u << 29;
 inline constexpr uint32_t kTxPaylenShift = 14;
 
-// What the driver needs from below: BAR0 and DMA mapping, so the same driver runs over VFIO
-// and over the register-level model (igbvf_device_model.h).
-class Bar {
- public:
-  virtual ~Bar() = default;
-  virtual absl::StatusOr<uint32_t> Read32(uint32_t offset) = 0;
-  virtual absl::Status Write32(uint32_t offset, uint32_t value) = 0;
-  // A checked pointer to a 32-bit register (RDT, TDT), for the fast path.
-  virtual absl::StatusOr<volatile uint32_t*> Register32(uint32_t offset) = 0;
-  virtual absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) = 0;
-  virtual absl::Status UnmapDma(uint64_t iova) = 0;
-  // Called from every busy-wait loop (hardware: a CPU pause; the model runs the device).
-  virtual void Idle() = 0;
-};
+// BAR0 + DMA, so the same driver runs over VFIO and over the register-level model
+// (igbvf_device_model.h); shared with ixgbevf (intel_vf/mailbox.h).
+using Bar = intel_vf::Bar;
+using MacAddress = intel_vf::MacAddress;
 
-// Over VFIO: BAR0 through MmioRegion, bus mastering on. The device must outlive the Bar.
+// Over VFIO: BAR0 (at least kBarSize) through MmioRegion, bus mastering on. The device must
+// outlive the Bar.
 absl::StatusOr<std::unique_ptr<Bar>> OpenVfioBar(vfio::VfioDevice* device);
 
 struct Options {
@@ -129,11 +109,6 @@ struct Options {
   absl::Duration reset_timeout = absl::Milliseconds(50);     // VTCTRL.RST -> RSTD
   absl::Duration mailbox_timeout = absl::Milliseconds(2000); // each mailbox step
   absl::Duration link_timeout = absl::Seconds(0);            // 0: do not wait for VFSTATUS.LU
-};
-
-struct MacAddress {
-  std::array<uint8_t, 6> bytes{};
-  bool operator==(const MacAddress& o) const { return bytes == o.bytes; }
 };
 
 // Driver counters beyond net::PortStats.
@@ -199,14 +174,6 @@ class IgbvfPort final : public Port {
   absl::Status ResetVf();
   absl::Status SetupQueues();
   void StopDevice();
-  // Mailbox primitives.
-  uint32_t ReadMailbox();
-  bool MailboxBit(uint32_t bit);
-  absl::Status WaitMailbox(uint32_t bit, const char* what);
-  absl::Status MailboxWrite(absl::Span<const uint32_t> msg);
-  absl::Status MailboxRead(absl::Span<uint32_t> msg);
-  absl::Status Request(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply);
-
   void Refill();
   void ReclaimTx();
   void RxDrop(uint32_t buffer, uint32_t length, uint32_t staterr);
@@ -218,7 +185,7 @@ class IgbvfPort final : public Port {
   PortStats stats_;
   IgbvfStats xstats_;
   MacAddress mac_;
-  uint32_t mbx_saved_ = 0;  // read-to-clear mailbox bits seen and not yet consumed
+  intel_vf::Mailbox mbx_;  // VFMAILBOX + VMBMEM; counts into xstats_.mailbox_messages
 
   memory::MemoryRegion region_;
   uint64_t iova_ = 0;

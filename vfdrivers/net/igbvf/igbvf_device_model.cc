@@ -6,6 +6,26 @@
 #include "absl/strings/str_format.h"
 
 namespace vfdrivers::net::igbvf::testing {
+using intel_vf::kMbPfack;
+using intel_vf::kMbPfsts;
+using intel_vf::kMbPfu;
+using intel_vf::kMbReadClear;
+using intel_vf::kMbReq;
+using intel_vf::kMbRstd;
+using intel_vf::kMbRsti;
+using intel_vf::kMbVfu;
+using intel_vf::kMbWords;
+using intel_vf::kMsgAck;
+using intel_vf::kMsgCts;
+using intel_vf::kMsgIdMask;
+using intel_vf::kMsgInfoShift;
+using intel_vf::kMsgNack;
+using intel_vf::kMsgReset;
+using intel_vf::kMsgSetLpe;
+using intel_vf::kMsgSetMac;
+using intel_vf::kMsgSetMulticast;
+using intel_vf::kMsgSetVlan;
+
 namespace {
 
 class ModelBar final : public Bar {
@@ -44,7 +64,7 @@ class ModelBar final : public Bar {
 IgbvfDeviceModel::IgbvfDeviceModel(const ModelOptions& options)
     : options_(options), regs_(kBarSize / 4, 0), vf_mac_(options.mac) {
   set_link(options.link_up);
-  mbx_ = kMbxRstd;  // the PF finished its own reset (CTRL_EXT.PFRSTD) before the VF came up
+  mbx_ = kMbRstd;  // the PF finished its own reset (CTRL_EXT.PFRSTD) before the VF came up
 }
 
 std::unique_ptr<Bar> IgbvfDeviceModel::MakeBar() { return std::make_unique<ModelBar>(this); }
@@ -81,9 +101,9 @@ uint8_t* IgbvfDeviceModel::Translate(uint64_t iova, size_t length) {
 
 uint32_t IgbvfDeviceModel::Read(uint32_t off) {
   if (off == kMailbox) {
-    if (hostile_ == Hostile::kRstiStuck) return (mbx_ & ~kMbxRstd) | kMbxRsti;
+    if (hostile_ == Hostile::kRstiStuck) return (mbx_ & ~kMbRstd) | kMbRsti;
     const uint32_t v = mbx_;
-    mbx_ &= ~kMbxR2c;  // PFSTS, PFACK, RSTD clear on read
+    mbx_ &= ~kMbReadClear;  // PFSTS, PFACK, RSTD clear on read
     return v;
   }
   return regs_[off / 4];
@@ -100,19 +120,19 @@ void IgbvfDeviceModel::Write(uint32_t off, uint32_t value) {
         }
         cts_ = false;
         tx_frame_.clear();
-        mbx_ |= kMbxRstd;
+        mbx_ |= kMbRstd;
       }
       return;
     case kStatus:
       return;  // read-only
     case kMailbox:
       // VFU: taken only while the PF does not hold the buffer; dropped when not written.
-      if ((value & kMbxVfu) && !(mbx_ & kMbxPfu)) {
-        mbx_ |= kMbxVfu;
-      } else if (!(value & kMbxVfu)) {
-        mbx_ &= ~kMbxVfu;
+      if ((value & kMbVfu) && !(mbx_ & kMbPfu)) {
+        mbx_ |= kMbVfu;
+      } else if (!(value & kMbVfu)) {
+        mbx_ &= ~kMbVfu;
       }
-      if (value & kMbxReq) HandleMessage();
+      if (value & kMbReq) HandleMessage();
       return;
     default:
       regs_[off / 4] = value;
@@ -121,15 +141,15 @@ void IgbvfDeviceModel::Write(uint32_t off, uint32_t value) {
 
 void IgbvfDeviceModel::Reply(const uint32_t* words, size_t n) {
   for (size_t i = 0; i < n; ++i) regs_[kMbmem / 4 + i] = words[i];
-  mbx_ |= kMbxPfsts;
+  mbx_ |= kMbPfsts;
 }
 
 // The PF's side (as Linux igb's igb_rcv_msg_from_vf answers).
 void IgbvfDeviceModel::HandleMessage() {
   if (hostile_ == Hostile::kMailboxSilent) return;
-  mbx_ |= kMbxPfack;
-  uint32_t msg[kMbxWords];
-  for (uint32_t i = 0; i < kMbxWords; ++i) msg[i] = regs_[kMbmem / 4 + i];
+  mbx_ |= kMbPfack;
+  uint32_t msg[kMbWords];
+  for (uint32_t i = 0; i < kMbWords; ++i) msg[i] = regs_[kMbmem / 4 + i];
   const uint32_t id = msg[0] & kMsgIdMask;
   if (hostile_ == Hostile::kMailboxGarbage) {
     uint32_t r[3];

@@ -438,7 +438,7 @@ INSTANTIATE_TEST_SUITE_P(
         SetupHostileCase{Hostile::kMailboxWrongId, absl::StatusCode::kFailedPrecondition,
                          "is not RESET|ACK", "WrongId"},
         SetupHostileCase{Hostile::kMailboxSilent, absl::StatusCode::kDeadlineExceeded,
-                         "no ACK of our message", "Silent"},
+                         "no PFACK for our message", "Silent"},
         SetupHostileCase{Hostile::kRstiStuck, absl::StatusCode::kDeadlineExceeded,
                          "still resetting", "RstiStuck"}),
     [](const ::testing::TestParamInfo<SetupHostileCase>& i) { return std::string(i.param.name); });

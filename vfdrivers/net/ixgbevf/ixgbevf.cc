@@ -32,27 +32,23 @@ bool PollUntil(Bar* bar, absl::Duration timeout, F done) {
   }
 }
 
-// MAC <-> mailbox words: bytes 0..5 in memory order from word 1.
-void MacToWords(const MacAddress& mac, uint32_t* w) {
-  uint8_t b[8] = {};
-  std::memcpy(b, mac.bytes.data(), 6);
-  std::memcpy(w, b, 8);
-}
-MacAddress MacFromWords(const uint32_t* w) {
-  uint8_t b[8];
-  std::memcpy(b, w, 8);
-  MacAddress m;
-  std::memcpy(m.bytes.data(), b, 6);
-  return m;
-}
+using intel_vf::IsUnicast;
+using intel_vf::kMbWords;
+using intel_vf::kMsgAck;
+using intel_vf::kMsgCts;
+using intel_vf::kMsgInfoShift;
+using intel_vf::kMsgNack;
+using intel_vf::MacFromWords;
+using intel_vf::MacString;
+using intel_vf::MacToWords;
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<IxgbevfPort>> IxgbevfPort::Open(vfio::VfioDevice* device,
                                                                const Options& options) {
-  // BAR0 of an 82599 VF is 16 KiB, as the 82576's: igbvf's VFIO Bar checks that and turns on
-  // bus mastering.
-  absl::StatusOr<std::unique_ptr<Bar>> bar = igbvf::OpenVfioBar(device);
+  // BAR0 of an 82599 VF is 16 KiB (§8.3); the VFIO Bar checks that and turns on bus mastering.
+  absl::StatusOr<std::unique_ptr<Bar>> bar =
+      intel_vf::OpenVfioBar(device, kVfBarSize, "ixgbevf", "82599 VF");
   if (!bar.ok()) return bar.status();
   return Create(*std::move(bar), options);
 }
@@ -77,7 +73,10 @@ absl::StatusOr<std::unique_ptr<IxgbevfPort>> IxgbevfPort::Create(std::unique_ptr
 }
 
 IxgbevfPort::IxgbevfPort(std::unique_ptr<Bar> bar, const Options& options)
-    : bar_(std::move(bar)), options_(options) {}
+    : bar_(std::move(bar)),
+      options_(options),
+      mbx_(bar_.get(), kVfMailbox, kVfMbmem, options.mailbox_timeout, "ixgbevf",
+           &xstats_.mailbox_messages) {}
 
 IxgbevfPort::~IxgbevfPort() {
   Stop();
@@ -96,80 +95,7 @@ absl::Status IxgbevfPort::Init() {
 
 // ---- Mailbox (§7.9 PF/VF mailbox; VFMAILBOX and VFMBMEM, §8.3.5) -------------------------
 
-// PFSTS, PFACK and RSTD clear on read: remember what a read saw until someone consumes it.
-uint32_t IxgbevfPort::MailboxBits() {
-  absl::StatusOr<uint32_t> v = bar_->Read32(kVfMailbox);
-  const uint32_t bits = v.ok() ? *v : 0;
-  mb_seen_ |= bits & kMbReadClear;
-  return bits | mb_seen_;
-}
-
-bool IxgbevfPort::TakeBit(uint32_t bit) {
-  if ((MailboxBits() & bit) == 0) return false;
-  mb_seen_ &= ~bit;
-  return true;
-}
-
-absl::Status IxgbevfPort::Await(uint32_t bit, const char* what) {
-  if (PollUntil(bar_.get(), options_.mailbox_timeout, [&] { return TakeBit(bit); })) {
-    return absl::OkStatus();
-  }
-  return absl::DeadlineExceededError(absl::StrFormat(
-      "ixgbevf mailbox: no %s from the PF within %s (VFMAILBOX 0x%02x)", what,
-      absl::FormatDuration(options_.mailbox_timeout), MailboxBits()));
-}
-
-// VF -> PF (§7.9): claim the buffer (VFU set and read back), write VFMBMEM, set REQ; the PF
-// reads it and raises PFACK.
-absl::Status IxgbevfPort::Send(absl::Span<const uint32_t> msg) {
-  const bool owned = PollUntil(bar_.get(), options_.mailbox_timeout, [&] {
-    return bar_->Write32(kVfMailbox, kMbVfu).ok() && (MailboxBits() & kMbVfu) != 0;
-  });
-  if (!owned) {
-    return absl::DeadlineExceededError(
-        "ixgbevf mailbox: could not claim the buffer (VFMAILBOX.VFU never read back set)");
-  }
-  mb_seen_ &= ~(kMbPfsts | kMbPfack);  // older news: the buffer is about to be ours
-  for (size_t i = 0; i < msg.size(); ++i) {
-    IXGBEVF_TRY(bar_->Write32(kVfMbmem + 4 * static_cast<uint32_t>(i), msg[i]));
-  }
-  IXGBEVF_TRY(bar_->Write32(kVfMailbox, kMbReq));
-  ++xstats_.mailbox_messages;
-  return Await(kMbPfack, "PFACK for our message");
-}
-
-// PF -> VF: PFSTS says a message is there; claim, copy VFMBMEM out, ACK (which releases VFU).
-absl::Status IxgbevfPort::Receive(absl::Span<uint32_t> reply) {
-  IXGBEVF_TRY(Await(kMbPfsts, "reply (PFSTS)"));
-  IXGBEVF_TRY(bar_->Write32(kVfMailbox, kMbVfu));
-  if ((MailboxBits() & kMbVfu) == 0) {
-    return absl::FailedPreconditionError("ixgbevf mailbox: PF message there, buffer not ours");
-  }
-  for (size_t i = 0; i < reply.size(); ++i) {
-    absl::StatusOr<uint32_t> w = bar_->Read32(kVfMbmem + 4 * static_cast<uint32_t>(i));
-    if (!w.ok()) return w.status();
-    reply[i] = *w;
-  }
-  return bar_->Write32(kVfMailbox, kMbAck);
-}
-
-// Request + reply; the reply must carry the request's id and exactly one of ACK / NACK.
-absl::Status IxgbevfPort::Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply) {
-  IXGBEVF_TRY(Send(msg));
-  IXGBEVF_TRY(Receive(reply));
-  const uint32_t r = reply[0] & ~kMsgCts;
-  const uint32_t verdict = r & (kMsgAck | kMsgNack);
-  if ((r & kMsgId) != (msg[0] & kMsgId) || verdict == 0 || verdict == (kMsgAck | kMsgNack)) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "ixgbevf mailbox: reply 0x%08x to request 0x%08x is neither its ACK nor its NACK",
-        reply[0], msg[0]));
-  }
-  if (verdict == kMsgNack) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("ixgbevf mailbox: the PF refused request 0x%08x (NACK)", msg[0]));
-  }
-  return absl::OkStatus();
-}
+// The protocol is the 82576's: intel_vf::Mailbox (mbx_) does it, at VFMAILBOX / VFMBMEM.
 
 // ---- Reset and API negotiation ---------------------------------------------------------------
 
@@ -180,45 +106,35 @@ absl::Status IxgbevfPort::Reset() {
   // PF itself resets, VFMAILBOX.RSTI is set; RSTD (read-to-clear) says it has finished. A
   // VF reset that sees neither bit in time goes on to the RESET message, which is the real
   // handshake (RSTD may already have been consumed by an earlier open).
-  mb_seen_ = 0;
+  mbx_.Forget();
   IXGBEVF_TRY(bar_->Write32(kVfCtrl, kVfCtrlRst));
-  uint32_t bits = 0;
-  if (!PollUntil(bar_.get(), options_.reset_timeout,
-                 [&] { return ((bits = MailboxBits()) & kMbRstd) != 0; })) {
-    if (bits & kMbRsti) {
-      return absl::DeadlineExceededError(absl::StrFormat(
-          "ixgbevf reset: the PF is still resetting (VFMAILBOX.RSTI) %s after VFCTRL.RST",
-          absl::FormatDuration(options_.reset_timeout)));
-    }
-    ++xstats_.reset_without_rstd;
-  }
-  mb_seen_ &= ~kMbRstd;
+  absl::StatusOr<bool> rstd = mbx_.AwaitResetDone(options_.reset_timeout, "VFCTRL.RST");
+  if (!rstd.ok()) return rstd.status();
+  if (!*rstd) ++xstats_.reset_without_rstd;
 
   // VF_RESET message (§7.9): RESET|ACK, permanent MAC in words 1-2, multicast filter type
   // (the PF's MCSTCTRL.MO, which bits of an address the MTA hash takes) in word 3.
-  const uint32_t msg[1] = {kVfReset};
+  const uint32_t msg[1] = {intel_vf::kMsgReset};
   uint32_t r[kResetReplyWords] = {};
-  absl::Status st = Send(msg);
-  if (st.ok()) st = Receive(r);
+  absl::Status st = mbx_.Send(msg);
+  if (st.ok()) st = mbx_.Receive(r);
   if (!st.ok()) return absl::Status(st.code(), absl::StrCat("ixgbevf reset: ", st.message()));
   const uint32_t word0 = r[0] & ~kMsgCts;
-  if (word0 == (kVfReset | kMsgNack)) {
+  if (word0 == (intel_vf::kMsgReset | kMsgNack)) {
     return absl::FailedPreconditionError(
         "ixgbevf reset: the PF has no MAC address for this VF (RESET|NACK); set one on the PF "
         "(ip link set <pf> vf N mac ...)");
   }
-  if (word0 != (kVfReset | kMsgAck) || r[3] > 3) {
+  if (word0 != (intel_vf::kMsgReset | kMsgAck) || r[3] > 3) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "ixgbevf reset: reply %08x %08x %08x %08x is not RESET|ACK, MAC, filter type 0..3",
         r[0], r[1], r[2], r[3]));
   }
   mac_ = MacFromWords(&r[1]);
   mc_filter_type_ = r[3];
-  if ((mac_.bytes[0] & 1) != 0 || mac_ == MacAddress{}) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "ixgbevf reset: the PF gave %02x:%02x:%02x:%02x:%02x:%02x, not a unicast MAC",
-        mac_.bytes[0], mac_.bytes[1], mac_.bytes[2], mac_.bytes[3], mac_.bytes[4],
-        mac_.bytes[5]));
+  if (!IsUnicast(mac_)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ixgbevf reset: the PF gave ", MacString(mac_), ", not a unicast MAC"));
   }
   return absl::OkStatus();
 }
@@ -230,8 +146,8 @@ absl::Status IxgbevfPort::NegotiateApi() {
   for (uint32_t api : {kApi12, kApi11, kApi10}) {
     const uint32_t msg[3] = {kVfApiNegotiate, api, 0};
     uint32_t r[1] = {};
-    absl::Status st = Send(msg);
-    if (st.ok()) st = Receive(r);
+    absl::Status st = mbx_.Send(msg);
+    if (st.ok()) st = mbx_.Receive(r);
     if (!st.ok()) {
       return absl::Status(st.code(), absl::StrCat("ixgbevf API negotiation: ", st.message()));
     }
@@ -250,13 +166,13 @@ absl::Status IxgbevfPort::NegotiateApi() {
 }
 
 absl::Status IxgbevfPort::SetMac(const MacAddress& mac) {
-  if ((mac.bytes[0] & 1) != 0 || mac == MacAddress{}) {
+  if (!IsUnicast(mac)) {
     return absl::InvalidArgumentError("ixgbevf: SetMac needs a unicast address");
   }
-  uint32_t msg[3] = {kVfSetMacAddr, 0, 0};
+  uint32_t msg[3] = {intel_vf::kMsgSetMac, 0, 0};
   MacToWords(mac, &msg[1]);
   uint32_t r[3] = {};
-  IXGBEVF_TRY(Call(msg, r));
+  IXGBEVF_TRY(mbx_.Call(msg, r));
   mac_ = mac;
   return absl::OkStatus();
 }
@@ -267,8 +183,8 @@ absl::Status IxgbevfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
   if (addrs.size() > kMaxMulticast) {
     return absl::InvalidArgumentError("ixgbevf: more than 30 multicast addresses");
   }
-  uint32_t msg[kMbSize] = {};
-  msg[0] = kVfSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
+  uint32_t msg[kMbWords] = {};
+  msg[0] = intel_vf::kMsgSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
   const uint32_t shift = 4 - mc_filter_type_;  // type 0: bits 47:36 ... type 3: bits 43:32
   for (size_t i = 0; i < addrs.size(); ++i) {
     const uint32_t b4 = addrs[i].bytes[4], b5 = addrs[i].bytes[5];
@@ -276,14 +192,14 @@ absl::Status IxgbevfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
     msg[1 + i / 2] |= hash << (16 * (i % 2));
   }
   uint32_t r[1] = {};
-  return Call(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), r);
+  return mbx_.Call(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), r);
 }
 
 absl::Status IxgbevfPort::SetVlan(uint16_t vid, bool add) {
   if (vid > 4095) return absl::InvalidArgumentError("ixgbevf: VLAN id above 4095");
-  const uint32_t msg[2] = {kVfSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
+  const uint32_t msg[2] = {intel_vf::kMsgSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
   uint32_t r[1] = {};
-  return Call(msg, r);
+  return mbx_.Call(msg, r);
 }
 
 absl::Status IxgbevfPort::SetMaxFrame(uint32_t bytes) {
@@ -291,9 +207,9 @@ absl::Status IxgbevfPort::SetMaxFrame(uint32_t bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "ixgbevf: max frame %u outside 64..%u (one 2 KiB buffer per frame)", bytes, kBufferSize));
   }
-  const uint32_t msg[2] = {kVfSetLpe, bytes};
+  const uint32_t msg[2] = {intel_vf::kMsgSetLpe, bytes};
   uint32_t r[1] = {};
-  return Call(msg, r);
+  return mbx_.Call(msg, r);
 }
 
 bool IxgbevfPort::LinkUp() {

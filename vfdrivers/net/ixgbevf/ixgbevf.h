@@ -44,15 +44,15 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "vfdrivers/memory/memory_region.h"
-#include "vfdrivers/net/igbvf/igbvf.h"  // the Bar seam (BAR0 + DMA) and MacAddress, shared
+#include "vfdrivers/net/intel_vf/mailbox.h"  // Bar seam, MacAddress, PF mailbox (shared)
 #include "vfdrivers/net/port.h"
 #include "vfdrivers/vfio/vfio_device.h"
 
 namespace vfdrivers::net::ixgbevf {
 
-// The register/DMA seam is igbvf's: the same interface serves both VFs (and both models).
-using Bar = igbvf::Bar;
-using MacAddress = igbvf::MacAddress;
+// The register/DMA seam is shared with igbvf (intel_vf/mailbox.h), as is the mailbox protocol.
+using Bar = intel_vf::Bar;
+using MacAddress = intel_vf::MacAddress;
 
 // ---- 82599 VF registers (BAR0, 16 KiB; §8.3 "virtual function registers") ----------------
 inline constexpr uint32_t kVfCtrl = 0x0000;     // VFCTRL
@@ -79,19 +79,9 @@ inline constexpr uint32_t kSrrctlAdvOneBuf = 1u << 25; // DESCTYPE 27:25 = 001b
 inline constexpr uint32_t kSrrctlDropEn = 1u << 28;    // DROP_EN
 inline constexpr uint32_t kTdwbalHeadWbEn = 1u << 0;   // VFTDWBAL.Head_WB_En
 
-// VFMAILBOX bits (§8.3.5): PFSTS, PFACK and RSTD clear when read.
-inline constexpr uint32_t kMbReq = 1u << 0, kMbAck = 1u << 1, kMbVfu = 1u << 2,
-                          kMbPfu = 1u << 3, kMbPfsts = 1u << 4, kMbPfack = 1u << 5,
-                          kMbRsti = 1u << 6, kMbRstd = 1u << 7;
-inline constexpr uint32_t kMbReadClear = kMbPfsts | kMbPfack | kMbRstd;
-inline constexpr uint32_t kMbSize = 16;  // words
-
-// Mailbox messages (word 0: id 15:0 | info 23:16 | CTS 29 | NACK 30 | ACK 31).
-inline constexpr uint32_t kVfReset = 0x01, kVfSetMacAddr = 0x02, kVfSetMulticast = 0x03,
-                          kVfSetVlan = 0x04, kVfSetLpe = 0x05, kVfApiNegotiate = 0x08;
-inline constexpr uint32_t kMsgAck = 1u << 31, kMsgNack = 1u << 30, kMsgCts = 1u << 29;
-inline constexpr uint32_t kMsgInfoShift = 16;
-inline constexpr uint32_t kMsgId = 0xFFFF;
+// VFMAILBOX bits and message word 0 (§7.9, §8.3.5): the 82576's protocol, in intel_vf/mailbox.h.
+// The ids the 82576's PF does not know:
+inline constexpr uint32_t kVfApiNegotiate = 0x08;
 inline constexpr uint32_t kResetReplyWords = 4;  // RESET|ACK, MAC (2 words), MC filter type
 // Mailbox API revisions (the PF's enum: 1.0 = 0, 2.0 = 1, 1.1 = 2, 1.2 = 3).
 inline constexpr uint32_t kApi10 = 0, kApi11 = 2, kApi12 = 3;
@@ -149,7 +139,7 @@ class IxgbevfPort final : public Port {
   // a NACK or a reply that makes no sense (named in the message); INVALID_ARGUMENT: options.
   static absl::StatusOr<std::unique_ptr<IxgbevfPort>> Create(std::unique_ptr<Bar> bar,
                                                              const Options& options = {});
-  // Over VFIO (BAR0 through igbvf::OpenVfioBar: 16 KiB BAR, bus mastering on).
+  // Over VFIO (BAR0 through intel_vf::OpenVfioBar: 16 KiB BAR, bus mastering on).
   static absl::StatusOr<std::unique_ptr<IxgbevfPort>> Open(vfio::VfioDevice* device,
                                                            const Options& options = {});
   ~IxgbevfPort() override;  // queues off, VFCTRL.RST, then unmap
@@ -194,13 +184,6 @@ class IxgbevfPort final : public Port {
   absl::Status EnableQueue(uint32_t reg, uint32_t value, const char* name);
   void Stop();
 
-  uint32_t MailboxBits();
-  bool TakeBit(uint32_t bit);
-  absl::Status Await(uint32_t bit, const char* what);
-  absl::Status Send(absl::Span<const uint32_t> msg);
-  absl::Status Receive(absl::Span<uint32_t> reply);
-  absl::Status Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply);
-
   template <bool kRefill>
   uint32_t Reap(PacketBuffer** out, uint32_t from, uint32_t count);
   void Refill();
@@ -216,7 +199,7 @@ class IxgbevfPort final : public Port {
   MacAddress mac_;
   uint32_t mc_filter_type_ = 0;
   uint32_t api_ = kApi10;
-  uint32_t mb_seen_ = 0;  // read-to-clear VFMAILBOX bits seen, not yet consumed
+  intel_vf::Mailbox mbx_;  // VFMAILBOX + VFMBMEM; counts into xstats_.mailbox_messages
 
   memory::MemoryRegion region_;
   uint64_t iova_ = 0;

@@ -6,6 +6,26 @@
 #include "absl/strings/str_cat.h"
 
 namespace vfdrivers::net::ixgbevf::testing {
+using intel_vf::kMbPfack;
+using intel_vf::kMbPfsts;
+using intel_vf::kMbPfu;
+using intel_vf::kMbReadClear;
+using intel_vf::kMbReq;
+using intel_vf::kMbRstd;
+using intel_vf::kMbRsti;
+using intel_vf::kMbVfu;
+using intel_vf::kMbWords;
+using intel_vf::kMsgAck;
+using intel_vf::kMsgCts;
+using intel_vf::kMsgIdMask;
+using intel_vf::kMsgInfoShift;
+using intel_vf::kMsgNack;
+using intel_vf::kMsgReset;
+using intel_vf::kMsgSetLpe;
+using intel_vf::kMsgSetMac;
+using intel_vf::kMsgSetMulticast;
+using intel_vf::kMsgSetVlan;
+
 namespace {
 
 // The Bar over the model: offsets checked (dword-aligned, inside the 16 KiB BAR).
@@ -157,13 +177,13 @@ void IxgbevfDeviceModel::PfSend(const uint32_t* words, size_t n) {
 void IxgbevfDeviceModel::PfReceive() {
   if (hostile_ == Hostile::kMailboxSilent) return;
   mailbox_ |= kMbPfack;
-  uint32_t m[kMbSize];
-  for (uint32_t i = 0; i < kMbSize; ++i) m[i] = regs_[kVfMbmem / 4 + i];
-  const uint32_t id = m[0] & kMsgId;
+  uint32_t m[kMbWords];
+  for (uint32_t i = 0; i < kMbWords; ++i) m[i] = regs_[kVfMbmem / 4 + i];
+  const uint32_t id = m[0] & kMsgIdMask;
   if (hostile_ == Hostile::kMailboxGarbage) {
     uint32_t r[kResetReplyWords];
     for (uint32_t& w : r) w = Random();
-    r[0] = (r[0] & 0x1FFF0000u) | ((id + 0x40) & kMsgId);  // no verdict, another id
+    r[0] = (r[0] & 0x1FFF0000u) | ((id + 0x40) & kMsgIdMask);  // no verdict, another id
     PfSend(r, kResetReplyWords);
     return;
   }
@@ -172,10 +192,10 @@ void IxgbevfDeviceModel::PfReceive() {
     PfSend(r, kResetReplyWords);
     return;
   }
-  if (id == kVfReset) {
-    uint32_t r[kResetReplyWords] = {Verdict(kVfReset, false, false), 0, 0, 0};
+  if (id == kMsgReset) {
+    uint32_t r[kResetReplyWords] = {Verdict(kMsgReset, false, false), 0, 0, 0};
     if (options_.mac_set_by_pf) {
-      r[0] = Verdict(kVfReset, true, false);
+      r[0] = Verdict(kMsgReset, true, false);
       uint8_t b[8] = {};
       std::memcpy(b, vf_mac_.bytes.data(), 6);
       std::memcpy(&r[1], b, 8);
@@ -192,7 +212,7 @@ void IxgbevfDeviceModel::PfReceive() {
         ok = !options_.nack_every_api && m[1] <= options_.max_api && m[1] != 1;
         if (ok) api_ = m[1];
         break;
-      case kVfSetMacAddr: {
+      case kMsgSetMac: {
         uint8_t b[8];
         std::memcpy(b, &m[1], 8);
         MacAddress mac;
@@ -201,7 +221,7 @@ void IxgbevfDeviceModel::PfReceive() {
         if (ok) vf_mac_ = mac;
         break;
       }
-      case kVfSetMulticast: {
+      case kMsgSetMulticast: {
         const uint32_t n = (m[0] >> kMsgInfoShift) & 0xFF;
         ok = n <= kMaxMulticast;
         if (ok) {
@@ -212,7 +232,7 @@ void IxgbevfDeviceModel::PfReceive() {
         }
         break;
       }
-      case kVfSetVlan: {
+      case kMsgSetVlan: {
         const uint16_t vid = m[1] & 0xFFF;
         ok = true;
         if ((m[0] >> kMsgInfoShift) & 1) {
@@ -227,7 +247,7 @@ void IxgbevfDeviceModel::PfReceive() {
         }
         break;
       }
-      case kVfSetLpe:
+      case kMsgSetLpe:
         ok = m[1] >= 64 && m[1] <= 9728;
         if (ok) max_frame_ = m[1];
         break;
