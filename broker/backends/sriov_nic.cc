@@ -103,6 +103,22 @@ const char* KindName(VfSetting::Kind kind) {
   return "?";
 }
 
+// Anything of a tenant's (or of a hand-made configuration) left on the VF.
+bool Configured(const VfInfo& info) {
+  return info.mac != Mac{} || info.vlan != 0 || info.max_tx_rate != 0 || info.spoofchk == 0 ||
+         info.trust == 1;
+}
+
+bool ParseMacText(absl::string_view text, Mac* mac) {
+  unsigned b[6];
+  if (text.size() != 17 || std::sscanf(std::string(text).c_str(), "%x:%x:%x:%x:%x:%x", &b[0],
+                                       &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) {
+    return false;
+  }
+  for (int i = 0; i < 6; ++i) (*mac)[i] = static_cast<uint8_t>(b[i]);
+  return true;
+}
+
 }  // namespace
 
 SriovNicBackend::SriovNicBackend(std::string pool_name, uint32_t max_vfs,
@@ -320,13 +336,31 @@ absl::StatusOr<ProvisionedExtent> SriovNicBackend::ProvisionNic(uint64_t slot_in
   bool dirty = false;
   for (const VfInfo& info : *infos) {
     if (info.vf == slot) {
-      dirty = info.mac != Mac{} || info.vlan != 0;
+      dirty = Configured(info);
       continue;
     }
     if (info.mac == request.mac) {
       return absl::AlreadyExistsError(
           absl::StrCat("MAC ", MacText(request.mac), " is in use by VF ", info.vf, " of ",
                        pf_interface_));
+    }
+  }
+  // Nor the PF's own, nor that of a device stacked on it (macvlan, VLAN): the PF's switch
+  // would hand the VF the host's frames.
+  const std::string net = absl::StrCat(options_.sysfs_root, "/class/net/", pf_interface_);
+  std::vector<std::string> holders = {net};
+  if (absl::StatusOr<std::vector<std::string>> entries = ListDir(net); entries.ok()) {
+    for (const std::string& entry : *entries) {
+      if (entry.rfind("upper_", 0) == 0) holders.push_back(absl::StrCat(net, "/", entry));
+    }
+  }
+  for (const std::string& holder : holders) {
+    absl::StatusOr<std::string> text = ReadSysfs(absl::StrCat(holder, "/address"));
+    Mac taken{};
+    if (text.ok() && ParseMacText(*text, &taken) && taken == request.mac) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "MAC ", MacText(request.mac), " is in use by ",
+          holder == net ? pf_interface_ : holder.substr(net.size() + 7), " on the PF"));
     }
   }
   if (dirty || live_.count(slot) != 0) {
@@ -505,7 +539,7 @@ absl::Status SriovNicBackend::RemoveOrphans(const std::vector<journal::ExtentSta
   std::vector<std::string> failed;
   for (const VfInfo& info : *infos) {
     if (info.vf >= vfs_.size() || journaled[info.vf]) continue;
-    if (info.mac == Mac{} && info.vlan == 0) continue;
+    if (!Configured(info)) continue;
     absl::StatusOr<TeardownResult> result = Restore(info.vf, "orphan: no journal record names it");
     if (!result.ok() || *result != TeardownResult::kFreed) {
       live_.insert(info.vf);  // ProvisionNic restores it first, or refuses

@@ -119,6 +119,10 @@ class SriovNicTest : public ::testing::Test {
                        root_ + "/sys/devices/eth1/device");
     fs::create_symlink("../../devices/eth1", root_ + "/sys/class/net/eth1");
     Write(root_ + "/sys/devices/eth1/ifindex", absl::StrCat(kIfindex, "\n"));
+    Write(root_ + "/sys/devices/eth1/address", "52:54:00:12:34:56\n");
+    fs::create_directories(root_ + "/sys/devices/mv0");
+    Write(root_ + "/sys/devices/mv0/address", "02:aa:00:00:00:01\n");
+    fs::create_symlink("../mv0", root_ + "/sys/devices/eth1/upper_mv0");
     Write(root_ + "/sys/bus/pci/drivers_probe", "");
     Write(Pci(kPf) + "/sriov_totalvfs", "7\n");
     Write(Pci(kPf) + "/sriov_numvfs", "0\n");
@@ -259,6 +263,19 @@ TEST_F(SriovNicTest, HostileRequestsChangeNothing) {
   // Another VF's MAC.
   EXPECT_EQ((*backend)->ProvisionNic(1, Request(5)).status().code(),
             absl::StatusCode::kAlreadyExists);
+  // The PF's own MAC, or that of a device on the PF: the host's frames.
+  NicRequest pf_mac = Request(0);
+  pf_mac.mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+  auto taken = (*backend)->ProvisionNic(1, pf_mac);
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(taken.status().message().find("in use by eth1"), std::string::npos)
+      << taken.status().message();
+  NicRequest upper_mac = Request(0);
+  upper_mac.mac = {0x02, 0xaa, 0, 0, 0, 0x01};
+  taken = (*backend)->ProvisionNic(1, upper_mac);
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(taken.status().message().find("in use by mv0"), std::string::npos)
+      << taken.status().message();
   // Flow filters: the PF cannot steer to a VF.
   NicRequest filtered = Request(6);
   filtered.filters.emplace_back();
@@ -369,6 +386,17 @@ TEST_F(SriovNicTest, OrphanedVfIsRestoredBeforeItIsOffered) {
   EXPECT_EQ(nic_.vfs[0].mac, Mac{});
   EXPECT_EQ(nic_.vfs[0].vlan, 0u);
   EXPECT_EQ(nic_.resets, 1);
+}
+
+TEST_F(SriovNicTest, AVfWithTrustOnOrSpoofchkOffIsAnOrphanToo) {
+  nic_.vfs[0].trust = 1;
+  nic_.vfs[1].spoofchk = 0;
+  auto backend = Open();
+  ASSERT_TRUE(backend.ok()) << backend.status().message();
+  ASSERT_TRUE((*backend)->RemoveOrphans({}).ok());
+  EXPECT_EQ(nic_.vfs[0].trust, 0);
+  EXPECT_EQ(nic_.vfs[1].spoofchk, 1);
+  EXPECT_EQ(nic_.resets, 2);
 }
 
 TEST_F(SriovNicTest, HeldOrphanStaysOutUntilItCanBeRestored) {
