@@ -9,7 +9,8 @@
 // writes them through Register32); the device part runs in Step() or Deliver().
 //
 // DMA goes through the model's own IOVA space (unrelated to virtual addresses); an access
-// outside every mapping is counted (dma_errors) and not done.
+// outside every mapping is counted (dma_errors) and not done. The IOVA space, the PF's mailbox
+// side and the accessors are intel_vf::testing::VfDeviceModel's, shared with ixgbevf's model.
 //
 // Hostile modes make the device lie: bad RX lengths, write-backs with DD in slots the driver
 // never gave, RX without EOP, a TX head beyond the ring or beyond the tail, garbage mailbox
@@ -18,12 +19,11 @@
 #define VFBROKER_VFDRIVERS_NET_IGBVF_IGBVF_DEVICE_MODEL_H_
 
 #include <cstdint>
-#include <deque>
-#include <map>
 #include <memory>
 #include <vector>
 
 #include "vfdrivers/net/igbvf/igbvf.h"
+#include "vfdrivers/net/intel_vf/vf_device_model.h"
 
 namespace vfdrivers::net::igbvf::testing {
 
@@ -49,7 +49,7 @@ struct ModelOptions {
   bool link_up = true;
 };
 
-class IgbvfDeviceModel {
+class IgbvfDeviceModel final : public intel_vf::testing::VfDeviceModel {
  public:
   explicit IgbvfDeviceModel(const ModelOptions& options = {});
 
@@ -64,44 +64,16 @@ class IgbvfDeviceModel {
   // after RS descriptors.
   void Step();
 
-  std::deque<std::vector<uint8_t>>& sent() { return sent_; }
-  uint64_t dma_errors() const { return dma_errors_; }
-  uint64_t rx_dropped() const { return rx_dropped_; }
-  size_t live_mappings() const { return dma_.size(); }
-  uint32_t resets() const { return resets_; }
-  bool cts() const { return cts_; }
-  MacAddress vf_mac() const { return vf_mac_; }
-  const std::vector<uint16_t>& multicast_hashes() const { return mc_hashes_; }
-  const std::vector<uint16_t>& vlans() const { return vlans_; }
-  uint32_t max_frame() const { return max_frame_; }
-  uint32_t Reg(uint32_t off) const { return regs_[off / 4]; }
-
   // Used by the Bar.
   uint32_t Read(uint32_t off);
   void Write(uint32_t off, uint32_t value);
-  volatile uint32_t* RegPtr(uint32_t off) { return &regs_[off / 4]; }
-  uint64_t Map(void* vaddr, size_t size);
-  bool Unmap(uint64_t iova);
 
  private:
-  uint8_t* Translate(uint64_t iova, size_t length);
   void HandleMessage();
-  void Reply(const uint32_t* words, size_t n);
 
   ModelOptions options_;
   Hostile hostile_ = Hostile::kNone;
-  std::vector<uint32_t> regs_;
-  uint32_t mbx_ = 0;  // VFMAILBOX as the VF sees it
-  std::map<uint64_t, std::pair<uint8_t*, size_t>> dma_;
-  uint64_t next_iova_ = 0x7f0000000ull;
-  std::deque<std::vector<uint8_t>> sent_;
   std::vector<uint8_t> tx_frame_;
-  uint64_t dma_errors_ = 0, rx_dropped_ = 0;
-  uint32_t resets_ = 0;
-  bool cts_ = false;
-  MacAddress vf_mac_;
-  std::vector<uint16_t> mc_hashes_, vlans_;
-  uint32_t max_frame_ = 1518;
   uint32_t rng_ = 12345;
 };
 

@@ -2,15 +2,9 @@
 
 #include <cstring>
 
-#include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-
 namespace vfdrivers::net::ixgbevf::testing {
-using intel_vf::kMbPfack;
-using intel_vf::kMbPfsts;
+
 using intel_vf::kMbPfu;
-using intel_vf::kMbReadClear;
-using intel_vf::kMbReq;
 using intel_vf::kMbRstd;
 using intel_vf::kMbRsti;
 using intel_vf::kMbVfu;
@@ -28,43 +22,6 @@ using intel_vf::kMsgSetVlan;
 
 namespace {
 
-// The Bar over the model: offsets checked (dword-aligned, inside the 16 KiB BAR).
-class ModelBar final : public Bar {
- public:
-  explicit ModelBar(IxgbevfDeviceModel* model) : model_(model) {}
-  absl::StatusOr<uint32_t> Read32(uint32_t off) override {
-    if (!Valid(off)) return Bad(off);
-    return model_->Read(off);
-  }
-  absl::Status Write32(uint32_t off, uint32_t value) override {
-    if (!Valid(off)) return Bad(off);
-    model_->Write(off, value);
-    return absl::OkStatus();
-  }
-  absl::StatusOr<volatile uint32_t*> Register32(uint32_t off) override {
-    if (!Valid(off)) return Bad(off);
-    return model_->RegPtr(off);
-  }
-  absl::StatusOr<uint64_t> MapDma(void* vaddr, size_t size) override {
-    if (size == 0 || size % 4096 != 0 || reinterpret_cast<uintptr_t>(vaddr) % 4096 != 0) {
-      return absl::InvalidArgumentError("ixgbevf model: DMA range not page-aligned");
-    }
-    return model_->Map(vaddr, size);
-  }
-  absl::Status UnmapDma(uint64_t iova) override {
-    if (model_->Unmap(iova)) return absl::OkStatus();
-    return absl::NotFoundError("ixgbevf model: no such mapping");
-  }
-  void Idle() override {}
-
- private:
-  static bool Valid(uint32_t off) { return off < kVfBarSize && (off & 3) == 0; }
-  static absl::Status Bad(uint32_t off) {
-    return absl::OutOfRangeError(absl::StrCat("ixgbevf model: register offset ", off));
-  }
-  IxgbevfDeviceModel* model_;
-};
-
 // Word 0 of a PF reply.
 uint32_t Verdict(uint32_t id, bool ok, bool cts) {
   return id | (ok ? kMsgAck : kMsgNack) | (cts ? kMsgCts : 0);
@@ -73,12 +30,13 @@ uint32_t Verdict(uint32_t id, bool ok, bool cts) {
 }  // namespace
 
 IxgbevfDeviceModel::IxgbevfDeviceModel(const ModelOptions& options)
-    : options_(options), regs_(kVfBarSize / 4, 0), vf_mac_(options.mac) {
+    : VfDeviceModel(kVfMbmem, 0x40000000ull, uint64_t{1} << 21, options.mac), options_(options) {
   set_link(options.link_up);
-  mailbox_ = kMbRstd;  // the PF has finished its own reset before the VF is used
 }
 
-std::unique_ptr<Bar> IxgbevfDeviceModel::MakeBar() { return std::make_unique<ModelBar>(this); }
+std::unique_ptr<Bar> IxgbevfDeviceModel::MakeBar() {
+  return std::make_unique<intel_vf::testing::ModelBar<IxgbevfDeviceModel>>(this, "ixgbevf model");
+}
 
 void IxgbevfDeviceModel::set_link(bool up) {
   regs_[kVfLinks / 4] = up ? kVfLinksUp : 0;
@@ -91,35 +49,12 @@ uint32_t IxgbevfDeviceModel::Random() {
   return seed_;
 }
 
-uint64_t IxgbevfDeviceModel::Map(void* vaddr, size_t size) {
-  const uint64_t iova = next_iova_;
-  next_iova_ += (size + (1u << 21) - 1) & ~uint64_t{(1u << 21) - 1};
-  dma_.emplace(iova, std::make_pair(static_cast<uint8_t*>(vaddr), size));
-  return iova;
-}
-
-bool IxgbevfDeviceModel::Unmap(uint64_t iova) { return dma_.erase(iova) != 0; }
-
-uint8_t* IxgbevfDeviceModel::Dma(uint64_t iova, size_t length) {
-  auto it = dma_.upper_bound(iova);
-  if (it != dma_.begin()) {
-    --it;
-    const uint64_t off = iova - it->first;
-    const size_t size = it->second.second;
-    if (off < size && length <= size - off) return it->second.first + off;
-  }
-  ++dma_errors_;
-  return nullptr;
-}
-
 uint32_t IxgbevfDeviceModel::Read(uint32_t off) {
   switch (off) {
     case kVfMailbox: {
       if (hostile_ == Hostile::kResetNeverDone) return (mailbox_ & ~kMbRstd) | kMbRsti;
       if (hostile_ == Hostile::kMailboxBusy) return (mailbox_ & ~kMbVfu) | kMbPfu;
-      const uint32_t v = mailbox_;
-      mailbox_ &= ~kMbReadClear;
-      return v;
+      return MailboxRead();
     }
     case kVfRxdctl:
     case kVfTxdctl:
@@ -136,16 +71,14 @@ void IxgbevfDeviceModel::Write(uint32_t off, uint32_t value) {
       if (value & kVfCtrlRst) {
         // VF reset: queues disabled, their pointers and write-back address cleared; the PF
         // forgets the VF (no CTS until the next RESET message) and signals RSTD when done.
-        ++resets_;
         for (uint32_t r : {kVfRxdctl, kVfTxdctl, kVfRdh, kVfRdt, kVfTdh, kVfTdt, kVfTdwbal,
                            kVfTdwbah}) {
           regs_[r / 4] = 0;
         }
         partial_.clear();
         rx_head_ = 0;
-        cts_ = false;
         api_ = kApi10;
-        mailbox_ |= kMbRstd;
+        ResetSeenByPf();
       }
       return;
     case kVfStatus:
@@ -156,29 +89,19 @@ void IxgbevfDeviceModel::Write(uint32_t off, uint32_t value) {
       regs_[off / 4] = value;
       return;
     case kVfMailbox:
-      if (value & kMbVfu) {
-        if (!(mailbox_ & kMbPfu) && hostile_ != Hostile::kMailboxBusy) mailbox_ |= kMbVfu;
-      } else {
-        mailbox_ &= ~kMbVfu;  // REQ and ACK writes release the buffer
-      }
-      if (value & kMbReq) PfReceive();
+      // VFU granted unless the PF holds the buffer; REQ and ACK writes release it.
+      if (MailboxWrite(value, hostile_ != Hostile::kMailboxBusy)) PfReceive();
       return;
     default:
       regs_[off / 4] = value;
   }
 }
 
-void IxgbevfDeviceModel::PfSend(const uint32_t* words, size_t n) {
-  for (size_t i = 0; i < n; ++i) regs_[kVfMbmem / 4 + i] = words[i];
-  mailbox_ |= kMbPfsts;
-}
-
 // The PF reads the VF's message (PFACK) and answers it in VFMBMEM (PFSTS).
 void IxgbevfDeviceModel::PfReceive() {
   if (hostile_ == Hostile::kMailboxSilent) return;
-  mailbox_ |= kMbPfack;
   uint32_t m[kMbWords];
-  for (uint32_t i = 0; i < kMbWords; ++i) m[i] = regs_[kVfMbmem / 4 + i];
+  PfRead(m);
   const uint32_t id = m[0] & kMsgIdMask;
   if (hostile_ == Hostile::kMailboxGarbage) {
     uint32_t r[kResetReplyWords];
@@ -193,14 +116,10 @@ void IxgbevfDeviceModel::PfReceive() {
     return;
   }
   if (id == kMsgReset) {
-    uint32_t r[kResetReplyWords] = {Verdict(kMsgReset, false, false), 0, 0, 0};
+    uint32_t r[kResetReplyWords] = {};
+    PfResetReply(options_.mac_set_by_pf, r);
     if (options_.mac_set_by_pf) {
-      r[0] = Verdict(kMsgReset, true, false);
-      uint8_t b[8] = {};
-      std::memcpy(b, vf_mac_.bytes.data(), 6);
-      std::memcpy(&r[1], b, 8);
       r[3] = hostile_ == Hostile::kBadFilterType ? 7 : options_.mc_filter_type;
-      cts_ = true;
     }
     PfSend(r, kResetReplyWords);
     return;
@@ -212,15 +131,9 @@ void IxgbevfDeviceModel::PfReceive() {
         ok = !options_.nack_every_api && m[1] <= options_.max_api && m[1] != 1;
         if (ok) api_ = m[1];
         break;
-      case kMsgSetMac: {
-        uint8_t b[8];
-        std::memcpy(b, &m[1], 8);
-        MacAddress mac;
-        std::memcpy(mac.bytes.data(), b, 6);
-        ok = options_.trust || mac == vf_mac_;
-        if (ok) vf_mac_ = mac;
+      case kMsgSetMac:
+        ok = PfSetMac(m, options_.trust);
         break;
-      }
       case kMsgSetMulticast: {
         const uint32_t n = (m[0] >> kMsgInfoShift) & 0xFF;
         ok = n <= kMaxMulticast;
@@ -232,21 +145,10 @@ void IxgbevfDeviceModel::PfReceive() {
         }
         break;
       }
-      case kMsgSetVlan: {
-        const uint16_t vid = m[1] & 0xFFF;
+      case kMsgSetVlan:
+        PfSetVlan(m);
         ok = true;
-        if ((m[0] >> kMsgInfoShift) & 1) {
-          vlans_.push_back(vid);
-        } else {
-          for (auto it = vlans_.begin(); it != vlans_.end(); ++it) {
-            if (*it == vid) {
-              vlans_.erase(it);
-              break;
-            }
-          }
-        }
         break;
-      }
       case kMsgSetLpe:
         ok = m[1] >= 64 && m[1] <= 9728;
         if (ok) max_frame_ = m[1];

@@ -11,19 +11,18 @@
 // driver writes through Register32; the device side runs in Deliver() (RX) and Step() (TX).
 //
 // DMA is through the model's own IOVA space; an access outside every mapping is counted
-// (dma_errors) and not done.
+// (dma_errors) and not done. The IOVA space, the PF's mailbox side and the accessors are
+// intel_vf::testing::VfDeviceModel's, shared with igbvf's model.
 //
 // Hostile modes make the device lie (see Hostile).
 #ifndef VFBROKER_VFDRIVERS_NET_IXGBEVF_IXGBEVF_DEVICE_MODEL_H_
 #define VFBROKER_VFDRIVERS_NET_IXGBEVF_IXGBEVF_DEVICE_MODEL_H_
 
 #include <cstdint>
-#include <deque>
-#include <map>
 #include <memory>
-#include <utility>
 #include <vector>
 
+#include "vfdrivers/net/intel_vf/vf_device_model.h"
 #include "vfdrivers/net/ixgbevf/ixgbevf.h"
 
 namespace vfdrivers::net::ixgbevf::testing {
@@ -57,7 +56,7 @@ struct ModelOptions {
   uint32_t mc_filter_type = 0;
 };
 
-class IxgbevfDeviceModel {
+class IxgbevfDeviceModel final : public intel_vf::testing::VfDeviceModel {
  public:
   explicit IxgbevfDeviceModel(const ModelOptions& options = {});
 
@@ -70,47 +69,21 @@ class IxgbevfDeviceModel {
   // TX: consumes descriptors up to VFTDT, keeps the frames, writes the head back after RS.
   void Step();
 
-  std::deque<std::vector<uint8_t>>& sent() { return sent_; }
-  uint64_t dma_errors() const { return dma_errors_; }
-  uint64_t rx_dropped() const { return rx_dropped_; }
-  size_t live_mappings() const { return dma_.size(); }
-  uint32_t resets() const { return resets_; }
   uint32_t api() const { return api_; }
-  MacAddress vf_mac() const { return vf_mac_; }
-  const std::vector<uint16_t>& multicast_hashes() const { return mc_hashes_; }
-  const std::vector<uint16_t>& vlans() const { return vlans_; }
-  uint32_t max_frame() const { return max_frame_; }
-  uint32_t Reg(uint32_t off) const { return regs_[off / 4]; }
 
   // The Bar's side.
   uint32_t Read(uint32_t off);
   void Write(uint32_t off, uint32_t value);
-  volatile uint32_t* RegPtr(uint32_t off) { return &regs_[off / 4]; }
-  uint64_t Map(void* vaddr, size_t size);
-  bool Unmap(uint64_t iova);
 
  private:
-  uint8_t* Dma(uint64_t iova, size_t length);
   void PfReceive();
-  void PfSend(const uint32_t* words, size_t n);
   uint32_t Random();
 
   ModelOptions options_;
   Hostile hostile_ = Hostile::kNone;
-  std::vector<uint32_t> regs_;
-  uint32_t mailbox_ = 0;  // VFMAILBOX as the VF reads it
-  bool cts_ = false;      // the PF accepts requests (after RESET)
   uint32_t api_ = kApi10;
   uint32_t rx_head_ = 0;  // the device's RX position (VFRDH shows it unless lying)
-  std::map<uint64_t, std::pair<uint8_t*, size_t>> dma_;
-  uint64_t next_iova_ = 0x40000000ull;
-  std::deque<std::vector<uint8_t>> sent_;
   std::vector<uint8_t> partial_;
-  uint64_t dma_errors_ = 0, rx_dropped_ = 0;
-  uint32_t resets_ = 0;
-  MacAddress vf_mac_;
-  std::vector<uint16_t> mc_hashes_, vlans_;
-  uint32_t max_frame_ = 1518;
   uint32_t seed_ = 0x9e3779b9u;
 };
 
