@@ -19,19 +19,12 @@ namespace {
   } while (0)
 
 using intel_vf::IsUnicast;
-using intel_vf::kMbWords;
 using intel_vf::kMsgAck;
 using intel_vf::kMsgCts;
-using intel_vf::kMsgInfoShift;
 using intel_vf::kMsgNack;
 using intel_vf::kMsgReset;
-using intel_vf::kMsgSetLpe;
-using intel_vf::kMsgSetMac;
-using intel_vf::kMsgSetMulticast;
-using intel_vf::kMsgSetVlan;
 using intel_vf::MacFromWords;
 using intel_vf::MacString;
-using intel_vf::MacToWords;
 
 constexpr uint32_t kRxRefillBatch = 32;  // RDT is written once per this many buffers at most
 
@@ -127,45 +120,26 @@ absl::Status IgbvfPort::ResetVf() {
   return absl::OkStatus();
 }
 
+// SET_MAC, SET_MULTICAST, SET_VLAN, SET_LPE (§7.8.2): the messages are the 82599's too
+// (intel_vf::Mailbox). The PF hashes multicast addresses into its MTA with MO = 00b (bits 47:36).
 absl::Status IgbvfPort::SetMac(const MacAddress& mac) {
-  uint32_t msg[3] = {kMsgSetMac, 0, 0};
-  MacToWords(mac, &msg[1]);
-  uint32_t reply[3] = {};
-  RETURN_IF_ERROR(mbx_.Call(msg, reply));
+  RETURN_IF_ERROR(mbx_.SetMac(mac));
   mac_ = mac;
   return absl::OkStatus();
 }
 
 absl::Status IgbvfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
-  // The PF takes 12-bit MTA hash values, two per word after word 0, at most 30 (§7.8.2 and
-  // the multicast table array, MTA): hash = the address's top 12 bits of bytes 4-5
-  // (MO = 00b: bits 47:36).
-  if (addrs.size() > 30) return absl::InvalidArgumentError("igbvf: more than 30 multicast addresses");
-  uint32_t msg[kMbWords] = {};
-  msg[0] = kMsgSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
-  uint16_t* hashes = reinterpret_cast<uint16_t*>(&msg[1]);
-  for (size_t i = 0; i < addrs.size(); ++i) {
-    hashes[i] = static_cast<uint16_t>((addrs[i].bytes[4] >> 4 | addrs[i].bytes[5] << 4) & 0xFFF);
-  }
-  uint32_t reply[1] = {};
-  return mbx_.Call(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), reply);
+  return mbx_.SetMulticast(addrs, /*filter_type=*/0);
 }
 
-absl::Status IgbvfPort::SetVlan(uint16_t vid, bool add) {
-  if (vid > 4095) return absl::InvalidArgumentError("igbvf: VLAN id above 4095");
-  const uint32_t msg[2] = {kMsgSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
-  uint32_t reply[1] = {};
-  return mbx_.Call(msg, reply);
-}
+absl::Status IgbvfPort::SetVlan(uint16_t vid, bool add) { return mbx_.SetVlan(vid, add); }
 
 absl::Status IgbvfPort::SetMaxFrame(uint32_t bytes) {
   if (bytes < 64 || bytes > kBufferSize) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "igbvf: max frame %u outside 64..%u (one buffer per frame)", bytes, kBufferSize));
   }
-  const uint32_t msg[2] = {kMsgSetLpe, bytes};
-  uint32_t reply[1] = {};
-  return mbx_.Call(msg, reply);
+  return mbx_.SetLpe(bytes);
 }
 
 bool IgbvfPort::LinkUp() {

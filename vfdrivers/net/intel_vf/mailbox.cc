@@ -192,4 +192,41 @@ absl::Status Mailbox::Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> 
   return absl::OkStatus();
 }
 
+absl::Status Mailbox::SetMac(const MacAddress& mac) {
+  uint32_t msg[3] = {kMsgSetMac, 0, 0};
+  MacToWords(mac, &msg[1]);
+  uint32_t reply[3] = {};
+  return Call(msg, reply);
+}
+
+absl::Status Mailbox::SetMulticast(absl::Span<const MacAddress> addrs, uint32_t filter_type) {
+  if (addrs.size() > kMaxMulticast) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(driver_, ": more than 30 multicast addresses"));
+  }
+  uint32_t msg[kMbWords] = {};
+  msg[0] = kMsgSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
+  const uint32_t shift = 4 - (filter_type & 3);  // type 0: bits 47:36 ... type 3: bits 43:32
+  for (size_t i = 0; i < addrs.size(); ++i) {
+    const uint32_t b4 = addrs[i].bytes[4], b5 = addrs[i].bytes[5];
+    const uint32_t hash = ((b4 >> shift) | (b5 << (8 - shift))) & 0xFFF;
+    msg[1 + i / 2] |= hash << (16 * (i % 2));
+  }
+  uint32_t reply[1] = {};
+  return Call(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), reply);
+}
+
+absl::Status Mailbox::SetVlan(uint16_t vid, bool add) {
+  if (vid > 4095) return absl::InvalidArgumentError(absl::StrCat(driver_, ": VLAN id above 4095"));
+  const uint32_t msg[2] = {kMsgSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
+  uint32_t reply[1] = {};
+  return Call(msg, reply);
+}
+
+absl::Status Mailbox::SetLpe(uint32_t bytes) {
+  const uint32_t msg[2] = {kMsgSetLpe, bytes};
+  uint32_t reply[1] = {};
+  return Call(msg, reply);
+}
+
 }  // namespace vfdrivers::net::intel_vf

@@ -66,6 +66,7 @@ inline constexpr uint32_t kMsgReset = 0x01, kMsgSetMac = 0x02, kMsgSetMulticast 
 inline constexpr uint32_t kMsgAck = 1u << 31, kMsgNack = 1u << 30, kMsgCts = 1u << 29;
 inline constexpr uint32_t kMsgInfoShift = 16;
 inline constexpr uint32_t kMsgIdMask = 0xFFFF;
+inline constexpr uint32_t kMaxMulticast = 30;  // addresses in one SET_MULTICAST
 
 // The VF side of the mailbox. Every wait is bounded by `timeout`; errors start with `driver`
 // ("igbvf mailbox: ...") and name the VFMAILBOX bit waited for. One thread, as the driver.
@@ -97,6 +98,18 @@ class Mailbox {
   // Send + Receive; the reply must carry the request's id and exactly one of ACK / NACK
   // (CTS ignored): FAILED_PRECONDITION for a NACK or a reply that makes no sense.
   absl::Status Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply);
+
+  // The requests both PFs take, as the PF expects them (FAILED_PRECONDITION on NACK):
+  // SET_MAC (the MAC in words 1-2).
+  absl::Status SetMac(const MacAddress& mac);
+  // SET_MULTICAST: the count in the info field, then one 12-bit MTA hash per address, 16 bits
+  // each. `filter_type` (MCSTCTRL.MO, 0..3) picks the address bits hashed: 0 = bits 47:36 ...
+  // 3 = bits 43:32. INVALID_ARGUMENT for more than 30 addresses.
+  absl::Status SetMulticast(absl::Span<const MacAddress> addrs, uint32_t filter_type);
+  // SET_VLAN: info bit 0 = add, word 1 = the id. INVALID_ARGUMENT above 4095.
+  absl::Status SetVlan(uint16_t vid, bool add);
+  // SET_LPE: word 1 = the largest frame, bytes.
+  absl::Status SetLpe(uint32_t bytes);
 
  private:
   Bar* bar_;

@@ -33,14 +33,11 @@ bool PollUntil(Bar* bar, absl::Duration timeout, F done) {
 }
 
 using intel_vf::IsUnicast;
-using intel_vf::kMbWords;
 using intel_vf::kMsgAck;
 using intel_vf::kMsgCts;
-using intel_vf::kMsgInfoShift;
 using intel_vf::kMsgNack;
 using intel_vf::MacFromWords;
 using intel_vf::MacString;
-using intel_vf::MacToWords;
 
 }  // namespace
 
@@ -165,51 +162,29 @@ absl::Status IxgbevfPort::NegotiateApi() {
       "ixgbevf API negotiation: the PF NACKed mailbox API 1.2, 1.1 and 1.0");
 }
 
+// SET_MAC_ADDR, SET_MULTICAST, SET_VLAN, SET_LPE (§7.9): the 82576's messages
+// (intel_vf::Mailbox). Multicast hashes follow the filter type the PF gave at reset (MO, §8.2 MTA).
 absl::Status IxgbevfPort::SetMac(const MacAddress& mac) {
   if (!IsUnicast(mac)) {
     return absl::InvalidArgumentError("ixgbevf: SetMac needs a unicast address");
   }
-  uint32_t msg[3] = {intel_vf::kMsgSetMac, 0, 0};
-  MacToWords(mac, &msg[1]);
-  uint32_t r[3] = {};
-  IXGBEVF_TRY(mbx_.Call(msg, r));
+  IXGBEVF_TRY(mbx_.SetMac(mac));
   mac_ = mac;
   return absl::OkStatus();
 }
 
-// SET_MULTICAST: count in the info field, then 12-bit MTA hash values, 16 bits each. Which 12
-// bits of the address form the hash follows the filter type the PF gave at reset (MO, §8.2 MTA).
 absl::Status IxgbevfPort::SetMulticast(absl::Span<const MacAddress> addrs) {
-  if (addrs.size() > kMaxMulticast) {
-    return absl::InvalidArgumentError("ixgbevf: more than 30 multicast addresses");
-  }
-  uint32_t msg[kMbWords] = {};
-  msg[0] = intel_vf::kMsgSetMulticast | static_cast<uint32_t>(addrs.size()) << kMsgInfoShift;
-  const uint32_t shift = 4 - mc_filter_type_;  // type 0: bits 47:36 ... type 3: bits 43:32
-  for (size_t i = 0; i < addrs.size(); ++i) {
-    const uint32_t b4 = addrs[i].bytes[4], b5 = addrs[i].bytes[5];
-    const uint32_t hash = ((b4 >> shift) | (b5 << (8 - shift))) & 0xFFF;
-    msg[1 + i / 2] |= hash << (16 * (i % 2));
-  }
-  uint32_t r[1] = {};
-  return mbx_.Call(absl::MakeConstSpan(msg, 1 + (addrs.size() + 1) / 2), r);
+  return mbx_.SetMulticast(addrs, mc_filter_type_);
 }
 
-absl::Status IxgbevfPort::SetVlan(uint16_t vid, bool add) {
-  if (vid > 4095) return absl::InvalidArgumentError("ixgbevf: VLAN id above 4095");
-  const uint32_t msg[2] = {intel_vf::kMsgSetVlan | (add ? 1u : 0u) << kMsgInfoShift, vid};
-  uint32_t r[1] = {};
-  return mbx_.Call(msg, r);
-}
+absl::Status IxgbevfPort::SetVlan(uint16_t vid, bool add) { return mbx_.SetVlan(vid, add); }
 
 absl::Status IxgbevfPort::SetMaxFrame(uint32_t bytes) {
   if (bytes < 64 || bytes > kBufferSize) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "ixgbevf: max frame %u outside 64..%u (one 2 KiB buffer per frame)", bytes, kBufferSize));
   }
-  const uint32_t msg[2] = {intel_vf::kMsgSetLpe, bytes};
-  uint32_t r[1] = {};
-  return mbx_.Call(msg, r);
+  return mbx_.SetLpe(bytes);
 }
 
 bool IxgbevfPort::LinkUp() {

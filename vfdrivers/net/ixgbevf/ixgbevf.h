@@ -85,7 +85,6 @@ inline constexpr uint32_t kVfApiNegotiate = 0x08;
 inline constexpr uint32_t kResetReplyWords = 4;  // RESET|ACK, MAC (2 words), MC filter type
 // Mailbox API revisions (the PF's enum: 1.0 = 0, 2.0 = 1, 1.1 = 2, 1.2 = 3).
 inline constexpr uint32_t kApi10 = 0, kApi11 = 2, kApi12 = 3;
-inline constexpr uint32_t kMaxMulticast = 30;
 
 // Advanced receive descriptor (§7.1.6): read format / write-back format.
 struct RxDesc {

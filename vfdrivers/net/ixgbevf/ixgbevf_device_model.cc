@@ -8,6 +8,7 @@ using intel_vf::kMbPfu;
 using intel_vf::kMbRstd;
 using intel_vf::kMbRsti;
 using intel_vf::kMbVfu;
+using intel_vf::kMaxMulticast;
 using intel_vf::kMbWords;
 using intel_vf::kMsgAck;
 using intel_vf::kMsgCts;
