@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "broker/backends/pci_sysfs.h"
 #include "common/logging.h"
 
 namespace vfbroker {
@@ -22,64 +23,11 @@ using nvme_admin::SecondaryController;
 using nvme_admin::VirtAction;
 using nvme_admin::VirtResource;
 
-absl::Status ErrnoStatus(int err, const std::string& what) {
-  return absl::ErrnoToStatus(err, absl::StrCat(what, ": ", std::strerror(err)));
-}
-
-absl::StatusOr<std::string> ReadSysfs(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
-  char buf[256];
-  const ssize_t n = ::read(fd.get(), buf, sizeof(buf));
-  if (n < 0) return ErrnoStatus(errno, absl::StrCat("read ", path));
-  std::string value(buf, static_cast<size_t>(n));
-  while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.pop_back();
-  return value;
-}
-
-absl::Status WriteSysfs(const std::string& path, const std::string& value) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
-  const ssize_t n = ::write(fd.get(), value.data(), value.size());
-  if (n < 0) return ErrnoStatus(errno, absl::StrCat("write '", value, "' to ", path));
-  return absl::OkStatus();
-}
-
-// The last component of a symlink's target ("../../../devices/.../0000:01:00.1" -> the address).
-absl::StatusOr<std::string> LinkBase(const std::string& path) {
-  char buf[4096];
-  const ssize_t n = ::readlink(path.c_str(), buf, sizeof(buf) - 1);
-  if (n < 0) return ErrnoStatus(errno, absl::StrCat("readlink ", path));
-  std::string target(buf, static_cast<size_t>(n));
-  const size_t slash = target.rfind('/');
-  return slash == std::string::npos ? target : target.substr(slash + 1);
-}
-
-absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) {
-  DIR* dir = ::opendir(path.c_str());
-  if (dir == nullptr) return ErrnoStatus(errno, absl::StrCat("opendir ", path));
-  std::vector<std::string> names;
-  while (dirent* entry = ::readdir(dir)) {
-    const std::string name = entry->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  ::closedir(dir);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
-
-// Same rule as the config's: "DDDD:BB:DD.F", lower-case hex. Sysfs names are untrusted too:
-// only such a name is ever joined into a path.
-bool IsPciAddress(absl::string_view a) {
-  if (a.size() != 12 || a[4] != ':' || a[7] != ':' || a[10] != '.') return false;
-  for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9, 11}) {
-    const char c = a[i];
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
+using pci_sysfs::ErrnoStatus;
+using pci_sysfs::Exists;
+using pci_sysfs::IsPciAddress;
+using pci_sysfs::LinkBase;
+using pci_sysfs::ListDir;
 
 std::string Join(const std::vector<uint16_t>& ids) { return absl::StrJoin(ids, ","); }
 
@@ -128,9 +76,7 @@ absl::StatusOr<std::unique_ptr<NvmeSriovBackend>> NvmeSriovBackend::Open(
 }
 
 std::string NvmeSriovBackend::PciPath(const std::string& bdf, const std::string& leaf) const {
-  std::string path = absl::StrCat(options_.sysfs_root, "/bus/pci/devices/", bdf);
-  if (!leaf.empty()) absl::StrAppend(&path, "/", leaf);
-  return path;
+  return pci_sysfs::DevicePath(options_.sysfs_root, bdf, leaf);
 }
 
 absl::Status NvmeSriovBackend::Init() {
@@ -186,7 +132,7 @@ absl::Status NvmeSriovBackend::Init() {
     spdlog::info("pool={} PF {}: the primary controller holds {} VQ / {} VI flexible resources; "
                  "releasing them and resetting the PF",
                  pool_name_, pf_, caps->vq_flexible_primary, caps->vi_flexible_primary);
-    absl::StatusOr<std::string> numvfs = ReadSysfs(PciPath(pf_, "sriov_numvfs"));
+    absl::StatusOr<std::string> numvfs = pci_sysfs::Read(PciPath(pf_, "sriov_numvfs"));
     if (numvfs.ok() && *numvfs != "0") {
       return absl::FailedPreconditionError(absl::StrCat(
           "the primary controller still holds flexible resources while ", *numvfs,
@@ -259,11 +205,11 @@ absl::Status NvmeSriovBackend::Init() {
 }
 
 absl::Status NvmeSriovBackend::ResetPf() {
-  if (absl::Status s = WriteSysfs(PciPath(pf_, "reset"), "1"); !s.ok()) return s;
+  if (absl::Status s = pci_sysfs::Write(PciPath(pf_, "reset"), "1"); !s.ok()) return s;
   const std::string state = PciPath(pf_, absl::StrCat("nvme/", ctrl_, "/state"));
   const absl::Time deadline = absl::Now() + options_.live_timeout;
   while (true) {
-    absl::StatusOr<std::string> now = ReadSysfs(state);
+    absl::StatusOr<std::string> now = pci_sysfs::Read(state);
     if (now.ok() && *now == "live") return absl::OkStatus();
     if (absl::Now() > deadline) {
       return absl::DeadlineExceededError(
@@ -275,10 +221,10 @@ absl::Status NvmeSriovBackend::ResetPf() {
 }
 
 absl::Status NvmeSriovBackend::EnableVfs() {
-  absl::StatusOr<std::string> total = ReadSysfs(PciPath(pf_, "sriov_totalvfs"));
+  absl::StatusOr<std::string> total = pci_sysfs::Read(PciPath(pf_, "sriov_totalvfs"));
   if (!total.ok()) return absl::FailedPreconditionError("no SR-IOV (no sriov_totalvfs)");
   uint32_t total_vfs = 0, num_vfs = 0;
-  absl::StatusOr<std::string> num = ReadSysfs(PciPath(pf_, "sriov_numvfs"));
+  absl::StatusOr<std::string> num = pci_sysfs::Read(PciPath(pf_, "sriov_numvfs"));
   if (!num.ok()) return num.status();
   if (!absl::SimpleAtoi(*total, &total_vfs) || !absl::SimpleAtoi(*num, &num_vfs)) {
     return absl::FailedPreconditionError("unreadable sriov_totalvfs / sriov_numvfs");
@@ -289,7 +235,7 @@ absl::Status NvmeSriovBackend::EnableVfs() {
         " namespaces"));
   }
   // No kernel driver may grab a VF (and its namespace) before the broker binds it to vfio-pci.
-  if (absl::Status s = WriteSysfs(PciPath(pf_, "sriov_drivers_autoprobe"), "0"); !s.ok()) {
+  if (absl::Status s = pci_sysfs::Write(PciPath(pf_, "sriov_drivers_autoprobe"), "0"); !s.ok()) {
     return s;
   }
   if (num_vfs == slots_.size()) return absl::OkStatus();  // a restart: keep them (and leases)
@@ -298,52 +244,16 @@ absl::Status NvmeSriovBackend::EnableVfs() {
         num_vfs, " VFs are enabled already, the pool needs ", slots_.size(),
         "; set sriov_numvfs to 0 first (nothing of this pool may be in use)"));
   }
-  return WriteSysfs(PciPath(pf_, "sriov_numvfs"), absl::StrCat(slots_.size()));
+  return pci_sysfs::Write(PciPath(pf_, "sriov_numvfs"), absl::StrCat(slots_.size()));
 }
 
 absl::StatusOr<std::string> NvmeSriovBackend::SoleGroup(const std::string& vf) const {
-  absl::StatusOr<std::string> group = LinkBase(PciPath(vf, "iommu_group"));
-  if (!group.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("VF ", vf, " has no IOMMU group (is the IOMMU on?)"));
-  }
-  uint32_t number = 0;
-  if (!absl::SimpleAtoi(*group, &number)) {
-    return absl::FailedPreconditionError(absl::StrCat("VF ", vf, ": odd IOMMU group ", *group));
-  }
-  absl::StatusOr<std::vector<std::string>> members =
-      ListDir(absl::StrCat(options_.sysfs_root, "/kernel/iommu_groups/", *group, "/devices"));
-  if (!members.ok()) return members.status();
-  if (*members != std::vector<std::string>{vf}) {
-    // The broker never hands out a device whose group it does not wholly own: every device in
-    // a group shares its IOMMU domain, so a tenant could DMA as any of them.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "VF ", vf, " shares IOMMU group ", *group, " with other devices (members: ",
-        absl::StrJoin(*members, " "), "); refusing to hand it out"));
-  }
-  return *group;
+  return pci_sysfs::SoleIommuGroup(options_.sysfs_root, vf);
 }
 
 absl::Status NvmeSriovBackend::BindVfio(const std::string& vf) {
-  absl::StatusOr<std::string> driver = LinkBase(PciPath(vf, "driver"));
-  if (driver.ok() && *driver == "vfio-pci") return absl::OkStatus();
-  if (absl::Status s = WriteSysfs(PciPath(vf, "driver_override"), "vfio-pci"); !s.ok()) return s;
-  if (driver.ok()) {
-    if (absl::Status s = WriteSysfs(PciPath(vf, "driver/unbind"), vf); !s.ok()) return s;
-  }
-  // drivers_probe answers an error when no driver took the device; the check below says why.
-  (void)WriteSysfs(absl::StrCat(options_.sysfs_root, "/bus/pci/drivers_probe"), vf);
-  const absl::Time deadline = absl::Now() + options_.bind_timeout;
-  while (true) {
-    driver = LinkBase(PciPath(vf, "driver"));
-    if (driver.ok() && *driver == "vfio-pci") return absl::OkStatus();
-    if (absl::Now() > deadline) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "VF ", vf, " is not bound to vfio-pci (driver: ",
-          driver.ok() ? *driver : std::string("none"), "); is the vfio-pci module loaded?"));
-    }
-    absl::SleepFor(options_.poll_interval);
-  }
+  return pci_sysfs::BindToVfioPci(options_.sysfs_root, vf, options_.bind_timeout,
+                                   options_.poll_interval);
 }
 
 absl::StatusOr<SecondaryController> NvmeSriovBackend::Secondary(uint16_t scid) {

@@ -15,68 +15,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "broker/backends/pci_sysfs.h"
 #include "common/logging.h"
 #include "common/unique_fd.h"
 
 namespace vfbroker {
 namespace {
 
-absl::Status ErrnoStatus(int err, const std::string& what) {
-  return absl::ErrnoToStatus(err, absl::StrCat(what, ": ", std::strerror(err)));
-}
-
-absl::StatusOr<std::string> ReadSysfs(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
-  char buf[256];
-  const ssize_t n = ::read(fd.get(), buf, sizeof(buf));
-  if (n < 0) return ErrnoStatus(errno, absl::StrCat("read ", path));
-  std::string value(buf, static_cast<size_t>(n));
-  while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.pop_back();
-  return value;
-}
-
-absl::Status WriteSysfs(const std::string& path, const std::string& value) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
-  if (::write(fd.get(), value.data(), value.size()) < 0) {
-    return ErrnoStatus(errno, absl::StrCat("write '", value, "' to ", path));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> LinkBase(const std::string& path) {
-  char buf[4096];
-  const ssize_t n = ::readlink(path.c_str(), buf, sizeof(buf) - 1);
-  if (n < 0) return ErrnoStatus(errno, absl::StrCat("readlink ", path));
-  std::string target(buf, static_cast<size_t>(n));
-  const size_t slash = target.rfind('/');
-  return slash == std::string::npos ? target : target.substr(slash + 1);
-}
-
-absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) {
-  DIR* dir = ::opendir(path.c_str());
-  if (dir == nullptr) return ErrnoStatus(errno, absl::StrCat("opendir ", path));
-  std::vector<std::string> names;
-  while (dirent* entry = ::readdir(dir)) {
-    const std::string name = entry->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  ::closedir(dir);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
-
-bool IsPciAddress(absl::string_view a) {
-  if (a.size() != 12 || a[4] != ':' || a[7] != ':' || a[10] != '.') return false;
-  for (size_t i : {0, 1, 2, 3, 5, 6, 8, 9, 11}) {
-    const char c = a[i];
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
+using pci_sysfs::ErrnoStatus;
+using pci_sysfs::Exists;
+using pci_sysfs::IsPciAddress;
+using pci_sysfs::LinkBase;
+using pci_sysfs::ListDir;
 
 bool IsInterfaceName(absl::string_view name) {
   if (name.empty() || name.size() > 15 || name == "." || name == "..") return false;
@@ -155,9 +105,7 @@ absl::StatusOr<std::unique_ptr<SriovNicBackend>> SriovNicBackend::Open(
 }
 
 std::string SriovNicBackend::PciPath(const std::string& bdf, const std::string& leaf) const {
-  std::string path = absl::StrCat(options_.sysfs_root, "/bus/pci/devices/", bdf);
-  if (!leaf.empty()) absl::StrAppend(&path, "/", leaf);
-  return path;
+  return pci_sysfs::DevicePath(options_.sysfs_root, bdf, leaf);
 }
 
 absl::Status SriovNicBackend::Init(const config::SriovNicPool& config) {
@@ -182,13 +130,13 @@ absl::Status SriovNicBackend::Init(const config::SriovNicPool& config) {
     pf_interface_ = nets->front();
   }
   absl::StatusOr<std::string> ifindex =
-      ReadSysfs(absl::StrCat(options_.sysfs_root, "/class/net/", pf_interface_, "/ifindex"));
+      pci_sysfs::Read(absl::StrCat(options_.sysfs_root, "/class/net/", pf_interface_, "/ifindex"));
   if (!ifindex.ok() || !absl::SimpleAtoi(*ifindex, &pf_ifindex_) || pf_ifindex_ <= 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot read the ifindex of ", pf_interface_));
   }
   // SR-IOV: totalvfs, autoprobe off (VFs must not be bound to a host driver), numvfs.
-  absl::StatusOr<std::string> total = ReadSysfs(PciPath(pf_, "sriov_totalvfs"));
+  absl::StatusOr<std::string> total = pci_sysfs::Read(PciPath(pf_, "sriov_totalvfs"));
   uint32_t total_vfs = 0;
   if (!total.ok() || !absl::SimpleAtoi(*total, &total_vfs)) {
     return absl::FailedPreconditionError("not SR-IOV capable (no sriov_totalvfs)");
@@ -197,10 +145,10 @@ absl::Status SriovNicBackend::Init(const config::SriovNicPool& config) {
     return absl::FailedPreconditionError(
         absl::StrCat("max_vfs ", max_vfs_, " exceeds sriov_totalvfs ", total_vfs));
   }
-  if (absl::Status s = WriteSysfs(PciPath(pf_, "sriov_drivers_autoprobe"), "0"); !s.ok()) {
+  if (absl::Status s = pci_sysfs::Write(PciPath(pf_, "sriov_drivers_autoprobe"), "0"); !s.ok()) {
     return s;
   }
-  absl::StatusOr<std::string> num = ReadSysfs(PciPath(pf_, "sriov_numvfs"));
+  absl::StatusOr<std::string> num = pci_sysfs::Read(PciPath(pf_, "sriov_numvfs"));
   uint32_t num_vfs = 0;
   if (!num.ok() || !absl::SimpleAtoi(*num, &num_vfs)) {
     return absl::FailedPreconditionError("cannot read sriov_numvfs");
@@ -211,7 +159,7 @@ absl::Status SriovNicBackend::Init(const config::SriovNicPool& config) {
         "; write 0 to sriov_numvfs first (the broker does not take VFs from under someone)"));
   }
   if (num_vfs == 0) {
-    if (absl::Status s = WriteSysfs(PciPath(pf_, "sriov_numvfs"), absl::StrCat(max_vfs_));
+    if (absl::Status s = pci_sysfs::Write(PciPath(pf_, "sriov_numvfs"), absl::StrCat(max_vfs_));
         !s.ok()) {
       return s;
     }
@@ -246,45 +194,12 @@ absl::Status SriovNicBackend::Init(const config::SriovNicPool& config) {
 }
 
 absl::StatusOr<std::string> SriovNicBackend::SoleGroup(const std::string& vf) const {
-  absl::StatusOr<std::string> group = LinkBase(PciPath(vf, "iommu_group"));
-  if (!group.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "VF ", vf, " has no IOMMU group (no IOMMU? no-IOMMU mode is refused)"));
-  }
-  uint32_t number = 0;
-  if (!absl::SimpleAtoi(*group, &number)) {
-    return absl::FailedPreconditionError(absl::StrCat("VF ", vf, ": odd IOMMU group ", *group));
-  }
-  absl::StatusOr<std::vector<std::string>> members =
-      ListDir(PciPath(vf, "iommu_group/devices"));
-  if (!members.ok()) return members.status();
-  if (*members != std::vector<std::string>{vf}) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "VF ", vf, " shares IOMMU group ", *group, " with other devices (members: ",
-        absl::StrJoin(*members, " "), "); refusing to hand it out"));
-  }
-  return *group;
+  return pci_sysfs::SoleIommuGroup(options_.sysfs_root, vf);
 }
 
 absl::Status SriovNicBackend::BindVfio(const std::string& vf) {
-  absl::StatusOr<std::string> driver = LinkBase(PciPath(vf, "driver"));
-  if (driver.ok() && *driver == "vfio-pci") return absl::OkStatus();
-  if (absl::Status s = WriteSysfs(PciPath(vf, "driver_override"), "vfio-pci"); !s.ok()) return s;
-  if (driver.ok()) {
-    if (absl::Status s = WriteSysfs(PciPath(vf, "driver/unbind"), vf); !s.ok()) return s;
-  }
-  (void)WriteSysfs(absl::StrCat(options_.sysfs_root, "/bus/pci/drivers_probe"), vf);
-  const absl::Time deadline = absl::Now() + options_.bind_timeout;
-  while (true) {
-    driver = LinkBase(PciPath(vf, "driver"));
-    if (driver.ok() && *driver == "vfio-pci") return absl::OkStatus();
-    if (absl::Now() > deadline) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "VF ", vf, " is not bound to vfio-pci (driver: ",
-          driver.ok() ? *driver : std::string("none"), "); is the vfio-pci module loaded?"));
-    }
-    absl::SleepFor(options_.poll_interval);
-  }
+  return pci_sysfs::BindToVfioPci(options_.sysfs_root, vf, options_.bind_timeout,
+                                   options_.poll_interval);
 }
 
 absl::StatusOr<VfInfo> SriovNicBackend::Info(uint32_t slot) {
@@ -355,7 +270,7 @@ absl::StatusOr<ProvisionedExtent> SriovNicBackend::ProvisionNic(uint64_t slot_in
     }
   }
   for (const std::string& holder : holders) {
-    absl::StatusOr<std::string> text = ReadSysfs(absl::StrCat(holder, "/address"));
+    absl::StatusOr<std::string> text = pci_sysfs::Read(absl::StrCat(holder, "/address"));
     Mac taken{};
     if (text.ok() && ParseMacText(*text, &taken) && taken == request.mac) {
       return absl::AlreadyExistsError(absl::StrCat(
