@@ -73,6 +73,18 @@ constexpr uint32_t kTenantBIp = Ipv4(10, 77, 0, 11);
 constexpr uint16_t kPortUdp = 6000;
 constexpr uint16_t kPeerUdp = 7000;
 
+// A UDP frame from a tenant (its MAC and IPv4 address, port kPortUdp) to the peer on veth1.
+packet::UdpSpec TenantToPeer(const MacAddress& mac, uint32_t ip) {
+  packet::UdpSpec spec;
+  spec.src_mac = mac;
+  spec.dst_mac = kPeerMac;
+  spec.src_ip = ip;
+  spec.dst_ip = kPeerIp;
+  spec.src_port = kPortUdp;
+  spec.dst_port = kPeerUdp;
+  return spec;
+}
+
 std::string MacString(const MacAddress& m) {
   char s[18];
   snprintf(s, sizeof(s), "%02x:%02x:%02x:%02x:%02x:%02x", m.bytes[0], m.bytes[1], m.bytes[2],
@@ -252,13 +264,7 @@ std::string TenantMain(int session, const TenantPlan& plan) {
   }
 
   // Transmit, in bursts, building each frame in place in its buffer.
-  packet::UdpSpec spec;
-  spec.src_mac = plan.mac;
-  spec.dst_mac = kPeerMac;
-  spec.src_ip = plan.ip;
-  spec.dst_ip = kPeerIp;
-  spec.src_port = kPortUdp;
-  spec.dst_port = kPeerUdp;
+  packet::UdpSpec spec = TenantToPeer(plan.mac, plan.ip);
   int sent = 0;
   deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (sent < plan.tx && std::chrono::steady_clock::now() < deadline) {
@@ -707,13 +713,7 @@ TEST_F(AfXdpVethTest, DeletingTheDeviceRevokesAKeptSocket) {
   ASSERT_EQ(Ip("link del mvr"), 0);
   PacketBuffer buf;
   ASSERT_EQ((*old_port)->AllocBurst(absl::MakeSpan(&buf, 1)), 1u);
-  packet::UdpSpec spec;
-  spec.src_mac = mac;
-  spec.dst_mac = kPeerMac;
-  spec.src_ip = ip;
-  spec.dst_ip = kPeerIp;
-  spec.src_port = kPortUdp;
-  spec.dst_port = kPeerUdp;
+  packet::UdpSpec spec = TenantToPeer(mac, ip);
   const std::string after = "sent-after-revoke";
   buf.length = static_cast<uint32_t>(packet::BuildUdp(
       spec, reinterpret_cast<const uint8_t*>(after.data()), after.size(), buf.data,
@@ -786,13 +786,7 @@ TEST_F(AfXdpVethTest, EgressGuardDropsSpoofedFrames) {
     }
     ASSERT_EQ((*port)->TxBurst(absl::MakeConstSpan(&buf, 1)), 1u);
   };
-  packet::UdpSpec good;
-  good.src_mac = mac;
-  good.dst_mac = kPeerMac;
-  good.src_ip = ip;
-  good.dst_ip = kPeerIp;
-  good.src_port = kPortUdp;
-  good.dst_port = kPeerUdp;
+  packet::UdpSpec good = TenantToPeer(mac, ip);
   packet::UdpSpec bad_mac = good;
   bad_mac.src_mac = kTenantBMac;
   packet::UdpSpec bad_ip = good;
