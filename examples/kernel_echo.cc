@@ -12,8 +12,6 @@
 // --seconds).
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sched.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,12 +21,12 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "examples/echo_control.h"
 
 ABSL_FLAG(std::string, bind, "0.0.0.0", "IPv4 address to bind");
 ABSL_FLAG(uint32_t, port, 7, "UDP port");
@@ -42,7 +40,6 @@ ABSL_FLAG(double, seconds, 0, "Stop after this long (0: at SIGINT/SIGTERM)");
 namespace {
 
 std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop.store(true); }
 
 constexpr size_t kMaxBurst = 256;
 constexpr size_t kMaxDatagram = 2048;
@@ -90,24 +87,9 @@ int main(int argc, char** argv) {
     perror("kernel_echo: bind");
     return 1;
   }
-  if (int cpu = absl::GetFlag(FLAGS_cpu); cpu >= 0) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof(set), &set) != 0) perror("kernel_echo: sched_setaffinity");
-  }
-  // No SA_RESTART: a blocking recvmmsg returns EINTR at the signal.
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  if (double s = absl::GetFlag(FLAGS_seconds); s > 0) {
-    std::thread([s] {
-      std::this_thread::sleep_for(std::chrono::duration<double>(s));
-      g_stop.store(true);
-      kill(getpid(), SIGTERM);  // wake a blocking recvmmsg
-    }).detach();
-  }
+  vfbroker::examples::PinToCpu(absl::GetFlag(FLAGS_cpu), "kernel_echo");
+  // The timer also sends SIGTERM: it wakes a blocking recvmmsg (EINTR).
+  vfbroker::examples::StopOnSignalOrAfter(&g_stop, absl::GetFlag(FLAGS_seconds), /*wake=*/true);
 
   // One buffer, one address and one header per slot; the reply reuses all three.
   std::vector<uint8_t> data(burst * kMaxDatagram);

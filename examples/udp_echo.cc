@@ -22,23 +22,20 @@
 //
 // Prints "ready" on stdout once the port receives, and its counters when it stops (SIGINT,
 // SIGTERM or --seconds).
-#include <pthread.h>
-#include <sched.h>
 #include <poll.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <string>
-#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "client/broker_client.h"
 #include "client/nic_port.h"
+#include "examples/echo_control.h"
 #include "examples/udp_echo_loop.h"
 #include "examples/udp_echo_provision.h"
 
@@ -68,7 +65,6 @@ ABSL_FLAG(double, seconds, 0, "Stop after this long (0: at SIGINT/SIGTERM)");
 namespace {
 
 std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop.store(true); }
 
 }  // namespace
 
@@ -165,22 +161,8 @@ int main(int argc, char** argv) {
   }
   vfdrivers::net::AfXdpPort& port = *port_ptr;
 
-  if (int cpu = absl::GetFlag(FLAGS_cpu); cpu >= 0) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof(set), &set) != 0) perror("udp_echo: sched_setaffinity");
-  }
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  if (double s = absl::GetFlag(FLAGS_seconds); s > 0) {
-    std::thread([s] {
-      std::this_thread::sleep_for(std::chrono::duration<double>(s));
-      g_stop.store(true);
-    }).detach();
-  }
+  vfbroker::examples::PinToCpu(absl::GetFlag(FLAGS_cpu), "udp_echo");
+  vfbroker::examples::StopOnSignalOrAfter(&g_stop, absl::GetFlag(FLAGS_seconds), /*wake=*/false);
 
   port.Service();  // give the kernel its fill buffers before anyone sends
   printf("ready\n");
