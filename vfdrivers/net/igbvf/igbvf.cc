@@ -18,14 +18,6 @@ namespace {
     if (!_st.ok()) return _st;             \
   } while (0)
 
-using intel_vf::IsUnicast;
-using intel_vf::kMsgAck;
-using intel_vf::kMsgCts;
-using intel_vf::kMsgNack;
-using intel_vf::kMsgReset;
-using intel_vf::MacFromWords;
-using intel_vf::MacString;
-
 constexpr uint32_t kRxRefillBatch = 32;  // RDT is written once per this many buffers at most
 
 }  // namespace
@@ -95,28 +87,10 @@ absl::Status IgbvfPort::ResetVf() {
   if (!*rstd) ++xstats_.reset_without_rstd;
   // RESET message: the PF re-enables our queues (VFRE/VFTE) and answers RESET|ACK with the
   // permanent MAC in words 1-2, or RESET|NACK when it has none for us.
-  const uint32_t msg[1] = {kMsgReset};
   uint32_t reply[3] = {};
-  absl::Status st = mbx_.Send(msg);
-  if (st.ok()) st = mbx_.Receive(reply);
-  if (!st.ok()) {
-    return absl::Status(st.code(), absl::StrCat("igbvf reset handshake: ", st.message()));
-  }
-  const uint32_t got = reply[0] & ~kMsgCts;
-  if (got == (kMsgReset | kMsgNack)) {
-    return absl::FailedPreconditionError(
-        "igbvf reset: the PF has no MAC address for this VF (RESET NACK); set one on the PF");
-  }
-  if (got != (kMsgReset | kMsgAck)) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "igbvf reset: reply 0x%08x 0x%08x 0x%08x is not RESET|ACK", reply[0], reply[1],
-        reply[2]));
-  }
-  mac_ = MacFromWords(&reply[1]);
-  if (!IsUnicast(mac_)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("igbvf reset: the PF gave MAC ", MacString(mac_), ", not a unicast address"));
-  }
+  absl::StatusOr<MacAddress> mac = mbx_.Reset(absl::MakeSpan(reply));
+  if (!mac.ok()) return mac.status();
+  mac_ = *mac;
   return absl::OkStatus();
 }
 

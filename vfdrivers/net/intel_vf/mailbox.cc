@@ -49,17 +49,6 @@ class VfioBar final : public Bar {
   const vfio::MmioRegion* bar_;
 };
 
-// Calls `done` until it is true or `timeout` passes, idling the Bar in between.
-template <typename F>
-bool PollUntil(Bar* bar, absl::Duration timeout, F done) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (done()) return true;
-    if (absl::Now() > deadline) return false;
-    bar->Idle();
-  }
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Bar>> OpenVfioBar(vfio::VfioDevice* device, uint32_t bar_size,
@@ -190,6 +179,31 @@ absl::Status Mailbox::Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> 
         "%s mailbox: the PF refused request 0x%08x (NACK)", driver_, msg[0]));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<MacAddress> Mailbox::Reset(absl::Span<uint32_t> reply) {
+  const uint32_t msg[1] = {kMsgReset};
+  absl::Status st = Send(msg);
+  if (st.ok()) st = Receive(reply);
+  if (!st.ok()) return absl::Status(st.code(), absl::StrCat(driver_, " reset: ", st.message()));
+  const uint32_t word0 = reply[0] & ~kMsgCts;
+  if (word0 == (kMsgReset | kMsgNack)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        driver_, " reset: the PF has no MAC address for this VF (RESET|NACK); set one on the PF ",
+        "(ip link set <pf> vf N mac ...)"));
+  }
+  if (word0 != (kMsgReset | kMsgAck)) {
+    std::string words;
+    for (uint32_t w : reply) absl::StrAppendFormat(&words, " 0x%08x", w);
+    return absl::FailedPreconditionError(
+        absl::StrCat(driver_, " reset: reply", words, " is not RESET|ACK"));
+  }
+  const MacAddress mac = MacFromWords(&reply[1]);
+  if (!IsUnicast(mac)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        driver_, " reset: the PF gave MAC ", MacString(mac), ", not a unicast address"));
+  }
+  return mac;
 }
 
 absl::Status Mailbox::SetMac(const MacAddress& mac) {

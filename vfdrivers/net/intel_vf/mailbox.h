@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "vfdrivers/vfio/vfio_device.h"
@@ -68,6 +69,17 @@ inline constexpr uint32_t kMsgInfoShift = 16;
 inline constexpr uint32_t kMsgIdMask = 0xFFFF;
 inline constexpr uint32_t kMaxMulticast = 30;  // addresses in one SET_MULTICAST
 
+// Calls `done` until it is true or `timeout` passes, idling the Bar in between.
+template <typename F>
+bool PollUntil(Bar* bar, absl::Duration timeout, F done) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (absl::Now() > deadline) return false;
+    bar->Idle();
+  }
+}
+
 // The VF side of the mailbox. Every wait is bounded by `timeout`; errors start with `driver`
 // ("igbvf mailbox: ...") and name the VFMAILBOX bit waited for. One thread, as the driver.
 class Mailbox {
@@ -98,6 +110,11 @@ class Mailbox {
   // Send + Receive; the reply must carry the request's id and exactly one of ACK / NACK
   // (CTS ignored): FAILED_PRECONDITION for a NACK or a reply that makes no sense.
   absl::Status Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply);
+
+  // The RESET message after a VF reset: the PF answers RESET|ACK with the permanent MAC in words
+  // 1-2 (`reply` gets as many words as it holds, at least 3), or RESET|NACK when it has no MAC
+  // for this VF. FAILED_PRECONDITION for a NACK, any other reply, or a MAC that is not unicast.
+  absl::StatusOr<MacAddress> Reset(absl::Span<uint32_t> reply);
 
   // The requests both PFs take, as the PF expects them (FAILED_PRECONDITION on NACK):
   // SET_MAC (the MAC in words 1-2).

@@ -21,23 +21,11 @@ namespace {
 constexpr uint32_t kRxGiveBatch = 32;  // VFRDT moves by at least this many slots (or fewer
                                        // on small rings: half the ring)
 
-// Calls `done` until it is true or `timeout` passes, idling the Bar in between.
-template <typename F>
-bool PollUntil(Bar* bar, absl::Duration timeout, F done) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (done()) return true;
-    if (absl::Now() > deadline) return false;
-    bar->Idle();
-  }
-}
-
 using intel_vf::IsUnicast;
 using intel_vf::kMsgAck;
 using intel_vf::kMsgCts;
 using intel_vf::kMsgNack;
-using intel_vf::MacFromWords;
-using intel_vf::MacString;
+using intel_vf::PollUntil;
 
 }  // namespace
 
@@ -111,28 +99,15 @@ absl::Status IxgbevfPort::Reset() {
 
   // VF_RESET message (§7.9): RESET|ACK, permanent MAC in words 1-2, multicast filter type
   // (the PF's MCSTCTRL.MO, which bits of an address the MTA hash takes) in word 3.
-  const uint32_t msg[1] = {intel_vf::kMsgReset};
   uint32_t r[kResetReplyWords] = {};
-  absl::Status st = mbx_.Send(msg);
-  if (st.ok()) st = mbx_.Receive(r);
-  if (!st.ok()) return absl::Status(st.code(), absl::StrCat("ixgbevf reset: ", st.message()));
-  const uint32_t word0 = r[0] & ~kMsgCts;
-  if (word0 == (intel_vf::kMsgReset | kMsgNack)) {
-    return absl::FailedPreconditionError(
-        "ixgbevf reset: the PF has no MAC address for this VF (RESET|NACK); set one on the PF "
-        "(ip link set <pf> vf N mac ...)");
-  }
-  if (word0 != (intel_vf::kMsgReset | kMsgAck) || r[3] > 3) {
+  absl::StatusOr<MacAddress> mac = mbx_.Reset(absl::MakeSpan(r));
+  if (!mac.ok()) return mac.status();
+  if (r[3] > 3) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "ixgbevf reset: reply %08x %08x %08x %08x is not RESET|ACK, MAC, filter type 0..3",
-        r[0], r[1], r[2], r[3]));
+        "ixgbevf reset: RESET|ACK word 3 is %u, not a multicast filter type 0..3", r[3]));
   }
-  mac_ = MacFromWords(&r[1]);
+  mac_ = *mac;
   mc_filter_type_ = r[3];
-  if (!IsUnicast(mac_)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("ixgbevf reset: the PF gave ", MacString(mac_), ", not a unicast MAC"));
-  }
   return absl::OkStatus();
 }
 
