@@ -41,6 +41,32 @@ absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {
   return fd;
 }
 
+
+int FindFd(const std::vector<LeaseFd>& fds, v1::FdRole role) {
+  for (const LeaseFd& fd : fds) {
+    if (fd.role == role) return fd.fd.get();
+  }
+  return -1;
+}
+
+// Moves the lease's three VFIO descriptors out; `other_kind` names what a lease without them is.
+absl::StatusOr<VfioDescriptors> TakeVfio(std::vector<LeaseFd>& fds, const std::string& lease_id,
+                                         absl::string_view other_kind) {
+  VfioDescriptors out;
+  int found = 0;
+  for (LeaseFd& fd : fds) {
+    if (!fd.fd) continue;
+    if (fd.role == v1::FD_ROLE_VFIO_CONTAINER) out.container = std::move(fd.fd), ++found;
+    if (fd.role == v1::FD_ROLE_VFIO_GROUP) out.group = std::move(fd.fd), ++found;
+    if (fd.role == v1::FD_ROLE_VFIO_DEVICE) out.device = std::move(fd.fd), ++found;
+  }
+  if (found != 3) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "lease ", lease_id, ": no VFIO descriptors (", other_kind, ", or taken already)"));
+  }
+  return out;
+}
+
 }  // namespace
 
 BrokerClient::BrokerClient(ConnectOptions options) : options_(std::move(options)) {
@@ -384,27 +410,10 @@ ExtentLease::~ExtentLease() {
   }
 }
 
-int ExtentLease::fd(v1::FdRole role) const {
-  for (const LeaseFd& fd : fds_) {
-    if (fd.role == role) return fd.fd.get();
-  }
-  return -1;
-}
+int ExtentLease::fd(v1::FdRole role) const { return FindFd(fds_, role); }
 
 absl::StatusOr<VfioDescriptors> ExtentLease::TakeVfioDescriptors() {
-  VfioDescriptors out;
-  int found = 0;
-  for (LeaseFd& fd : fds_) {
-    if (!fd.fd) continue;
-    if (fd.role == v1::FD_ROLE_VFIO_CONTAINER) out.container = std::move(fd.fd), ++found;
-    if (fd.role == v1::FD_ROLE_VFIO_GROUP) out.group = std::move(fd.fd), ++found;
-    if (fd.role == v1::FD_ROLE_VFIO_DEVICE) out.device = std::move(fd.fd), ++found;
-  }
-  if (found != 3) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "lease ", id(), ": no VFIO descriptors (a block lease, or taken already)"));
-  }
-  return out;
+  return TakeVfio(fds_, id(), "a block lease");
 }
 
 absl::Status ExtentLease::Release() {
@@ -424,12 +433,7 @@ NicLease::~NicLease() {
   }
 }
 
-int NicLease::fd(v1::FdRole role) const {
-  for (const LeaseFd& fd : fds_) {
-    if (fd.role == role) return fd.fd.get();
-  }
-  return -1;
-}
+int NicLease::fd(v1::FdRole role) const { return FindFd(fds_, role); }
 
 absl::StatusOr<XdpDescriptors> NicLease::TakeXdpDescriptors() {
   XdpDescriptors out;
@@ -446,19 +450,7 @@ absl::StatusOr<XdpDescriptors> NicLease::TakeXdpDescriptors() {
 }
 
 absl::StatusOr<VfioDescriptors> NicLease::TakeVfioDescriptors() {
-  VfioDescriptors out;
-  int found = 0;
-  for (LeaseFd& fd : fds_) {
-    if (!fd.fd) continue;
-    if (fd.role == v1::FD_ROLE_VFIO_CONTAINER) out.container = std::move(fd.fd), ++found;
-    if (fd.role == v1::FD_ROLE_VFIO_GROUP) out.group = std::move(fd.fd), ++found;
-    if (fd.role == v1::FD_ROLE_VFIO_DEVICE) out.device = std::move(fd.fd), ++found;
-  }
-  if (found != 3) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "lease ", id(), ": no VFIO descriptors (an xdp_nic lease, or taken already)"));
-  }
-  return out;
+  return TakeVfio(fds_, id(), "an xdp_nic lease");
 }
 
 absl::StatusOr<v1::FlowFilter> NicLease::AddFlowFilter(const v1::FlowFilter& filter) {

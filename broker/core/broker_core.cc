@@ -153,6 +153,17 @@ bool BrokerCore::IsOperator(uint32_t uid) const {
                                uid) != options_.operator_uids.end();
 }
 
+absl::StatusOr<PeerCredentials> BrokerCore::PeerForNewLeaseLocked(absl::string_view token) {
+  absl::StatusOr<Session*> session = FindSession(token);
+  if (!session.ok()) return session.status();
+  if ((*session)->lease_ids.size() >= options_.max_leases_per_session) {
+    return absl::ResourceExhaustedError(absl::StrCat("this session already holds ",
+                                                     (*session)->lease_ids.size(),
+                                                     " leases (max_leases_per_session)"));
+  }
+  return (*session)->peer;
+}
+
 absl::StatusOr<BrokerCore::Session*> BrokerCore::FindSession(absl::string_view token) {
   if (token.empty()) {
     return absl::UnauthenticatedError(
@@ -475,14 +486,9 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateExtent(absl::string_view token,
   ExtentLeaseRecord record;
   {
     absl::MutexLock lock(&mu_);
-    absl::StatusOr<Session*> session = FindSession(token);
-    if (!session.ok()) return session.status();
-    if ((*session)->lease_ids.size() >= options_.max_leases_per_session) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "this session already holds ", (*session)->lease_ids.size(),
-          " leases (max_leases_per_session)"));
-    }
-    peer = (*session)->peer;
+    absl::StatusOr<PeerCredentials> admitted = PeerForNewLeaseLocked(token);
+    if (!admitted.ok()) return admitted.status();
+    peer = *std::move(admitted);
     absl::StatusOr<ExtentLeaseRecord> reserved =
         allocator_->AllocateExtent(peer.tenant, request.pool(), request.size_bytes(), lease_id);
     if (!reserved.ok()) {
@@ -645,14 +651,9 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateNic(absl::string_view token,
   ExtentLeaseRecord record;
   {
     absl::MutexLock lock(&mu_);
-    absl::StatusOr<Session*> session = FindSession(token);
-    if (!session.ok()) return session.status();
-    if ((*session)->lease_ids.size() >= options_.max_leases_per_session) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "this session already holds ", (*session)->lease_ids.size(),
-          " leases (max_leases_per_session)"));
-    }
-    peer = (*session)->peer;
+    absl::StatusOr<PeerCredentials> admitted = PeerForNewLeaseLocked(token);
+    if (!admitted.ok()) return admitted.status();
+    peer = *std::move(admitted);
     absl::StatusOr<ExtentLeaseRecord> reserved =
         allocator_->AllocateSlot(peer.tenant, request.pool(), lease_id);
     if (!reserved.ok()) {

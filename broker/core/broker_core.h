@@ -169,6 +169,9 @@ class BrokerCore {
                                                   absl::string_view remove_id);
   absl::StatusOr<Session*> FindSession(absl::string_view token)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The session's peer, if the session may take one more lease (max_leases_per_session).
+  absl::StatusOr<PeerCredentials> PeerForNewLeaseLocked(absl::string_view token)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes `lease_id` out of the lease table and its session and marks it ending in the
   // allocator; the caller passes the result to CommitEnded once it has dropped the lock.
   PendingTeardown TakeLeaseLocked(absl::string_view lease_id, bool reclaimed)
