@@ -228,63 +228,92 @@ IgbvfPort::~IgbvfPort() {
 
 // ---- Fast path ----------------------------------------------------------------------------------
 
-// Posts free buffers into RX slots (read format: packet address, header address 0, which also
-// clears the previous write-back's DD), then one RDT write. The fast-path loops work on local
-// copies of the members: stores through the rings and tables could otherwise alias them.
+// RX ring: the device owns [rx_next_, rx_tail_) (rx_posted_ slots); the rest are empty, at least
+// one (RDH == RDT means "no descriptors", so at most size - 1 are the device's).
+//
+// Posts free buffers into empty slots (read format: packet address, header address 0, which
+// also clears the previous write-back's DD), then one RDT write.
+// The fast-path loops work on local copies of the members: stores through the rings and tables
+// could otherwise alias them. The empty slots wrap at most once: two runs, pointers walking.
 void IgbvfPort::Refill() {
   const uint32_t mask = rx_mask_;
   uint32_t room = mask - rx_posted_;  // at most size - 1 owned by the device
-  uint32_t top = free_top_;
+  const uint32_t top = free_top_;
   if (room > top) room = top;
-  if (room == 0) return;
-  uint32_t tail = rx_tail_;
-  const uint32_t* free_list = free_.data();
-  uint32_t* slots = rx_slot_.data();
-  RxDesc* ring = rx_ring_;
+  const uint32_t start = rx_tail_;
+  const uint32_t* fp = free_.data() + top;
+  uint32_t* const slots = rx_slot_.data();
+  RxDesc* const ring = rx_ring_;
   const uint64_t iova = buffers_iova_;
   // state_ stays kFree: only kApp (the caller's) matters to the checks, and a free buffer's
   // state is already "not the caller's".
-  for (uint32_t n = room; n != 0; --n) {
-    const uint32_t b = free_list[--top];
-    slots[tail] = b;
-    ring[tail].pkt_addr = iova + uint64_t{b} * kBufferSize;
-    ring[tail].hdr_addr = 0;
-    tail = (tail + 1) & mask;
+  const uint32_t run1 = room < mask + 1 - start ? room : mask + 1 - start;
+  for (int run = 0; run < 2; ++run) {
+    const uint32_t from = run == 0 ? start : 0;
+    const uint32_t count = run == 0 ? run1 : room - run1;
+    RxDesc* d = ring + from;
+    RxDesc* const end = d + count;
+    uint32_t* s = slots + from;
+    for (; d != end; ++d, ++s) {
+      const uint32_t b = *--fp;
+      *s = b;
+      d->pkt_addr = iova + uint64_t{b} * kBufferSize;
+      d->hdr_addr = 0;
+    }
   }
-  free_top_ = top;
-  rx_tail_ = tail;
+  free_top_ = top - room;
+  if (room == 0) return;
+  const uint32_t new_tail = (start + room) & mask;
+  rx_tail_ = new_tail;
   rx_posted_ += room;
   __atomic_thread_fence(__ATOMIC_RELEASE);  // descriptors visible before the tail moves
-  *rdt_ = tail;
+  *rdt_ = new_tail;
 }
 
-size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
-  if (tx_in_flight_ != 0) ReclaimTx();
-  const uint32_t mask = rx_mask_;
-  uint32_t next = rx_next_;
-  // Only slots the driver gave the device are looked at (rx_posted_), in order.
-  const uint32_t limit = out.size() < rx_posted_ ? static_cast<uint32_t>(out.size()) : rx_posted_;
-  volatile RxDesc* const ring = rx_ring_;
-  const uint32_t* const slots = rx_slot_.data();
+// Reaps written-back descriptors in slots [from, from + count), a run that does not wrap, up to
+// the first one without DD; returns how many slots it consumed and advances *out. Descriptor
+// and slot pointers walk together, no index masking, no call in the loop; a bad descriptor's
+// buffer goes straight back to the free stack. With kRefill each reaped slot at once gets a
+// fresh buffer from the free stack (RxBurst checked there are enough and that exactly one slot
+// is empty, and afterwards gives them or puts the fresh buffers back).
+template <bool kRefill>
+uint32_t IgbvfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
+  volatile RxDesc* d = rx_ring_ + from;
+  volatile RxDesc* const end = d + count;
+  uint32_t* s = rx_slot_.data() + from;
+  uint32_t* fp = free_.data() + free_top_;
   BufState* const state = state_.data();
   uint8_t* const buffers = buffers_;
   const uint64_t to_iova = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
-  PacketBuffer* q = out.data();
-  uint32_t reaped = 0;
+  PacketBuffer* q = *out;
   uint64_t bytes = 0;
-  for (; reaped < limit; ++reaped) {
-    const uint64_t wb = ring[next].hdr_addr;  // status/error 31:0, length 47:32
+  for (; d != end; ++d, ++s) {
+    const uint64_t wb = d->hdr_addr;  // status/error 31:0, length 47:32
     const uint32_t staterr = static_cast<uint32_t>(wb);
     if ((staterr & kRxStatDd) == 0) break;
     __atomic_thread_fence(__ATOMIC_ACQUIRE);  // the rest of the write-back after DD
     const uint32_t len = static_cast<uint32_t>(wb >> 32) & 0xFFFF;
-    const uint32_t b = slots[next];
-    next = (next + 1) & mask;
+    const uint32_t b = *s;
+    if (kRefill) {
+      const uint32_t fresh = *--fp;
+      *s = fresh;
+      d->pkt_addr = reinterpret_cast<uintptr_t>(buffers + size_t{fresh} * kBufferSize) + to_iova;
+      d->hdr_addr = 0;
+    }
     // Length and EOP checked before anything is handed out; a bad one goes back to the pool.
-    if (__builtin_expect(len - 1 >= kBufferSize ||
-                             (staterr & (kRxStatEop | kRxErrFrame)) != kRxStatEop,
+    if (__builtin_expect(((staterr & (kRxStatEop | kRxErrFrame)) ^ kRxStatEop) |
+                             ((len - 1) >> 11),
                          0)) {
-      RxDrop(b, len, staterr);
+      if (len - 1 >= kBufferSize) {
+        ++stats_.bad_descriptors;
+        ++xstats_.bad_rx_length;
+      } else if ((staterr & kRxStatEop) == 0) {
+        ++stats_.bad_descriptors;
+        ++xstats_.bad_rx_no_eop;
+      } else {
+        ++xstats_.rx_frame_errors;
+      }
+      *fp++ = b;  // state_ is not kApp: a dropped buffer never reached the caller
       continue;
     }
     state[b] = BufState::kApp;
@@ -298,51 +327,82 @@ size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
     ++q;
     bytes += len;
   }
-  const size_t n = static_cast<size_t>(q - out.data());
-  rx_next_ = next;
-  rx_posted_ -= reaped;
-  stats_.rx_packets += n;
+  *out = q;
+  free_top_ = static_cast<uint32_t>(fp - free_.data());
   stats_.rx_bytes += bytes;
+  return static_cast<uint32_t>(d - (rx_ring_ + from));
+}
+
+size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
+  if (tx_in_flight_ != 0) ReclaimTx();
+  const uint32_t mask = rx_mask_;
+  const uint32_t first = rx_next_;
+  // Only slots the driver gave the device are looked at: [rx_next_, rx_next_ + limit), in order,
+  // in at most two runs (the ring wraps at most once).
+  const uint32_t limit = out.size() < rx_posted_ ? static_cast<uint32_t>(out.size()) : rx_posted_;
+  const uint32_t run1 = limit < mask + 1 - first ? limit : mask + 1 - first;
+  // Refill inside the loop when exactly one slot is empty (it is then the one before rx_next_,
+  // at rx_tail_) and the free stack covers the burst.
+  const bool refill = rx_posted_ == mask && free_top_ >= limit;
+  PacketBuffer* q = out.data();
+  uint32_t reaped = refill ? Reap<true>(&q, first, run1) : Reap<false>(&q, first, run1);
+  if (reaped == run1 && limit > run1) {
+    reaped += refill ? Reap<true>(&q, 0, limit - run1) : Reap<false>(&q, 0, limit - run1);
+  }
+  const size_t n = static_cast<size_t>(q - out.data());
+  rx_next_ = (first + reaped) & mask;
+  rx_posted_ -= reaped;
+  if (refill) {
+    if (reaped >= kRxRefillBatch) {
+      // The empty slot was the one before `first`; the reaped slots hold fresh buffers. The last
+      // of them hands its buffer to the empty slot and becomes the empty one, then all are given
+      // with one RDT write (what Refill would have posted, without its second loop).
+      const uint32_t empty = (first - 1) & mask, last = (first + reaped - 1) & mask;
+      uint32_t* const slots = rx_slot_.data();
+      slots[empty] = slots[last];
+      rx_ring_[empty].pkt_addr = rx_ring_[last].pkt_addr;
+      rx_ring_[empty].hdr_addr = 0;
+      rx_tail_ = last;
+      rx_posted_ = mask;
+      __atomic_thread_fence(__ATOMIC_RELEASE);  // descriptors visible before the tail moves
+      *rdt_ = last;
+    } else {
+      // Fewer than a batch: the fresh buffers go back to the free stack (slots not given are
+      // always rewritten by Refill before the device gets them).
+      uint32_t* const fl = free_.data();
+      const uint32_t* const slots = rx_slot_.data();
+      uint32_t top = free_top_;
+      for (uint32_t i = 0; i < reaped; ++i) fl[top++] = slots[(first + i) & mask];
+      free_top_ = top;
+    }
+  }
+  stats_.rx_packets += n;
+  // One RDT write per at least kRxRefillBatch slots to give.
   if (mask - rx_posted_ >= kRxRefillBatch) Refill();
   return n;
 }
 
-void IgbvfPort::RxDrop(uint32_t b, uint32_t len, uint32_t staterr) {
-  if (len - 1 >= kBufferSize) {
-    ++stats_.bad_descriptors;
-    ++xstats_.bad_rx_length;
-  } else if ((staterr & kRxStatEop) == 0) {
-    ++stats_.bad_descriptors;
-    ++xstats_.bad_rx_no_eop;
-  } else {
-    ++xstats_.rx_frame_errors;
-  }
-  free_[free_top_++] = b;  // state_ is not kApp: a dropped buffer never reached the caller
-}
-
 // Reads the head the device wrote back; everything between tx_clean_ and it is sent. A head
-// outside the ring, or beyond the slots in flight, is counted and ignored.
+// outside the ring, or beyond the slots in flight, is counted and ignored. The finished slots'
+// buffer ids go to the free stack in (at most) two block copies: the ring may wrap once.
 void IgbvfPort::ReclaimTx() {
   const uint32_t mask = tx_mask_;
   const uint32_t head = *tx_head_wb_;
-  uint32_t c = tx_clean_;
-  const uint32_t done = (head - c) & mask;
+  const uint32_t clean = tx_clean_;
+  const uint32_t done = (head - clean) & mask;
   if (__builtin_expect(head > mask || done > tx_in_flight_, 0)) {
     ++stats_.bad_descriptors;
     ++xstats_.bad_tx_head;
     return;
   }
-  const uint32_t* slots = tx_slot_.data();
-  uint32_t* free_list = free_.data();
-  uint32_t top = free_top_;
+  if (done == 0) return;
   // state_ stays kTx (which, like kFree, is "not the caller's"): AllocBurst and RxBurst set kApp.
-  for (uint32_t i = 0; i < done; ++i) {
-    const uint32_t b = slots[c];
-    free_list[top++] = b;
-    c = (c + 1) & mask;
-  }
-  free_top_ = top;
-  tx_clean_ = c;
+  const uint32_t first = done < mask + 1 - clean ? done : mask + 1 - clean;
+  uint32_t* dst = free_.data() + free_top_;
+  std::memcpy(dst, tx_slot_.data() + clean, size_t{first} * sizeof(uint32_t));
+  std::memcpy(dst + first, tx_slot_.data(), size_t{done - first} * sizeof(uint32_t));
+  free_top_ += done;
+  tx_clean_ = head;
   tx_in_flight_ -= done;
   stats_.tx_completed += done;
 }
@@ -360,57 +420,67 @@ inline bool IgbvfPort::CheckAppBuffer(const PacketBuffer& p, uint32_t* offset) {
   return true;
 }
 
-size_t IgbvfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
-  if (tx_in_flight_ != 0) ReclaimTx();
-  const uint32_t mask = tx_mask_;
-  const uint32_t room = mask - tx_in_flight_;
-  const size_t n = pkts.size() < room ? pkts.size() : room;
-  uint32_t tail = tx_tail_;
-  const PacketBuffer* p = pkts.data();
-  const PacketBuffer* const end = p + n;
+// Queues pkts[0, count) into slots [from, from + count), a run that does not wrap; stops at the
+// first bad buffer. Returns how many were queued. Descriptor, slot and packet pointers walk
+// together (no index masking).
+uint32_t IgbvfPort::Fill(const PacketBuffer* p, uint32_t from, uint32_t count) {
+  const PacketBuffer* const start = p;
+  const PacketBuffer* const end = p + count;
+  TxDesc* d = tx_ring_ + from;
+  uint32_t* s = tx_slot_.data() + from;
   BufState* const state = state_.data();
-  uint32_t* const slots = tx_slot_.data();
-  TxDesc* const ring = tx_ring_;
   const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
   const uint64_t to_iova = buffers_iova_ - buffers;  // IOVA = address + this, inside the pool
-  const uint32_t count = options_.buffer_count;
+  const uint32_t buffer_count = options_.buffer_count;
   uint64_t bytes = 0;
-  for (; p != end; ++p) {
+  for (; p != end; ++p, ++d, ++s) {
     const uint32_t b = p->index;
     const uint32_t len = p->length;
     const uintptr_t data = reinterpret_cast<uintptr_t>(p->data);
     // Ours, in the caller's hands, data inside its buffer, 0 < length <= room after data.
     const uintptr_t off = data - (buffers + uintptr_t{b} * kBufferSize);
-    if (__builtin_expect(p->pool != this || b >= count || state[b] != BufState::kApp ||
+    if (__builtin_expect(p->pool != this || b >= buffer_count || state[b] != BufState::kApp ||
                              off >= kBufferSize || len - 1 >= kBufferSize - off,
                          0)) {
       ++stats_.bad_buffers;
       break;
     }
     state[b] = BufState::kTx;
-    slots[tail] = b;
+    *s = b;
     // §7.2.2 advanced data descriptor: DEXT, DTYP = data, EOP (one buffer per frame), IFCS
-    // (the device appends the CRC); PAYLEN = the frame's length.
-    TxDesc& d = ring[tail];
-    d.addr = data + to_iova;
-    d.cmd_type_len = len | kTxDtypData | kTxCmdDext | kTxCmdEop | kTxCmdIfcs;
-    d.olinfo_status = len << kTxPaylenShift;
-    tail = (tail + 1) & mask;
+    // (the device appends the CRC); PAYLEN = the frame's length. Both dwords in one store.
+    d->addr = data + to_iova;
+    const uint64_t words = (uint64_t{len} << (32 + kTxPaylenShift)) |
+                           (len | kTxDtypData | kTxCmdDext | kTxCmdEop | kTxCmdIfcs);
+    std::memcpy(&d->cmd_type_len, &words, sizeof words);
     bytes += len;
   }
-  const size_t i = static_cast<size_t>(p - pkts.data());
-  if (i != 0) {
+  stats_.tx_bytes += bytes;
+  return static_cast<uint32_t>(p - start);
+}
+
+size_t IgbvfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
+  if (tx_in_flight_ != 0) ReclaimTx();
+  const uint32_t mask = tx_mask_;
+  const uint32_t room = mask - tx_in_flight_;
+  const uint32_t n = pkts.size() < room ? static_cast<uint32_t>(pkts.size()) : room;
+  const uint32_t tail = tx_tail_;
+  // At most two runs: the ring wraps at most once.
+  const uint32_t run1 = n < mask + 1 - tail ? n : mask + 1 - tail;
+  uint32_t sent = Fill(pkts.data(), tail, run1);
+  if (sent == run1 && n > run1) sent += Fill(pkts.data() + run1, 0, n - run1);
+  if (sent != 0) {
+    const uint32_t new_tail = (tail + sent) & mask;
     // RS on the last descriptor of the burst only: one head write-back per burst.
-    ring[(tail - 1) & mask].cmd_type_len |= kTxCmdRs;
-    tx_tail_ = tail;
-    tx_in_flight_ += static_cast<uint32_t>(i);
+    tx_ring_[(new_tail - 1) & mask].cmd_type_len |= kTxCmdRs;
+    tx_tail_ = new_tail;
+    tx_in_flight_ += sent;
+    stats_.tx_packets += sent;
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    *tdt_ = tail;  // §7.2.2: one TDT write per burst
-    stats_.tx_packets += i;
-    stats_.tx_bytes += bytes;
+    *tdt_ = new_tail;  // §7.2.2: one TDT write per burst
   }
-  if (i == n && n < pkts.size()) stats_.tx_ring_full += pkts.size() - n;
-  return i;
+  if (sent == n && n < pkts.size()) stats_.tx_ring_full += pkts.size() - n;
+  return sent;
 }
 
 size_t IgbvfPort::AllocBurst(absl::Span<PacketBuffer> out) {

@@ -176,7 +176,9 @@ class IgbvfPort final : public Port {
   void StopDevice();
   void Refill();
   void ReclaimTx();
-  void RxDrop(uint32_t buffer, uint32_t length, uint32_t staterr);
+  template <bool kRefill>
+  uint32_t Reap(PacketBuffer** out, uint32_t from, uint32_t count);
+  uint32_t Fill(const PacketBuffer* p, uint32_t from, uint32_t count);
   bool CheckAppBuffer(const PacketBuffer& b, uint32_t* offset);
 
   std::unique_ptr<Bar> bar_;
