@@ -144,16 +144,29 @@ absl::Status Mailbox::Send(absl::Span<const uint32_t> msg) {
   }
   INTEL_VF_TRY(bar_->Write32(mailbox_, kMbReq));
   if (messages_ != nullptr) ++*messages_;
-  return Await(kMbPfack, "PFACK for our message");
+  // PFACK says the PF read our message. A PF that could not take the buffer to read it answers
+  // with a message (PFSTS) and no PFACK (Linux igb: its NACK path; seen under QEMU's igb), so a
+  // message counts as the answer too; it is left for Receive and Call judges it.
+  if (PollUntil(bar_, timeout_, [&] { return Take(kMbPfack) || (Bits() & kMbPfsts) != 0; })) {
+    return absl::OkStatus();
+  }
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "%s mailbox: no PFACK for our message from the PF within %s (VFMAILBOX 0x%02x)", driver_,
+      absl::FormatDuration(timeout_), Bits()));
 }
 
 // PF -> VF: PFSTS says a message is there; take the buffer, copy it out, ACK (releases VFU).
 absl::Status Mailbox::Receive(absl::Span<uint32_t> reply) {
   INTEL_VF_TRY(Await(kMbPfsts, "reply (PFSTS)"));
-  INTEL_VF_TRY(bar_->Write32(mailbox_, kMbVfu));
-  if ((Bits() & kMbVfu) == 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(driver_, " mailbox: PF message there, buffer not ours (VFU not set)"));
+  // The PF may still hold the buffer for a moment (PFU) after raising PFSTS, e.g. while it
+  // writes a message of its own (seen once under QEMU's igb): claim it like Send does, until
+  // the deadline, rather than on one try.
+  const bool owned = PollUntil(bar_, timeout_, [&] {
+    return bar_->Write32(mailbox_, kMbVfu).ok() && (Bits() & kMbVfu) != 0;
+  });
+  if (!owned) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        driver_, " mailbox: PF message there, but the buffer never became ours (VFU not set)"));
   }
   for (size_t i = 0; i < reply.size(); ++i) {
     absl::StatusOr<uint32_t> w = bar_->Read32(mbmem_ + 4 * static_cast<uint32_t>(i));
@@ -164,6 +177,16 @@ absl::Status Mailbox::Receive(absl::Span<uint32_t> reply) {
 }
 
 absl::Status Mailbox::Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply) {
+  // Once more if the first attempt got no answer or a NACK: the PF NACKs a message it failed to
+  // read, too. Requests are idempotent, and a real refusal is refused again.
+  absl::Status first = CallOnce(msg, reply);
+  if (first.ok() || (!absl::IsDeadlineExceeded(first) && !absl::IsFailedPrecondition(first))) {
+    return first;
+  }
+  return CallOnce(msg, reply);
+}
+
+absl::Status Mailbox::CallOnce(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply) {
   INTEL_VF_TRY(Send(msg));
   INTEL_VF_TRY(Receive(reply));
   const uint32_t r = reply[0] & ~kMsgCts;

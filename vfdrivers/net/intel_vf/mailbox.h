@@ -108,7 +108,8 @@ class Mailbox {
   // PF -> VF: wait for PFSTS, claim the buffer, copy `reply.size()` words out, ACK.
   absl::Status Receive(absl::Span<uint32_t> reply);
   // Send + Receive; the reply must carry the request's id and exactly one of ACK / NACK
-  // (CTS ignored): FAILED_PRECONDITION for a NACK or a reply that makes no sense.
+  // (CTS ignored): FAILED_PRECONDITION for a NACK or a reply that makes no sense. Tried twice
+  // when the first attempt times out or is refused (the PF also NACKs what it failed to read).
   absl::Status Call(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply);
 
   // The RESET message after a VF reset: the PF answers RESET|ACK with the permanent MAC in words
@@ -129,6 +130,7 @@ class Mailbox {
   absl::Status SetLpe(uint32_t bytes);
 
  private:
+  absl::Status CallOnce(absl::Span<const uint32_t> msg, absl::Span<uint32_t> reply);
   Bar* bar_;
   uint32_t mailbox_, mbmem_;
   absl::Duration timeout_;
