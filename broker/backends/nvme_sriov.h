@@ -49,17 +49,12 @@
 #include "absl/time/time.h"
 #include "broker/backends/extent_backend.h"
 #include "broker/backends/nvme_admin.h"
+#include "broker/backends/vfio_handout.h"  // VfioHandles
 #include "broker/config/config.pb.h"
 #include "broker/journal/journal.pb.h"
 #include "common/unique_fd.h"
 
 namespace vfbroker {
-
-struct VfioHandles {
-  UniqueFd container;
-  UniqueFd group;
-  UniqueFd device;
-};
 
 // What a VF's own controller says about itself (through VFIO, with the project's driver).
 struct VfFacts {

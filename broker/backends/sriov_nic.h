@@ -46,7 +46,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "broker/backends/extent_backend.h"
-#include "broker/backends/nvme_sriov.h"  // VfioHandles
+#include "broker/backends/vfio_handout.h"
 #include "broker/config/config.pb.h"
 #include "broker/journal/journal.pb.h"
 

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker/backends/rtnetlink.h"
 #include "broker/backends/sriov_nic.h"
+#include "broker/backends/vfio_handout.h"
 
 namespace vfbroker {
 namespace {
@@ -205,27 +206,12 @@ class RealSriovNicPlatform : public SriovNicPlatform {
   absl::StatusOr<std::optional<VfioHandles>> OpenVfio(const std::string& vfio_dir,
                                                       const std::string& group,
                                                       const std::string& pci_address) override {
-    // The same checks as nvme_sriov's (type1v2 only, viable group, no container yet).
-    return nvme_->OpenVfio(vfio_dir, group, pci_address);
+    return OpenVfioHandles(vfio_dir, group, pci_address);
   }
 
   absl::Status ResetDevice(const VfioHandles& handles) override {
-    vfio_device_info info = {};
-    info.argsz = sizeof(info);
-    if (::ioctl(handles.device.get(), VFIO_DEVICE_GET_INFO, &info) != 0) {
-      return NetlinkError("VFIO_DEVICE_GET_INFO", errno);
-    }
-    if ((info.flags & VFIO_DEVICE_FLAGS_RESET) == 0) {
-      return absl::FailedPreconditionError("the VF offers no reset (VFIO_DEVICE_FLAGS_RESET)");
-    }
-    if (::ioctl(handles.device.get(), VFIO_DEVICE_RESET) != 0) {
-      return NetlinkError("VFIO_DEVICE_RESET", errno);
-    }
-    return absl::OkStatus();
+    return ResetVfioDevice(handles);
   }
-
- private:
-  std::unique_ptr<NvmeSriovPlatform> nvme_ = MakeRealNvmeSriovPlatform();
 };
 
 }  // namespace
