@@ -56,11 +56,12 @@ inline uint64_t ExtentOffset(const journal::ExtentState& state) {
   if (state.has_nvme_sriov()) return state.nvme_sriov().offset_bytes();
   if (state.has_xdp_nic()) return state.xdp_nic().slot();
   if (state.has_sriov_nic()) return state.sriov_nic().slot();
+  if (state.has_pci_nic()) return state.pci_nic().slot();
   return state.loop_extent().offset_bytes();
 }
 inline uint64_t ExtentSize(const journal::ExtentState& state) {
   if (state.has_nvme_sriov()) return state.nvme_sriov().size_bytes();
-  if (state.has_xdp_nic() || state.has_sriov_nic()) return 1;
+  if (state.has_xdp_nic() || state.has_sriov_nic() || state.has_pci_nic()) return 1;
   return state.loop_extent().size_bytes();
 }
 // The extent state a grant record carries (kind unset if it carries none).
@@ -70,6 +71,7 @@ inline journal::ExtentState ExtentStateOf(const journal::LeaseGranted& granted) 
   if (granted.has_nvme_sriov()) *state.mutable_nvme_sriov() = granted.nvme_sriov();
   if (granted.has_xdp_nic()) *state.mutable_xdp_nic() = granted.xdp_nic();
   if (granted.has_sriov_nic()) *state.mutable_sriov_nic() = granted.sriov_nic();
+  if (granted.has_pci_nic()) *state.mutable_pci_nic() = granted.pci_nic();
   return state;
 }
 inline void SetExtentState(const journal::ExtentState& state, journal::LeaseGranted* granted) {
@@ -77,6 +79,7 @@ inline void SetExtentState(const journal::ExtentState& state, journal::LeaseGran
   if (state.has_nvme_sriov()) *granted->mutable_nvme_sriov() = state.nvme_sriov();
   if (state.has_xdp_nic()) *granted->mutable_xdp_nic() = state.xdp_nic();
   if (state.has_sriov_nic()) *granted->mutable_sriov_nic() = state.sriov_nic();
+  if (state.has_pci_nic()) *granted->mutable_pci_nic() = state.pci_nic();
 }
 
 // A NIC lease as the core asks a NIC backend (xdp_nic) for it, already validated
@@ -87,6 +90,7 @@ struct NicRequest {
   std::vector<journal::NicFilter> filters;  // normalized, non-overlapping, ids assigned
   uint32_t next_filter_id = 0;
   uint64_t max_tx_rate_mbps = 0;   // 0: unlimited (sriov_nic sets it on the VF)
+  bool mac_requested = false;      // the tenant named `mac` (else the broker picked it)
 };
 
 enum class TeardownResult {
