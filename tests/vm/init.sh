@@ -30,6 +30,12 @@ hostname vfbroker-vm
 NVME_PF=$(find_devs 0x1b36 0x0010 | sed -n 1p)
 NVME_NOACS_PF=$(find_devs 0x1b36 0x0010 | sed -n 2p)
 IGB_PF=$(find_dev 0x8086 0x10c9)
+# The three virtio-net devices on one QEMU hub (run_vm.sh), in bus order: the peer, which stays with
+# the kernel's virtio_net where a scenario loads it, then two for a broker's pci_nic pool.
+# 1af4:1041 is a modern-only (non-transitional) virtio-net function (virtio 1.2 section 4.1.2.1).
+VIRTIO_PEER=$(find_devs 0x1af4 0x1041 | sed -n 1p)
+VIRTIO_NIC1=$(find_devs 0x1af4 0x1041 | sed -n 2p)
+VIRTIO_NIC2=$(find_devs 0x1af4 0x1041 | sed -n 3p)
 nvme_ctrl_of() {  # PF -> its nvme controller name once live
   wait_for 100 test -d "/sys/bus/pci/devices/$1/nvme" || { fail "nvme driver did not bind $1"; return; }
   c=$(ls "/sys/bus/pci/devices/$1/nvme" | head -1)
@@ -39,7 +45,7 @@ nvme_ctrl_of() {  # PF -> its nvme controller name once live
 }
 [ -n "$NVME_PF" ] && NVME_CTRL=$(nvme_ctrl_of "$NVME_PF")
 [ -n "$NVME_NOACS_PF" ] && NVME_NOACS_CTRL=$(nvme_ctrl_of "$NVME_NOACS_PF")
-export NVME_PF NVME_CTRL NVME_NOACS_PF NVME_NOACS_CTRL IGB_PF
+export NVME_PF NVME_CTRL NVME_NOACS_PF NVME_NOACS_CTRL IGB_PF VIRTIO_PEER VIRTIO_NIC1 VIRTIO_NIC2
 
 if [ "$FAILED" = 0 ]; then
   log "scenario $(head -2 /scenario | tail -1 | sed 's/^# *//') at uptime $(cut -d' ' -f1 /proc/uptime)s"

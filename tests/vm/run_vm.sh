@@ -7,7 +7,13 @@
 #   - an Intel 82576 (igb) NIC with SR-IOV on a restricted user-mode network,
 #   - a second NVMe controller with SR-IOV (1 VF, one detached private namespace) behind a root port
 #     without ACS (disable-acs=on): the kernel then puts the port, the PF and its VF in one IOMMU
-#     group, as on hardware without ACS, so a VF of it must never be handed to a tenant.
+#     group, as on hardware without ACS, so a VF of it must never be handed to a tenant,
+#   - three modern-only virtio-net devices (no legacy interface, VIRTIO_F_ACCESS_PLATFORM: their DMA
+#     goes through the IOMMU, as VFIO needs), each behind its own new root port (so alone in its IOMMU
+#     group), all three on one QEMU hub, i.e. one shared wire: the first stays with the guest kernel's
+#     virtio_net as the peer ("kernel interface"), the other two are for the broker's pci_nic pool.
+#     Fixed MACs 52:54:00:56:00:01..03 in that order (init.sh: VIRTIO_PEER, VIRTIO_NIC1, VIRTIO_NIC2).
+#     Their root ports come after the existing ones, so every earlier device keeps its PCI address.
 # The guest console goes to LOG; the guest's /init prints "VM-RESULT: PASS|FAIL" and powers off.
 # Exit status: 0 on PASS, 1 on FAIL, timeout, or no result line (the log is printed then).
 # usage: run_vm.sh INITRAMFS [LOG]    env: VM_TIMEOUT (s, default 300), VFBROKER_VM_CACHE, VM_KERNEL, VM_QEMU
@@ -54,6 +60,16 @@ args+=(
   -device nvme-ns,drive=nvm9,bus=nvme1,nsid=1,shared=off,detached=on
   -netdev user,id=net0,restrict=on
   -device igb,netdev=net0,bus=rp2
+)
+# romfile= : no iPXE option ROM to load and run at boot (the guest boots with -kernel).
+for n in 1 2 3; do
+  args+=(
+    -device "pcie-root-port,id=rp$((n + 3)),chassis=$((n + 3)),slot=$((n + 3))"
+    -netdev "hubport,id=vnet$n,hubid=1"
+    -device "virtio-net-pci,netdev=vnet$n,bus=rp$((n + 3)),mac=52:54:00:56:00:0$n,disable-legacy=on,iommu_platform=on,ats=off,romfile="
+  )
+done
+args+=(
   -kernel "$KERNEL" -initrd "$INITRD"
   -append "console=ttyS0 intel_iommu=on iommu=pt loglevel=4 panic=-1"
 )
