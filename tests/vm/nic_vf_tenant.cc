@@ -53,6 +53,7 @@ ABSL_FLAG(bool, hold, false, "hold the lease until killed");
 ABSL_FLAG(std::string, peek, "", "a /dev/vfio group node to try to open first");
 ABSL_FLAG(uint32_t, vlan, 0, "the VLAN to ask for (0: untagged)");
 ABSL_FLAG(uint32_t, filter_udp_port, 0, "ask for a UDP flow filter to --vf_ip:port (0: none)");
+ABSL_FLAG(uint64_t, max_tx_rate_mbps, 0, "the VF's transmit rate limit to ask for (0: none)");
 
 namespace {
 
@@ -130,6 +131,7 @@ int main(int argc, char** argv) {
   request.set_pool(absl::GetFlag(FLAGS_pool));
   request.set_mac(absl::GetFlag(FLAGS_mac));
   request.set_vlan(absl::GetFlag(FLAGS_vlan));
+  request.set_max_tx_rate_mbps(absl::GetFlag(FLAGS_max_tx_rate_mbps));
   if (const uint32_t port = absl::GetFlag(FLAGS_filter_udp_port); port != 0) {
     vfbroker::v1::FlowFilter* filter = request.add_filters();
     filter->set_protocol(vfbroker::v1::FlowFilter::PROTOCOL_UDP);
@@ -255,6 +257,12 @@ int main(int argc, char** argv) {
         uint32_t idx = 0;
         if (packet::ParseUdp(b[i].data, b[i].length, &v) == packet::ParseResult::kOk &&
             v.dst_ip == vf_ip && v.dst_port == vf_port) {
+          // On a VLAN lease the PF tags what the VF sends and strips what it receives: the
+          // tenant never sees its VLAN (a tag here means the PF did not strip it).
+          if (v.eth.has_vlan) {
+            return Fail(absl::StrCat("PF->VF: a datagram arrived tagged with VLAN ",
+                                     v.eth.vlan_tci & 0x0fff, " (the PF should strip the tag)"));
+          }
           const std::string pl(reinterpret_cast<const char*>(v.payload), v.payload_length);
           if (std::sscanf(pl.c_str() + tag.size() + 3, "-rx-%05u:", &idx) == 1 && idx < count &&
               pl == Payload(tag, "rx", idx)) {

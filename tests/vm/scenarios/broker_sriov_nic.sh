@@ -16,6 +16,10 @@
 #   5. a flow filter is refused (UNIMPLEMENTED: igb cannot steer to a VF); a tenant with a
 #      broker-picked MAC (locally administered) on VLAN 100 gets the VF (ip link show: MAC and
 #      vlan 100); killed, the VF is back to no MAC, no VLAN;
+#   5b. tenant E on VLAN 100 with a 100 Mbps rate limit: `ip link show` has both, and E
+#      exchanges verified UDP with the PF's VLAN device (PF.100, 10.9.100.1): the PF tags what the
+#      VF sends and strips what it receives (a tagged frame at the VF fails it); released, the VF
+#      has no VLAN and no rate;
 #   6. the broker restarts while B holds its VF and the free VF was configured by hand (an
 #      orphan): the orphan is restored at start, B's lease re-adopted, then restored when B dies.
 . /lib/vm_lib.sh
@@ -32,6 +36,7 @@ PFNET=$(ls "/sys/bus/pci/devices/$IGB_PF/net/" | head -1)
 [ -n "$PFNET" ] || { fail "igb PF $IGB_PF has no netdev"; check_failed; exit 1; }
 PFMAC=$(cat "/sys/class/net/$PFNET/address")
 MAC_A=02:00:00:09:00:02; MAC_B=02:00:00:09:00:03; MAC_C=02:00:00:09:00:04
+MAC_E=02:00:00:09:00:06
 $IP addr add 10.9.0.1/24 dev "$PFNET" || fail "addr add on $PFNET"
 
 S=/run/vfb; STATE=/tmp/vfb-state; BLOG=/tmp/broker.log
@@ -160,6 +165,26 @@ kill -9 "$D"
 wait_restored "$SLOT_A" "$VF_A" 3 || fail "D's VF was not restored"
 vf_line "$SLOT_A" | grep -q "vlan" && fail "VF $SLOT_A kept D's VLAN"
 vf_line "$SLOT_A" | grep -q "link/ether 00:00:00:00:00:00 " || fail "VF $SLOT_A kept D's MAC"
+
+# 5b. VLAN 100 + a rate limit, with traffic: the VF's frames reach the PF's own VLAN 100 device
+#     (8021q, VM_EXTRA_MODULES; made now that the broker has the PF up).
+$IP link add link "$PFNET" name "$PFNET.100" type vlan id 100 2>&1 | while read -r l; do log "$l"; done
+$IP addr add 10.9.100.1/24 dev "$PFNET.100" || fail "address on $PFNET.100"
+$IP link set "$PFNET.100" up || fail "$PFNET.100 up"
+$IP neigh replace 10.9.100.6 lladdr "$MAC_E" dev "$PFNET.100" nud permanent || fail "neigh 10.9.100.6"
+E=$(tenant /tmp/e.out 60001 --mac=$MAC_E --vlan=100 --max_tx_rate_mbps=100 --vf_ip=10.9.100.6 \
+  --pf_ip=10.9.100.1 --hold)
+wait_for 600 grep -q "HOLDING\|TENANT FAIL" /tmp/e.out
+show_log /tmp/e.out "tenant E"
+grep -q "TENANT OK.* exchanged=32" /tmp/e.out || fail "tenant E (VLAN 100, 100 Mbps) failed its exchange"
+[ "$(field /tmp/e.out vf)" = "$VF_A" ] || fail "tenant E did not get the free VF $VF_A"
+vf_line "$SLOT_A" | while IFS= read -r l; do log "tenant E: $l"; done
+vf_line "$SLOT_A" | grep -q "link/ether $MAC_E .*vlan 100" || fail "VF $SLOT_A: not E's MAC on VLAN 100"
+vf_line "$SLOT_A" | grep -q "max_tx_rate 100Mbps" || fail "VF $SLOT_A: no 100 Mbps rate limit"
+kill -9 "$E"
+wait_restored "$SLOT_A" "$VF_A" 4 || fail "E's VF was not restored"
+vf_line "$SLOT_A" | grep -q "vlan" && fail "VF $SLOT_A kept E's VLAN"
+vf_line "$SLOT_A" | grep -q "max_tx_rate" && fail "VF $SLOT_A kept E's rate limit"
 
 # 6. Restart while B holds; meanwhile someone configured the free VF by hand (an orphan: no
 #    journal record names it): the broker restores it before offering it.
