@@ -258,6 +258,21 @@ void CheckSriovNic(const std::string& field, const config::SriovNicPool& nic,
   }
 }
 
+void CheckPciNic(const std::string& field, const config::PciNicPool& nic, Problems& problems) {
+  if (nic.pci_addresses().empty() || nic.pci_addresses_size() > static_cast<int>(kMaxPciNicFunctions)) {
+    problems.Add(absl::StrCat(field, ".pci_addresses"),
+                 absl::StrCat("must list 1..", kMaxPciNicFunctions, " PCI functions, got ",
+                              nic.pci_addresses_size()));
+  }
+  for (int j = 0; j < nic.pci_addresses_size(); ++j) {
+    if (!IsCanonicalPciAddress(nic.pci_addresses(j))) {
+      problems.Add(absl::StrCat(field, ".pci_addresses[", j, "]"),
+                   absl::StrCat("must be a PCI address DDDD:BB:DD.F in lower-case hex, got ",
+                                Quoted(nic.pci_addresses(j))));
+    }
+  }
+}
+
 void CheckPools(const config::BrokerConfig& config, Problems& problems) {
   if (config.pools().empty()) {
     problems.Add("pools", "at least one pool is required");
@@ -343,9 +358,23 @@ void CheckPools(const config::BrokerConfig& config, Problems& problems) {
         }
         break;
       }
+      case config::PoolConfig::kPciNic: {
+        const std::string nic_field = absl::StrCat(field, ".pci_nic");
+        CheckPciNic(nic_field, pool.pci_nic(), problems);
+        // A function in two pools (or twice in one) would be handed out twice.
+        for (int j = 0; j < pool.pci_nic().pci_addresses_size(); ++j) {
+          const std::string& bdf = pool.pci_nic().pci_addresses(j);
+          if (bdf.empty()) continue;
+          if (auto [it, inserted] = pool_by_pf.emplace(bdf, i); !inserted) {
+            problems.Add(absl::StrCat(nic_field, ".pci_addresses[", j, "]"),
+                         absl::StrCat(Quoted(bdf), " is already in pools[", it->second, "]"));
+          }
+        }
+        break;
+      }
       case config::PoolConfig::BACKEND_NOT_SET:
         problems.Add(field, "no backend set; add a backend block such as loop_extent { ... }, "
-                     "nvme_sriov { ... }, xdp_nic { ... } or sriov_nic { ... }");
+                     "nvme_sriov { ... }, xdp_nic { ... }, sriov_nic { ... } or pci_nic { ... }");
         break;
     }
   }
@@ -516,6 +545,17 @@ BlockPoolSpec SriovNicPoolSpec(const config::PoolConfig& pool) {
   spec.access = ToAccessPolicy(pool.access());
   spec.slots = true;
   spec.capacity_bytes = pool.sriov_nic().max_vfs();
+  spec.alignment_bytes = 1;
+  spec.max_extent_bytes = 1;
+  return spec;
+}
+
+BlockPoolSpec PciNicPoolSpec(const config::PoolConfig& pool) {
+  BlockPoolSpec spec;
+  spec.name = pool.name();
+  spec.access = ToAccessPolicy(pool.access());
+  spec.slots = true;
+  spec.capacity_bytes = static_cast<uint64_t>(pool.pci_nic().pci_addresses_size());
   spec.alignment_bytes = 1;
   spec.max_extent_bytes = 1;
   return spec;

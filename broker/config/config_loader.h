@@ -45,6 +45,7 @@ inline constexpr int kMaxNvmeSlots = 128;               // VFs per nvme_sriov po
 inline constexpr uint32_t kMaxNvmeQueuesPerVf = 64;     // VQ and VI resources per VF
 inline constexpr uint32_t kMaxXdpTenants = 4096;         // leases per xdp_nic pool
 inline constexpr uint32_t kMaxSriovVfs = 256;            // VFs per sriov_nic pool (PCIe ARI limit)
+inline constexpr uint32_t kMaxPciNicFunctions = 256;     // functions per pci_nic pool
 inline constexpr uint32_t kMaxXdpFrameCount = 65536;     // UMEM chunks per lease
 
 // Parses `text` (protobuf text format), fills defaults and validates.
@@ -72,6 +73,9 @@ AccessPolicy ToAccessPolicy(const config::Access& access);
 BlockPoolSpec XdpNicPoolSpec(const config::PoolConfig& pool);
 // The allocator's view of a sriov_nic pool: a slot pool of max_vfs slots (slot i is VF i).
 BlockPoolSpec SriovNicPoolSpec(const config::PoolConfig& pool);
+// The allocator's view of a pci_nic pool: one slot per listed function (slot i is
+// pci_addresses[i]).
+BlockPoolSpec PciNicPoolSpec(const config::PoolConfig& pool);
 
 // The allocator's view of `default_quota` and `quotas`. For a validated config each uid appears
 // once; otherwise its first entry counts.

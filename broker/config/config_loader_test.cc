@@ -770,5 +770,42 @@ TEST(ParseBrokerConfigTest, SriovNicRules) {
               HasSubstr("pools[1].sriov_nic: \"eth1\" is already the PF of pools[0]"));
 }
 
+TEST(ParseBrokerConfigTest, PciNicRules) {
+  absl::StatusOr<config::BrokerConfig> config = ParseBrokerConfig(R"pb(
+    pools {
+      name: "vnet"
+      access { uids: 60001 }
+      pci_nic { pci_addresses: "0000:05:00.0" pci_addresses: "0000:06:00.0" }
+    }
+  )pb");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const BlockPoolSpec spec = PciNicPoolSpec(config->pools(0));
+  EXPECT_TRUE(spec.slots);
+  EXPECT_EQ(spec.capacity_bytes, 2u);
+
+  auto empty = ParseBrokerConfig(R"pb(pools { name: "v" access { any_user: true } pci_nic {} })pb");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_THAT(std::string(empty.status().message()),
+              HasSubstr("pools[0].pci_nic.pci_addresses: must list 1..256 PCI functions, got 0"));
+  auto bad = ParseBrokerConfig(R"pb(
+    pools { name: "v" access { any_user: true } pci_nic { pci_addresses: "0000:05:00.0/../x" } }
+  )pb");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("pools[0].pci_nic.pci_addresses[0]: must be a PCI address"));
+  auto shared = ParseBrokerConfig(R"pb(
+    pools { name: "a" access { any_user: true } pci_nic { pci_addresses: "0000:05:00.0" } }
+    pools {
+      name: "b"
+      access { any_user: true }
+      pci_nic { pci_addresses: "0000:06:00.0" pci_addresses: "0000:05:00.0" }
+    }
+  )pb");
+  ASSERT_FALSE(shared.ok());
+  EXPECT_THAT(std::string(shared.status().message()),
+              HasSubstr("pools[1].pci_nic.pci_addresses[1]: \"0000:05:00.0\" is already in "
+                        "pools[0]"));
+}
+
 }  // namespace
 }  // namespace vfbroker
