@@ -157,6 +157,7 @@ struct VirtioNetStats {
   uint64_t bad_used_idx = 0;     // of stats().bad_descriptors: used idx beyond what was given
   uint64_t bad_used_id = 0;      // ... an id out of range or not outstanding
   uint64_t bad_rx_length = 0;    // ... RX length < header + 1 or beyond the buffer
+  uint64_t notifies = 0;         // queue notify stores (MMIO writes; a VM exit under QEMU)
   uint64_t notifies_skipped = 0; // notifies not made because the device set NO_NOTIFY
   uint64_t ctrl_commands = 0;
 };
@@ -238,21 +239,22 @@ class VirtioNetPort final : public Port {
     std::vector<uint16_t> free_desc; // stack of descriptor ids not given
     uint32_t free_desc_top = 0;
   };
-  struct Caps;
 
   VirtioNetPort(std::unique_ptr<Transport> transport, const Options& options);
   absl::Status Init();
   absl::Status FindCapabilities();
   absl::Status ResetDevice();
   absl::Status NegotiateFeatures();
-  absl::Status SetupQueue(Queue& q, uint16_t index, uint32_t size, uint8_t* base, uint64_t iova,
-                          size_t* offset);
+  absl::Status SetupQueues();
+  absl::Status SetupQueue(Queue& q, uint16_t index, uint32_t size, uint8_t* base, size_t* offset);
+  absl::StatusOr<uint32_t> ReadCommon(uint32_t offset, int width);
+  absl::Status WriteCommon(uint32_t offset, int width, uint32_t value);
   absl::Status ReadMac();
   absl::Status CtrlCommand(uint8_t cls, uint8_t cmd, const void* data, uint32_t length);
   void StopDevice();
   void RefillRx();
   void ReclaimTx();
-  void Notify(Queue& q);
+  void Publish(Queue& q, uint16_t new_idx);
   bool CheckAppBuffer(const PacketBuffer& b);
 
   std::unique_ptr<Transport> transport_;
@@ -282,6 +284,7 @@ class VirtioNetPort final : public Port {
 
   Queue rx_, tx_, ctrl_;
   bool have_ctrl_ = false;
+  bool ctrl_broken_ = false;  // a command went unanswered: the queue's state is unknown
   uint32_t rx_refill_batch_ = 0;
 
   std::vector<BufState> state_;
