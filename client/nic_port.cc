@@ -1,5 +1,7 @@
 #include "client/nic_port.h"
 
+#include <optional>
+
 namespace vfclient {
 
 vfdrivers::net::AfXdpLayout NicLayout(const v1::Nic& nic) {
@@ -19,8 +21,18 @@ vfdrivers::net::AfXdpLayout NicLayout(const v1::Nic& nic) {
 absl::StatusOr<std::unique_ptr<vfdrivers::net::AfXdpPort>> AdoptNicPort(NicLease& lease) {
   absl::StatusOr<XdpDescriptors> fds = lease.TakeXdpDescriptors();
   if (!fds.ok()) return fds.status();
+  const v1::Nic& nic = lease.nic();
+  std::optional<vfdrivers::net::AfXdpBindTarget> bind;
+  if (nic.tenant_binds()) {
+    // The broker sends these numbers; the socket's namespace decides what they can reach.
+    if (nic.ifindex() == 0 || nic.ifindex() > 0x7fffffffu || nic.bind_flags() > 0xffffu) {
+      return absl::InvalidArgumentError("NIC lease: bad bind target");
+    }
+    bind = vfdrivers::net::AfXdpBindTarget{static_cast<int>(nic.ifindex()), nic.queue_id(),
+                                           static_cast<uint16_t>(nic.bind_flags())};
+  }
   return vfdrivers::net::AfXdpPort::Adopt(std::move(fds->socket), std::move(fds->umem),
-                                          NicLayout(lease.nic()));
+                                          NicLayout(nic), bind);
 }
 
 }  // namespace vfclient

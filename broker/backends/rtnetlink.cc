@@ -150,6 +150,30 @@ absl::Status CreateMacvlan(const std::string& name, int parent, const std::array
   return Transact(absl::StrCat("create macvlan ", name), nlh, nullptr, nullptr);
 }
 
+absl::Status CreateMacvlanInNetns(const std::string& name, int parent,
+                                  const std::array<uint8_t, 6>& mac, uint32_t mode, int netns_fd,
+                                  int ifindex) {
+  if (netns_fd < 0) return absl::InvalidArgumentError("create macvlan: no target namespace");
+  char buf[MNL_SOCKET_BUFFER_SIZE];
+  nlmsghdr* nlh = NewLinkRequest(buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+  // rtnl_newlink: a nonzero ifi_index on creation is the new device's ifindex (EBUSY if taken in
+  // the target namespace); IFLA_LINK is looked up in the sender's namespace, the device is
+  // registered in IFLA_NET_NS_FD's.
+  static_cast<ifinfomsg*>(mnl_nlmsg_get_payload(nlh))->ifi_index = ifindex;
+  mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
+  mnl_attr_put_u32(nlh, IFLA_LINK, static_cast<uint32_t>(parent));
+  mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, static_cast<uint32_t>(netns_fd));
+  mnl_attr_put(nlh, IFLA_ADDRESS, mac.size(), mac.data());
+  nlattr* info = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+  mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "macvlan");
+  nlattr* data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+  mnl_attr_put_u32(nlh, IFLA_MACVLAN_MODE, mode);
+  mnl_attr_nest_end(nlh, data);
+  mnl_attr_nest_end(nlh, info);
+  return Transact(absl::StrCat("create macvlan ", name, " in a lease namespace"), nlh, nullptr,
+                  nullptr);
+}
+
 absl::Status CreateVlan(const std::string& name, int parent, uint16_t vid) {
   char buf[MNL_SOCKET_BUFFER_SIZE];
   nlmsghdr* nlh = NewLinkRequest(buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);

@@ -62,10 +62,12 @@
 #define VFBROKER_BROKER_BACKENDS_XDP_NIC_H_
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -74,6 +76,7 @@
 #include "broker/backends/lease_vlan_guard.h"
 #include "broker/config/config.pb.h"
 #include "broker/journal/journal.pb.h"
+#include "common/unique_fd.h"
 #include "vfdrivers/net/tc_egress_guard.h"
 #include "vfdrivers/net/xdp_steering.h"
 
@@ -112,7 +115,14 @@ class XdpNicBackend : public ExtentBackend {
     journal::XdpNicState state;
     // The program steering the lease: the pool's, or adopted after a restart.
     std::shared_ptr<vfdrivers::net::XdpSteering> steering;
+    // The lease's network namespace (null: a lease from before lease namespaces).
+    std::shared_ptr<UniqueFd> netns;
   };
+
+  // The spare-namespace stock (see the top of this file).
+  void StockLoop();
+  void StopStock();
+  absl::StatusOr<UniqueFd> TakeNamespace();
 
   // The device the lease's macvlan sits on: the interface, or its VLAN device for `vid`
   // (created on first use, counted per lease).
@@ -131,6 +141,7 @@ class XdpNicBackend : public ExtentBackend {
   std::string vlan_prefix_;
   std::string holder_name_;
   int holder_ifindex_ = 0;  // 0: none (deleted at stop)
+  std::string pin_dir_;     // lease namespace pins: <base>/<broker netns inode>
   int parent_ifindex_ = 0;
 
   absl::Mutex mu_;
@@ -143,6 +154,11 @@ class XdpNicBackend : public ExtentBackend {
   // The pool's steering program (set by Open, then only read: its rule and attach calls are
   // bpf(2) syscalls, safe from several threads).
   std::shared_ptr<vfdrivers::net::XdpSteering> program_;
+
+  absl::Mutex stock_mu_;
+  std::deque<UniqueFd> spare_netns_ ABSL_GUARDED_BY(stock_mu_);  // empty namespaces, unpinned
+  bool stock_stopping_ ABSL_GUARDED_BY(stock_mu_) = false;
+  std::thread stock_thread_;
 };
 
 }  // namespace vfbroker

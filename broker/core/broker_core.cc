@@ -69,6 +69,8 @@ void FillNicInfo(const journal::XdpNicState& state, v1::Nic* nic) {
   nic->set_tx_ring_size(state.ring_size());
   nic->set_need_wakeup(state.need_wakeup());
   nic->set_zero_copy(state.zero_copy());
+  nic->set_tenant_binds(state.tenant_binds());
+  nic->set_bind_flags(state.bind_flags());
 }
 
 // What the tenant is told about a sriov_nic lease: the VF to adopt through its VFIO descriptors.

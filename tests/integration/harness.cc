@@ -2,8 +2,12 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/ethtool.h>
 #include <linux/loop.h>
+#include <linux/sockios.h>
+#include <net/if.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -13,6 +17,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -24,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/unique_fd.h"
 
 namespace vfbroker::testing {
 namespace {
@@ -75,6 +81,44 @@ void DetachLoopsUnder(const std::string& prefix) {
 }
 
 }  // namespace
+
+int RunIp(const std::string& args) {
+  const char* ip = std::getenv("VFBROKER_TEST_IP");
+  const std::string cmd = std::string(ip != nullptr && *ip != 0 ? ip : "ip") + " " + args + " 2>&1";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) return -1;
+  char buf[512];
+  std::string out;
+  while (std::fgets(buf, sizeof(buf), f) != nullptr) out += buf;
+  const int status = ::pclose(f);
+  if (status != 0) std::fprintf(stderr, "`%s` failed: %s\n", cmd.c_str(), out.c_str());
+  return status;
+}
+
+absl::Status EnterVethNamespace(const std::string& peer_mac, const std::string& peer_cidr) {
+  if (::unshare(CLONE_NEWNET) != 0) return Errno("unshare(CLONE_NEWNET)");
+  for (const char* path : {"/proc/sys/net/ipv6/conf/default/disable_ipv6",
+                           "/proc/sys/net/ipv6/conf/all/disable_ipv6"}) {
+    std::ofstream(path) << "1";
+  }
+  for (const std::string& args :
+       {std::string("link add veth0 type veth peer name veth1"),
+        absl::StrCat("link set veth1 address ", peer_mac),
+        absl::StrCat("addr add ", peer_cidr, " dev veth1"), std::string("link set veth0 up"),
+        std::string("link set veth1 up"), std::string("link set lo up")}) {
+    if (RunIp(args) != 0) return absl::InternalError(absl::StrCat("ip ", args, " failed"));
+  }
+  // SIOCETHTOOL ETHTOOL_STXCSUM, as `ethtool -K veth1 tx off`.
+  UniqueFd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ethtool_value value{};
+  value.cmd = ETHTOOL_STXCSUM;
+  value.data = 0;
+  ifreq ifr{};
+  std::snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "veth1");
+  ifr.ifr_data = reinterpret_cast<char*>(&value);
+  if (::ioctl(fd.get(), SIOCETHTOOL, &ifr) != 0) return Errno("veth1: TX checksum offload off");
+  return absl::OkStatus();
+}
 
 std::string Runfile(const std::string& path) {
   const char* srcdir = std::getenv("TEST_SRCDIR");
@@ -372,6 +416,12 @@ std::unique_ptr<Tenant> BrokerProcess::StartTenant(uid_t uid,
   absl::StatusOr<std::unique_ptr<Tenant>> tenant = Tenant::Start(probe_, uid, full);
   if (!tenant.ok()) std::abort();
   return *std::move(tenant);
+}
+
+absl::StatusOr<std::string> BrokerProcess::TenantExecutable(const std::string& path) {
+  const std::string copy = absl::StrCat(dir_, "/", path.substr(path.rfind('/') + 1));
+  if (absl::Status copied = CopyExecutable(Runfile(path), copy); !copied.ok()) return copied;
+  return copy;
 }
 
 std::unique_ptr<Tenant> BrokerProcess::StartNicTenant(uid_t uid,

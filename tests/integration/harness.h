@@ -28,6 +28,18 @@ inline constexpr uint64_t kMiB = 1 << 20;
 // A path inside the test's runfiles (Bazel's TEST_SRCDIR).
 std::string Runfile(const std::string& path);
 
+// iproute2's ip with `args`; its exit status (output shown on failure). VFBROKER_TEST_IP names
+// it where a shell would find another `ip` first (the tests/vm guest's busybox sh runs its own
+// applet).
+int RunIp(const std::string& args);
+
+// For NIC tests, once per process before any thread: moves the process into a new network
+// namespace (IPv6 off, lo up) with a veth pair: veth0 up without an address (the xdp_nic
+// pool's interface) and its peer veth1 up with `peer_mac` and `peer_cidr`, TX checksum offload
+// off on veth1 (its kernel UDP frames then carry full checksums, as a raw AF_XDP receiver
+// needs).
+absl::Status EnterVethNamespace(const std::string& peer_mac, const std::string& peer_cidr);
+
 // A process of the tenant probe (tests/integration/tenant_probe.cc) running as `uid`.
 class Tenant {
  public:
@@ -92,6 +104,8 @@ class BrokerProcess {
   absl::Status WaitForIdle(absl::Duration timeout = absl::Seconds(10));
 
   std::unique_ptr<Tenant> StartTenant(uid_t uid, const std::vector<std::string>& args);
+  // A copy of the runfile `path` (an executable) that the tenants' uids can run.
+  absl::StatusOr<std::string> TenantExecutable(const std::string& path);
   // The NIC probe (BrokerOptions::nic_interface), with the socket dir as its first argument.
   std::unique_ptr<Tenant> StartNicTenant(uid_t uid, const std::vector<std::string>& args);
 

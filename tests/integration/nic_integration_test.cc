@@ -9,6 +9,7 @@
 // programs) disappears with the process however it ends. Needs root; skips otherwise.
 #include <arpa/inet.h>
 #include <linux/if_ether.h>
+#include <linux/if_link.h>
 #include <linux/if_packet.h>
 #include <net/if.h>
 #include <poll.h>
@@ -33,6 +34,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "broker/backends/lease_netns.h"
+#include "broker/backends/rtnetlink.h"
+#include "common/unique_fd.h"
 #include "gtest/gtest.h"
 #include "tests/integration/harness.h"
 #include "vfdrivers/net/packet.h"
@@ -48,20 +52,7 @@ const MacAddress kPeerMac{{0x02, 0x76, 0x66, 0x00, 0x00, 0x02}};
 constexpr uint32_t kPeerIp = packet::Ipv4(10, 77, 0, 2);
 constexpr uint32_t kLeaseIp = packet::Ipv4(10, 77, 0, 10);
 
-// iproute2's ip; VFBROKER_TEST_IP names it where a shell would find another `ip` first (the
-// tests/vm guest's busybox sh runs its own applet).
-int Ip(const std::string& args) {
-  const char* ip = std::getenv("VFBROKER_TEST_IP");
-  const std::string cmd = std::string(ip != nullptr && *ip != 0 ? ip : "ip") + " " + args + " 2>&1";
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (f == nullptr) return -1;
-  char buf[512];
-  std::string out;
-  while (std::fgets(buf, sizeof(buf), f) != nullptr) out += buf;
-  const int status = ::pclose(f);
-  if (status != 0) std::fprintf(stderr, "`%s` failed: %s\n", cmd.c_str(), out.c_str());
-  return status;
-}
+int Ip(const std::string& args) { return RunIp(args); }
 
 void WriteFile(const char* path, const char* value) {
   std::ofstream(path) << value;
@@ -80,16 +71,9 @@ class NetnsEnvironment : public ::testing::Environment {
  public:
   void SetUp() override {
     if (::geteuid() != 0) return;
-    if (::unshare(CLONE_NEWNET) != 0) {
-      std::perror("unshare(CLONE_NEWNET)");
-      return;
-    }
-    WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
-    WriteFile("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1");
-    ready_ = Ip("link add veth0 type veth peer name veth1") == 0 &&
-             Ip(absl::StrCat("link set veth1 address ", kPeerMacText)) == 0 &&
-             Ip("addr add 10.77.0.2/24 dev veth1") == 0 && Ip("link set veth0 up") == 0 &&
-             Ip("link set veth1 up") == 0 && Ip("link set lo up") == 0;
+    absl::Status entered = EnterVethNamespace(kPeerMacText, "10.77.0.2/24");
+    if (!entered.ok()) std::fprintf(stderr, "%s\n", std::string(entered.message()).c_str());
+    ready_ = entered.ok();
   }
   static bool ready() { return ready_; }
 
@@ -215,6 +199,65 @@ std::string Join(std::multiset<std::string> a, const std::string& b) {
   return absl::StrJoin(a, ",");
 }
 
+// A lease's macvlan lives in a network namespace of the lease's own, which the broker pins
+// under netns::kDefaultPinBase (xdp_nic.h); the test (root) enters it through the pin.
+std::string PinPath(const std::string& device) {
+  absl::StatusOr<std::string> dir = netns::PinDirectory(netns::kDefaultPinBase);
+  return dir.ok() ? absl::StrCat(*dir, "/", device) : "";
+}
+
+struct LeaseLink {
+  std::string name;
+  int ifindex = 0;
+  bool up = false;
+  int addr_gen_mode = -1;  // /proc/sys/net/ipv6/conf/<name>/addr_gen_mode there
+};
+
+// The devices in the namespace of the lease whose device is `device` (none: no such pin).
+std::vector<LeaseLink> LeaseLinks(const std::string& device) {
+  std::vector<LeaseLink> links;
+  absl::StatusOr<UniqueFd> fd = netns::OpenPinned(PinPath(device));
+  if (!fd.ok()) return links;
+  absl::Status listed = netns::RunIn(fd->get(), [&]() -> absl::Status {
+    UniqueFd probe(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));  // in the lease namespace
+    struct if_nameindex* names = ::if_nameindex();
+    for (struct if_nameindex* n = names; n != nullptr && n->if_index != 0; ++n) {
+      LeaseLink link;
+      link.name = n->if_name;
+      link.ifindex = static_cast<int>(n->if_index);
+      ifreq req{};
+      std::snprintf(req.ifr_name, sizeof(req.ifr_name), "%s", n->if_name);
+      if (probe && ::ioctl(probe.get(), SIOCGIFFLAGS, &req) == 0) {
+        link.up = (req.ifr_flags & IFF_UP) != 0;
+      }
+      std::ifstream mode("/proc/sys/net/ipv6/conf/" + link.name + "/addr_gen_mode");
+      mode >> link.addr_gen_mode;
+      links.push_back(link);
+    }
+    if (names != nullptr) ::if_freenameindex(names);
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(listed.ok()) << listed;
+  return links;
+}
+
+// The lease device's ifindex in its namespace; 0 if it (or its pinned namespace) is gone.
+int LeaseIfindex(const std::string& device) {
+  for (const LeaseLink& link : LeaseLinks(device)) {
+    if (link.name == device) return link.ifindex;
+  }
+  return 0;
+}
+
+bool WaitLeaseGone(const std::string& device, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (LeaseIfindex(device) != 0) {
+    if (absl::Now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
 class NicIntegrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -301,12 +344,12 @@ TEST_F(NicIntegrationTest, TwoTenantsOnOneInterfaceEachReceiveExactlyTheirOwnFra
   EXPECT_NE(a.device, b.device);
   // The host's stack sends nothing from a lease's MAC: no IPv6 link-local address is made.
   for (const std::string& device : {a.device, b.device}) {
-    std::ifstream mode("/proc/sys/net/ipv6/conf/" + device + "/addr_gen_mode");
     int value = -1;
-    mode >> value;
+    for (const LeaseLink& link : LeaseLinks(device)) {
+      if (link.name == device) value = link.addr_gen_mode;
+    }
     EXPECT_EQ(value, 1) << device << ": addr_gen_mode (1: IN6_ADDR_GEN_MODE_NONE)";
-  }
-  v1::Pool pool = NetPool();
+  }  v1::Pool pool = NetPool();
   EXPECT_EQ(pool.kind(), v1::POOL_KIND_NIC);
   EXPECT_EQ(pool.backend(), "xdp_nic");
   EXPECT_EQ(pool.capacity_slots(), 4u);
@@ -327,8 +370,8 @@ TEST_F(NicIntegrationTest, TwoTenantsOnOneInterfaceEachReceiveExactlyTheirOwnFra
   Finish(b);
   ASSERT_TRUE(broker_->WaitForIdle().ok());
   EXPECT_EQ(NetPool().free_slots(), 4u);
-  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
-  EXPECT_EQ(::if_nametoindex(b.device.c_str()), 0u);
+  EXPECT_EQ(LeaseIfindex(a.device), 0u);
+  EXPECT_EQ(LeaseIfindex(b.device), 0u);
 }
 
 TEST_F(NicIntegrationTest, FlowFiltersAddedAndRemovedLiveChangeWhatArrives) {
@@ -370,16 +413,16 @@ TEST_F(NicIntegrationTest, FlowFiltersAddedAndRemovedLiveChangeWhatArrives) {
 
 TEST_F(NicIntegrationTest, KilledTenantsDeviceIsGoneAtOnceAndItsMacFreeAgain) {
   Holder a = Hold(kTenantA, "02:76:66:00:00:0c");
-  ASSERT_NE(::if_nametoindex(a.device.c_str()), 0u);
+  ASSERT_NE(LeaseIfindex(a.device), 0u);
   const auto killed_at = std::chrono::steady_clock::now();
   a.tenant->Kill();
-  while (::if_nametoindex(a.device.c_str()) != 0 &&
+  while (LeaseIfindex(a.device) != 0 &&
          std::chrono::steady_clock::now() - killed_at < std::chrono::seconds(5)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   const double gone_ms = std::chrono::duration<double, std::milli>(
                              std::chrono::steady_clock::now() - killed_at).count();
-  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+  EXPECT_EQ(LeaseIfindex(a.device), 0u);
   EXPECT_LT(gone_ms, 100.0) << "the macvlan outlived its killed tenant";
   std::printf("killed tenant's macvlan gone %.1f ms after SIGKILL\n", gone_ms);
   ASSERT_TRUE(broker_->WaitForIdle().ok());
@@ -614,13 +657,17 @@ TEST_F(NicIntegrationTest, VlanLeasesReceiveExactlyTheirVlansFramesToTheirMac) {
   EXPECT_EQ(vlans.size(), 2u) << absl::StrJoin(vlans, ",");
   // Neither the VLAN devices nor the macvlans make IPv6 addresses (no DAD, no solicitations
   // from the host's stack on a tenant's VLAN).
-  std::vector<std::string> quiet(vlans.begin(), vlans.end());
-  quiet.push_back(v100.device);
-  quiet.push_back(v200.device);
-  for (const std::string& device : quiet) {
+  for (const std::string& device : vlans) {
     std::ifstream mode("/proc/sys/net/ipv6/conf/" + device + "/addr_gen_mode");
     int value = -1;
     mode >> value;
+    EXPECT_EQ(value, 1) << device << ": addr_gen_mode (1: IN6_ADDR_GEN_MODE_NONE)";
+  }
+  for (const std::string& device : {v100.device, v200.device}) {
+    int value = -1;
+    for (const LeaseLink& link : LeaseLinks(device)) {
+      if (link.name == device) value = link.addr_gen_mode;
+    }
     EXPECT_EQ(value, 1) << device << ": addr_gen_mode (1: IN6_ADDR_GEN_MODE_NONE)";
   }
   Wire wire;
@@ -730,14 +777,14 @@ TEST_F(NicIntegrationTest, KilledVlanTenantsDevicesGoAndTheVlanCanBeLeasedAgain)
   ASSERT_EQ(vlans.size(), 1u) << "two leases on one VLAN share its device";
   const std::string vlan_device = *vlans.begin();
   a1.tenant->Kill();
-  EXPECT_TRUE(WaitGone(a1.device, absl::Seconds(5))) << "the macvlan outlived its tenant";
+  EXPECT_TRUE(WaitLeaseGone(a1.device, absl::Seconds(5))) << "the macvlan outlived its tenant";
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_NE(::if_nametoindex(vlan_device.c_str()), 0u) << "VLAN device removed under a2";
   Wire wire;
   wire.Send(Mac(a2.mac), 5000, "a2-", 5, 300);
   EXPECT_EQ(Report(a2).second, Expected("a2-", 5));
   a2.tenant->Kill();
-  EXPECT_TRUE(WaitGone(a2.device, absl::Seconds(5))) << "the macvlan outlived its tenant";
+  EXPECT_TRUE(WaitLeaseGone(a2.device, absl::Seconds(5))) << "the macvlan outlived its tenant";
   EXPECT_TRUE(WaitGone(vlan_device, absl::Seconds(5))) << "the VLAN device outlived its leases";
   ASSERT_TRUE(broker_->WaitForIdle().ok());
   EXPECT_EQ(NetPool().free_slots(), 4u);
@@ -789,10 +836,28 @@ TEST_F(NicIntegrationTest, BrokerRestartReadoptsALiveNicLeaseAndRemovesOrphans) 
   ASSERT_GE(a.device.size(), 10u);
   const std::string orphan = a.device.substr(0, 10) + "00ff";
   ASSERT_EQ(Ip(absl::StrCat("link add ", orphan, " link veth0 type macvlan mode private")), 0);
+  // And a lease namespace a dead broker pinned that no record names, with a macvlan in it.
+  const std::string orphan_ns = a.device.substr(0, 10) + "00fe";
+  absl::StatusOr<UniqueFd> orphan_fd = netns::Create();
+  ASSERT_TRUE(orphan_fd.ok()) << orphan_fd.status();
+  ASSERT_TRUE(netns::Pin(orphan_fd->get(), PinPath(orphan_ns)).ok());
+  ASSERT_TRUE(rtnl::CreateMacvlanInNetns(orphan_ns, static_cast<int>(::if_nametoindex("veth0")),
+                                         {0x02, 0x76, 0x66, 0x00, 0x00, 0xfe},
+                                         MACVLAN_MODE_PRIVATE, orphan_fd->get(), 0)
+                  .ok());
+  ASSERT_NE(LeaseIfindex(orphan_ns), 0);
   ASSERT_TRUE(broker_->Kill().ok());
   ASSERT_TRUE(broker_->Restart().ok());
   EXPECT_EQ(::if_nametoindex(orphan.c_str()), 0u) << "orphaned macvlan survived the restart";
-  EXPECT_NE(::if_nametoindex(a.device.c_str()), 0u) << "the live lease's macvlan was removed";
+  EXPECT_TRUE(absl::IsNotFound(netns::OpenPinned(PinPath(orphan_ns)).status()))
+      << "an orphaned lease namespace's pin survived the restart";
+  EXPECT_TRUE(netns::RunIn(orphan_fd->get(), [&] {
+                return ::if_nametoindex(orphan_ns.c_str()) == 0
+                           ? absl::OkStatus()
+                           : absl::InternalError("still there");
+              }).ok())
+      << "the orphaned namespace's macvlan survived the restart";
+  EXPECT_NE(LeaseIfindex(a.device), 0u) << "the live lease's macvlan was removed";
   // The data path never depended on the broker.
   Wire wire;
   wire.Send(Mac(a.mac), 5000, "after-restart-", 10);
@@ -807,9 +872,38 @@ TEST_F(NicIntegrationTest, BrokerRestartReadoptsALiveNicLeaseAndRemovesOrphans) 
   EXPECT_EQ(Report(a).second, Expected("p5001-", 5));
   Finish(a);  // releases through a new session
   ASSERT_TRUE(broker_->WaitForIdle().ok());
-  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+  EXPECT_EQ(LeaseIfindex(a.device), 0u);
 }
 
+
+// A lease's socket belongs to a network namespace of the lease's own (the broker creates it
+// there, unbound; the tenant binds it after mapping the rings, which Linux < 6.4 requires).
+// That namespace holds the lease's macvlan (up) and a loopback that is down, nothing else; a
+// bind to a device of the broker's namespace (the pool's interface) finds no such device, the
+// bind to the lease's own device works, and only once.
+TEST_F(NicIntegrationTest, HandedSocketIsConfinedToTheLeaseNamespace) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:13");
+  std::vector<LeaseLink> links = LeaseLinks(a.device);
+  std::vector<std::string> seen;
+  for (const LeaseLink& link : links) {
+    seen.push_back(absl::StrCat(link.name, link.up ? ":up" : ":down"));
+  }
+  EXPECT_EQ(absl::StrJoin(seen, ","), absl::StrCat("lo:down,", a.device, ":up"));
+  // The lease's device is not in the broker's namespace.
+  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+
+  const unsigned veth0 = ::if_nametoindex("veth0");
+  ASSERT_NE(veth0, 0u);
+  std::unique_ptr<Tenant> t = broker_->StartNicTenant(
+      kTenantB, {"confined", "net", "02:76:66:00:00:14", std::to_string(veth0)});
+  absl::StatusOr<std::map<std::string, std::string>> result = t->Finish();
+  ASSERT_TRUE(result.ok()) << result.status() << "\n" << t->output();
+  EXPECT_EQ((*result)["tenant_binds"], "1") << t->output();
+  EXPECT_EQ((*result)["foreign_bind"], "NOT_FOUND") << "bind to the pool interface's ifindex";
+  EXPECT_EQ((*result)["adopt"], "OK") << t->output();
+  EXPECT_NE((*result)["rebind"], "OK") << "a bound socket was bound again";
+  Finish(a);
+}
 
 // A graceful stop (SIGTERM) leaves live NIC leases working and guarded while no broker runs:
 // frames still arrive, spoofed ones still stop at the egress guard; the next broker takes
@@ -833,7 +927,7 @@ TEST_F(NicIntegrationTest, GracefulStopLeavesLeasesLiveAndGuarded) {
   EXPECT_EQ(Report(a).second, Expected("up-", 5));
   Finish(a);
   ASSERT_TRUE(broker_->WaitForIdle().ok());
-  EXPECT_EQ(::if_nametoindex(a.device.c_str()), 0u);
+  EXPECT_EQ(LeaseIfindex(a.device), 0u);
 }
 
 }  // namespace

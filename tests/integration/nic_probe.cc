@@ -10,6 +10,10 @@
 //         add DSTIP PORT                      -> added=<filter id> | added=<CODE>
 //         remove FILTER_ID                    -> removed=OK | removed=<CODE>
 //         send SRCMAC DSTMAC SRCIP DSTIP VLAN PAYLOAD   (VLAN 0: untagged) -> sent=<n>
+//   nic_probe SOCKET_DIR confined POOL MAC FOREIGN_IFINDEX
+//       allocate a NIC and, before adopting it, bind its socket to FOREIGN_IFINDEX (a device of
+//       the broker's namespace): foreign_bind=<CODE>; then adopt (binds to the lease's own
+//       device): adopt=<CODE>; then bind once more: rebind=<CODE>; prints tenant_binds=0|1
 //   nic_probe SOCKET_DIR bad POOL FOREIGN_LEASE FOREIGN_FILTER IN_USE_MAC
 //       malformed and unauthorized NIC requests; prints each one's status code
 #include <arpa/inet.h>
@@ -19,6 +23,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -29,6 +34,8 @@
 #include "absl/strings/str_split.h"
 #include "client/broker_client.h"
 #include "client/nic_port.h"
+#include "vfdrivers/net/af_xdp_port.h"
+#include "vfdrivers/net/af_xdp_socket.h"
 #include "vfdrivers/net/packet.h"
 
 namespace {
@@ -69,6 +76,41 @@ v1::FlowFilter Udp(const std::string& dst_ip, uint32_t dst_port) {
   f.set_dst_ip(dst_ip);
   f.set_dst_port(dst_port);
   return f;
+}
+
+int Confined(BrokerClient& client, const std::vector<std::string>& args) {
+  v1::AllocateNicRequest request;
+  request.set_pool(args[0]);
+  if (args[1] != "-") request.set_mac(args[1]);
+  absl::StatusOr<std::unique_ptr<NicLease>> lease = client.AllocateNic(request);
+  if (!lease.ok()) {
+    Print("status", Code(lease.status()));
+    return 0;
+  }
+  const v1::Nic& nic = (*lease)->nic();
+  Print("tenant_binds", nic.tenant_binds() ? "1" : "0");
+  absl::StatusOr<vfclient::XdpDescriptors> fds = (*lease)->TakeXdpDescriptors();
+  if (!fds.ok()) {
+    Print("status", Code(fds.status()));
+    return 0;
+  }
+  const int socket_fd = fds->socket.get();
+  Print("foreign_bind",
+        Code(vfdrivers::net::BindAfXdpSocket(socket_fd, std::stoi(args[2]), 0, nic.bind_flags())));
+  std::optional<vfdrivers::net::AfXdpBindTarget> bind;
+  if (nic.tenant_binds()) {
+    bind = vfdrivers::net::AfXdpBindTarget{static_cast<int>(nic.ifindex()), nic.queue_id(),
+                                           static_cast<uint16_t>(nic.bind_flags())};
+  }
+  absl::StatusOr<std::unique_ptr<vfdrivers::net::AfXdpPort>> port =
+      vfdrivers::net::AfXdpPort::Adopt(std::move(fds->socket), std::move(fds->umem),
+                                       vfclient::NicLayout(nic), bind);
+  Print("adopt", Code(port.status()));
+  if (!port.ok()) Print("message", std::string(port.status().message()));
+  Print("rebind", Code(vfdrivers::net::BindAfXdpSocket(socket_fd, nic.ifindex(), 0,
+                                                       nic.bind_flags())));
+  Print("status", "OK");
+  return 0;
 }
 
 int Hold(BrokerClient& client, const std::vector<std::string>& args) {
@@ -260,6 +302,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 3, argv + argc);
   if (command == "hold" && args.size() >= 3) return Hold(**client, args);
   if (command == "bad" && args.size() == 4) return Bad(**client, args);
+  if (command == "confined" && args.size() == 3) return Confined(**client, args);
   std::fprintf(stderr, "nic_probe: bad command\n");
   return 2;
 }

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "vfdrivers/net/af_xdp_socket.h"
 
 #ifndef AF_XDP
 #define AF_XDP 44
@@ -107,8 +108,9 @@ absl::StatusOr<std::unique_ptr<AfXdpPort>> AfXdpPort::CreateForTesting(const Tes
   return p;
 }
 
-absl::StatusOr<std::unique_ptr<AfXdpPort>> AfXdpPort::Adopt(UniqueFd socket, UniqueFd umem,
-                                                            const AfXdpLayout& layout) {
+absl::StatusOr<std::unique_ptr<AfXdpPort>> AfXdpPort::Adopt(
+    UniqueFd socket, UniqueFd umem, const AfXdpLayout& layout,
+    const std::optional<AfXdpBindTarget>& bind) {
   if (absl::Status s = ValidateAfXdpLayout(layout); !s.ok()) return s;
   if (!socket || !umem) return absl::InvalidArgumentError("AfXdpPort: missing descriptor");
 
@@ -196,6 +198,17 @@ absl::StatusOr<std::unique_ptr<AfXdpPort>> AfXdpPort::Adopt(UniqueFd socket, Uni
   if (area == MAP_FAILED) return Errno("mmap UMEM");
   p->mappings_.push_back({area, layout.umem_bytes()});
   p->umem_ = static_cast<uint8_t*>(area);
+
+  // Rings mapped: now bind (af_xdp.rst "Usage": bind is the last step). The kernel looks the
+  // ifindex up in the socket's own namespace, not the caller's.
+  if (bind.has_value()) {
+    if (absl::Status s = BindAfXdpSocket(socket.get(), bind->ifindex, bind->queue_id,
+                                         bind->flags);
+        !s.ok()) {
+      return s;
+    }
+    p->info_.queue_id = bind->queue_id;
+  }
 
   xdp_options opts{};
   len = sizeof(opts);

@@ -1,9 +1,11 @@
 // AfXdpPort: net::Port over an AF_XDP socket whose descriptors the port is given (adopted),
 // the tenant's half of an xdp_nic grant. The broker (root) creates the socket and its UMEM
-// (AfXdpSocket), binds it to one (device, queue) and attaches the steering program; the
-// tenant, unprivileged, receives the socket fd and the UMEM memfd over its session socket and
-// calls Adopt. Nothing here needs a capability: mmap of the rings and of the memfd, sendto /
-// recvfrom for wakeups.
+// (AfXdpSocket) and attaches the steering program; the tenant, unprivileged, receives the
+// socket fd and the UMEM memfd over its session socket and calls Adopt. The socket comes
+// unbound (with a bind target: Adopt maps the rings, then binds, the order Linux < 6.4 needs:
+// its xsk_mmap refuses the rings of a bound socket) or, from an older broker, already bound
+// (works on Linux >= 6.4 only). Nothing here needs a capability: mmap of the rings and of the
+// memfd, bind, sendto / recvfrom for wakeups.
 //
 // Rings (Documentation/networking/af_xdp.rst, "UMEM Fill Ring", "UMEM Completion Ring",
 // "RX Ring", "TX Ring"): the port maps the four rings at the offsets XDP_MMAP_OFFSETS reports
@@ -28,6 +30,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -37,16 +40,26 @@
 
 namespace vfdrivers::net {
 
+// Where an unbound socket is to be bound: sockaddr_xdp's fields, in the socket's own network
+// namespace.
+struct AfXdpBindTarget {
+  int ifindex = 0;
+  uint32_t queue_id = 0;
+  uint16_t flags = 0;  // sxdp_flags: XDP_COPY / XDP_ZEROCOPY, XDP_USE_NEED_WAKEUP
+};
+
 class AfXdpPort final : public Port {
  public:
-  // Adopts a bound AF_XDP socket and the memfd of its UMEM, set up as `layout` says.
+  // Adopts an AF_XDP socket and the memfd of its UMEM, set up as `layout` says: bound already
+  // (no `bind`), or unbound, then bound to `bind` once the rings are mapped.
   // INVALID_ARGUMENT: bad layout, or the memfd's size is not the layout's UMEM size, or the fd
   // is not an AF_XDP socket. FAILED_PRECONDITION: the memfd is not sealed against shrinking and
   // growing, or the rings were used before (the port must be the rings' only user). Errors of
-  // getsockopt / mmap otherwise (a ring size larger than the socket's makes mmap fail).
-  static absl::StatusOr<std::unique_ptr<AfXdpPort>> Adopt(vfbroker::UniqueFd socket,
-                                                          vfbroker::UniqueFd umem,
-                                                          const AfXdpLayout& layout);
+  // getsockopt / mmap / bind otherwise (a ring size larger than the socket's makes mmap fail;
+  // EBUSY from mmap: a bound socket on Linux < 6.4; bind's errors: BindAfXdpSocket).
+  static absl::StatusOr<std::unique_ptr<AfXdpPort>> Adopt(
+      vfbroker::UniqueFd socket, vfbroker::UniqueFd umem, const AfXdpLayout& layout,
+      const std::optional<AfXdpBindTarget>& bind = std::nullopt);
 
   // For tests that play the kernel: rings and UMEM in caller-owned memory (which must outlive
   // the port), no socket; wakeups are counted but no system call is made.

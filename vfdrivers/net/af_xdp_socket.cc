@@ -44,17 +44,31 @@ absl::Status SetRing(int fd, int option, uint32_t size, const char* name) {
   return absl::OkStatus();
 }
 
-absl::Status Bind(int fd, int ifindex, uint32_t queue, uint16_t flags) {
+}  // namespace
+
+uint16_t AfXdpBindFlags(XdpBindMode mode, bool need_wakeup) {
+  const uint16_t wake = need_wakeup ? XDP_USE_NEED_WAKEUP : 0;
+  return static_cast<uint16_t>((mode == XdpBindMode::kZeroCopy ? XDP_ZEROCOPY : XDP_COPY) | wake);
+}
+
+absl::Status BindAfXdpSocket(int fd, int ifindex, uint32_t queue_id, uint16_t flags) {
+  if ((flags & XDP_SHARED_UMEM) != 0) {
+    return absl::InvalidArgumentError("AF_XDP bind: XDP_SHARED_UMEM is not for this socket");
+  }
+  if (ifindex <= 0) return absl::InvalidArgumentError("AF_XDP bind: no ifindex");
   sockaddr_xdp addr{};
   addr.sxdp_family = AF_XDP;
   addr.sxdp_ifindex = static_cast<uint32_t>(ifindex);
-  addr.sxdp_queue_id = queue;
+  addr.sxdp_queue_id = queue_id;
   addr.sxdp_flags = flags;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return Errno("bind");
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int e = errno;
+    return absl::Status(absl::ErrnoToStatusCode(e),
+                        absl::StrCat("AF_XDP bind to ifindex ", ifindex, " queue ", queue_id,
+                                     ": ", strerror(e)));
+  }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<AfXdpSocket> CreateAfXdpSocket(const AfXdpSocketOptions& options) {
   AfXdpSocket out;
@@ -106,7 +120,12 @@ absl::StatusOr<AfXdpSocket> CreateAfXdpSocket(const AfXdpSocketOptions& options)
   if (auto s = SetRing(fd, XDP_RX_RING, l.rx_size, "XDP_RX_RING"); !s.ok()) return s;
   if (auto s = SetRing(fd, XDP_TX_RING, l.tx_size, "XDP_TX_RING"); !s.ok()) return s;
 
+  if (!options.bind) return out;
+
   const uint16_t wake = l.need_wakeup ? XDP_USE_NEED_WAKEUP : 0;
+  auto Bind = [](int fd, int ifindex, uint32_t queue, uint16_t flags) {
+    return BindAfXdpSocket(fd, ifindex, queue, flags);
+  };
   switch (options.mode) {
     case XdpBindMode::kCopy:
       if (auto s = Bind(fd, options.ifindex, options.queue_id, XDP_COPY | wake); !s.ok()) return s;
