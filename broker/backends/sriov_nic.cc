@@ -188,8 +188,27 @@ absl::Status SriovNicBackend::Init(const config::SriovNicPool& config) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the PF reports ", infos->size(), " VFs over rtnetlink, expected ", max_vfs_));
   }
-  spdlog::info("pool={} backend=sriov_nic PF {} ({}, ifindex {}) VFs {}", pool_name_, pf_,
-               pf_interface_, pf_ifindex_, absl::StrJoin(vfs_, " "));
+  // Flow filters need the PF's ntuple table; without one they are refused (UNIMPLEMENTED).
+  absl::StatusOr<ethtool::NtupleTable> table = platform_->ProbeNtuple(pf_interface_);
+  ntuple_ = table.status();
+  spdlog::info("pool={} backend=sriov_nic PF {} ({}, ifindex {}) VFs {}; flow filters: {}",
+               pool_name_, pf_, pf_interface_, pf_ifindex_, absl::StrJoin(vfs_, " "),
+               table.ok() ? absl::StrCat("ntuple table of ", table->size, " rules")
+                          : absl::StrCat("none (", table.status().message(), ")"));
+  return absl::OkStatus();
+}
+
+absl::Status SriovNicBackend::RemoveFlowRules(uint32_t slot) {
+  if (!ntuple_.ok()) return absl::OkStatus();  // no table: nothing can steer to the VF
+  absl::StatusOr<std::vector<ethtool::InstalledRule>> rules =
+      platform_->ListNtupleRules(pf_interface_);
+  if (!rules.ok()) return rules.status();
+  for (const ethtool::InstalledRule& rule : *rules) {
+    if (rule.vf != static_cast<int>(slot)) continue;
+    if (absl::Status s = platform_->DeleteNtupleRule(pf_interface_, rule.location); !s.ok()) {
+      return s;
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -230,11 +249,11 @@ absl::StatusOr<ProvisionedExtent> SriovNicBackend::ProvisionNic(uint64_t slot_in
   if (slot_index >= vfs_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("no VF slot ", slot_index));
   }
-  if (!request.filters.empty()) {
-    return absl::UnimplementedError(
-        "sriov_nic takes no flow filters: they would be ethtool ntuple rules on the PF steering "
-        "to the VF, and the PF's driver (igb/82576 and QEMU's model of it) steers ntuple rules "
-        "only to its own queues, not to VFs; the VF receives every frame to its MAC and VLAN");
+  if (!request.filters.empty() && !ntuple_.ok()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "sriov_nic flow filters are ethtool ntuple rules on the PF steering the lease's flows to "
+        "its VF, and PF ", pf_interface_, " has no ntuple table (", ntuple_.message(),
+        "); without filters the VF receives every frame to its MAC and VLAN"));
   }
   if (request.max_tx_rate_mbps > 0xffffffffu) {
     return absl::InvalidArgumentError("max_tx_rate_mbps: too large");
@@ -296,6 +315,7 @@ absl::StatusOr<ProvisionedExtent> SriovNicBackend::ProvisionNic(uint64_t slot_in
         absl::StrCat("VFIO group ", *group, " of VF ", vf, " is held open by someone"));
   }
   auto undo = [&](absl::Status why) {
+    (void)RemoveFlowRules(slot);
     (void)Set(slot, VfSetting::kLinkState, IFLA_VF_LINK_STATE_DISABLE);
     (void)Set(slot, VfSetting::kRate, 0);
     (void)Set(slot, VfSetting::kVlan, 0);
@@ -320,6 +340,25 @@ absl::StatusOr<ProvisionedExtent> SriovNicBackend::ProvisionNic(uint64_t slot_in
       !s.ok() && !absl::IsUnimplemented(s)) {
     return undo(s);  // igb has no ndo_set_vf_link_state: the VF follows the PF's link
   }
+  for (const journal::NicFilter& filter : request.filters) {
+    ethtool::NtupleRule rule;
+    rule.vf = slot;
+    rule.dst_mac = request.mac;
+    rule.vlan = request.vlan;
+    rule.protocol = filter.protocol();
+    rule.src_ip = filter.src_ip();
+    rule.dst_ip = filter.dst_ip();
+    rule.src_port = static_cast<uint16_t>(filter.src_port());
+    rule.dst_port = static_cast<uint16_t>(filter.dst_port());
+    absl::StatusOr<uint32_t> location = platform_->InsertNtupleRule(pf_interface_, rule);
+    if (!location.ok()) {
+      return undo(absl::Status(location.status().code(),
+                               absl::StrCat("flow filter ", filter.id(), " on VF ", slot, ": ",
+                                            location.status().message())));
+    }
+    spdlog::debug("pool={} VF {}: filter {} is ntuple rule {} on {}", pool_name_, slot,
+                  filter.id(), *location, pf_interface_);
+  }
   absl::StatusOr<VfInfo> now = Info(slot);
   if (!now.ok()) return undo(now.status());
   if (now->mac != request.mac || now->vlan != request.vlan ||
@@ -342,15 +381,17 @@ absl::StatusOr<ProvisionedExtent> SriovNicBackend::ProvisionNic(uint64_t slot_in
   (void)absl::SimpleAtoi(*group, &group_number);
   state->set_iommu_group(group_number);
   state->set_max_tx_rate_mbps(request.max_tx_rate_mbps);
+  for (const journal::NicFilter& filter : request.filters) *state->add_filters() = filter;
   VfioHandles& handles = **vfio;
   extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_CONTAINER, std::move(handles.container)});
   extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_GROUP, std::move(handles.group)});
   extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_DEVICE, std::move(handles.device)});
   extent.pci_address = vf;
   live_.insert(slot);
-  spdlog::info("pool={} VF {} ({}, group {}): MAC {} VLAN {} spoofchk on trust off rate {}",
-               pool_name_, slot, vf, *group, MacText(request.mac), request.vlan,
-               request.max_tx_rate_mbps);
+  spdlog::info(
+      "pool={} VF {} ({}, group {}): MAC {} VLAN {} spoofchk on trust off rate {} filters {}",
+      pool_name_, slot, vf, *group, MacText(request.mac), request.vlan,
+      request.max_tx_rate_mbps, request.filters.size());
   return extent;
 }
 
@@ -419,7 +460,9 @@ absl::StatusOr<TeardownResult> SriovNicBackend::Restore(uint32_t slot, const std
   if (absl::Status s = platform_->ResetDevice(**vfio); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("resetting VF ", vf, ": ", s.message()));
   }
-  // 3. Nothing of the tenant's survives on the PF's side either.
+  // 3. Nothing of the tenant's survives on the PF's side either: its steering rules, MAC,
+  //    VLAN, rate.
+  if (absl::Status s = RemoveFlowRules(slot); !s.ok()) return s;
   if (absl::Status s = Set(slot, VfSetting::kMac, 0, Mac{}); !s.ok()) return s;
   if (absl::Status s = Set(slot, VfSetting::kVlan, 0); !s.ok()) return s;
   if (absl::Status s = Set(slot, VfSetting::kRate, 0); !s.ok() && !absl::IsUnimplemented(s)) {
@@ -461,6 +504,13 @@ absl::Status SriovNicBackend::RemoveOrphans(const std::vector<journal::ExtentSta
       failed.push_back(absl::StrCat("VF ", info.vf, ": ",
                                     result.ok() ? "still held open"
                                                 : std::string(result.status().message())));
+    }
+  }
+  // Steering rules to a VF no record names (a crash between inserting and journaling them).
+  for (uint32_t slot = 0; slot < vfs_.size(); ++slot) {
+    if (journaled[slot]) continue;
+    if (absl::Status s = RemoveFlowRules(slot); !s.ok()) {
+      failed.push_back(absl::StrCat("VF ", slot, "'s ntuple rules: ", s.message()));
     }
   }
   if (!failed.empty()) {

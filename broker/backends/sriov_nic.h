@@ -16,10 +16,14 @@
 // operation), and reads the VF back (IFLA_VFINFO_LIST) to check MAC and VLAN took. The
 // descriptors the broker opened (container, group, device) go to the tenant.
 //
-// Flow filters: they would be ethtool ntuple rules on the PF (ETHTOOL_SRXCLSRLINS) whose
-// ring_cookie names the VF. igb (82576, QEMU's igb model included) steers ntuple rules only to
-// the PF's own queues, never to a VF, so a sriov_nic lease takes no filters: a VF receives every
-// frame to its MAC and VLAN, and the PF's switch already keeps other tenants' frames from it.
+// Flow filters (fixed at grant): each is an ethtool ntuple rule on the PF (ethtool_ntuple.h)
+// matching the filter's IPv4 flow on frames to the lease's MAC (and VLAN) and steering them to
+// the VF's queue 0. They keep the lease's flows on its VF on PFs whose classifier sees VF
+// traffic; they do not narrow what the VF receives (its switch port delivers every frame to its
+// MAC and VLAN), unlike xdp_nic's. A PF without an ntuple table (igb on the 82576, QEMU's model
+// included: the probe at Open says EOPNOTSUPP), or one refusing a VF action, makes the request
+// UNIMPLEMENTED with the driver's answer, and nothing changes. Teardown and orphan clean-up
+// delete every rule that steers to the VF, journaled or not.
 //
 // Teardown: proves the tenant is cut off (opening /dev/vfio/<group> succeeds only when no other
 // file has it: EBUSY -> kStillOpen, the core retries later and the slot stays out of use),
@@ -45,6 +49,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "broker/backends/ethtool_ntuple.h"
 #include "broker/backends/extent_backend.h"
 #include "broker/backends/vfio_handout.h"
 #include "broker/config/config.pb.h"
@@ -86,6 +91,13 @@ class SriovNicPlatform {
                                                               const std::string& pci_address) = 0;
   // VFIO_DEVICE_RESET on the device descriptor (function-level reset).
   virtual absl::Status ResetDevice(const VfioHandles& handles) = 0;
+  // ethtool ntuple rules on the PF interface (the real platform: ethtool_ntuple.h).
+  virtual absl::StatusOr<ethtool::NtupleTable> ProbeNtuple(const std::string& pf) = 0;
+  virtual absl::StatusOr<uint32_t> InsertNtupleRule(const std::string& pf,
+                                                    const ethtool::NtupleRule& rule) = 0;
+  virtual absl::Status DeleteNtupleRule(const std::string& pf, uint32_t location) = 0;
+  virtual absl::StatusOr<std::vector<ethtool::InstalledRule>> ListNtupleRules(
+      const std::string& pf) = 0;
 };
 
 std::unique_ptr<SriovNicPlatform> MakeRealSriovNicPlatform();
@@ -131,6 +143,8 @@ class SriovNicBackend : public ExtentBackend {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Set(uint32_t slot, VfSetting::Kind kind, uint32_t value, const Mac& mac = {});
   absl::StatusOr<uint32_t> SlotOf(const journal::ExtentState& state) const;
+  // Deletes every ntuple rule on the PF that steers to the VF (none if the PF has no table).
+  absl::Status RemoveFlowRules(uint32_t slot);
 
   const std::string pool_name_;
   const uint32_t max_vfs_;
@@ -140,6 +154,7 @@ class SriovNicBackend : public ExtentBackend {
   std::string pf_interface_;
   int pf_ifindex_ = 0;
   std::vector<std::string> vfs_;  // PCI address of VF i
+  absl::Status ntuple_;             // the PF's ntuple table, probed at Open: OK if it has one
 
   absl::Mutex mu_;  // one VF operation at a time (grants are rare; FLR ~100 ms)
   std::set<uint32_t> live_ ABSL_GUARDED_BY(mu_);

@@ -212,6 +212,21 @@ class RealSriovNicPlatform : public SriovNicPlatform {
   absl::Status ResetDevice(const VfioHandles& handles) override {
     return ResetVfioDevice(handles);
   }
+
+  absl::StatusOr<ethtool::NtupleTable> ProbeNtuple(const std::string& pf) override {
+    return ethtool::Probe(pf);
+  }
+  absl::StatusOr<uint32_t> InsertNtupleRule(const std::string& pf,
+                                            const ethtool::NtupleRule& rule) override {
+    return ethtool::Insert(pf, rule);
+  }
+  absl::Status DeleteNtupleRule(const std::string& pf, uint32_t location) override {
+    return ethtool::Delete(pf, location);
+  }
+  absl::StatusOr<std::vector<ethtool::InstalledRule>> ListNtupleRules(
+      const std::string& pf) override {
+    return ethtool::List(pf);
+  }
 };
 
 }  // namespace

@@ -35,6 +35,9 @@ struct FakeNic {
   bool link_state_supported = false;  // like igb
   bool rate_supported = true;
   bool ignore_mac = false;            // a PF that silently drops the MAC
+  bool has_ntuple = false;            // igb on the 82576 has no ntuple table
+  bool refuse_vf_rules = false;       // a table, but the driver cannot steer to a VF
+  std::map<uint32_t, ethtool::NtupleRule> rules;  // location -> rule
   FakeNic() {
     for (uint32_t i = 0; i < 2; ++i) {
       VfInfo v;
@@ -102,6 +105,37 @@ struct FakePlatform : public SriovNicPlatform {
     nic->resets++;
     nic->log.push_back("reset");
     return absl::OkStatus();
+  }
+  absl::StatusOr<ethtool::NtupleTable> ProbeNtuple(const std::string& pf) override {
+    if (pf != "eth1" || !nic->has_ntuple) {
+      return absl::UnimplementedError("eth1: ethtool rule count: Operation not supported");
+    }
+    return ethtool::NtupleTable{8, static_cast<uint32_t>(nic->rules.size()), true};
+  }
+  absl::StatusOr<uint32_t> InsertNtupleRule(const std::string& pf,
+                                            const ethtool::NtupleRule& rule) override {
+    if (pf != "eth1" || !nic->has_ntuple) return absl::UnimplementedError("EOPNOTSUPP");
+    if (nic->refuse_vf_rules) return absl::UnimplementedError("eth1: ethtool insert: EINVAL");
+    uint32_t location = 0;
+    while (nic->rules.count(location)) ++location;
+    if (location >= 8) return absl::ResourceExhaustedError("ENOSPC");
+    nic->rules[location] = rule;
+    nic->log.push_back(absl::StrCat("rule ", location, " vf ", rule.vf));
+    return location;
+  }
+  absl::Status DeleteNtupleRule(const std::string& pf, uint32_t location) override {
+    if (pf != "eth1" || nic->rules.erase(location) == 0) return absl::NotFoundError("ENOENT");
+    nic->log.push_back(absl::StrCat("delete rule ", location));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<ethtool::InstalledRule>> ListNtupleRules(
+      const std::string& pf) override {
+    if (pf != "eth1" || !nic->has_ntuple) return absl::UnimplementedError("EOPNOTSUPP");
+    std::vector<ethtool::InstalledRule> out;
+    for (const auto& [location, rule] : nic->rules) {
+      out.push_back({location, static_cast<int>(rule.vf)});
+    }
+    return out;
   }
 };
 
@@ -276,12 +310,15 @@ TEST_F(SriovNicTest, HostileRequestsChangeNothing) {
   EXPECT_EQ(taken.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_NE(taken.status().message().find("in use by mv0"), std::string::npos)
       << taken.status().message();
-  // Flow filters: the PF cannot steer to a VF.
+  // Flow filters on a PF with no ntuple table (igb): refused, naming the probe's answer.
   NicRequest filtered = Request(6);
   filtered.filters.emplace_back();
   auto unimplemented = (*backend)->ProvisionNic(1, filtered);
   EXPECT_EQ(unimplemented.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(unimplemented.status().message().find("ntuple"), std::string::npos);
+  EXPECT_NE(unimplemented.status().message().find("has no ntuple table (eth1: ethtool rule "
+                                                  "count: Operation not supported)"),
+            std::string::npos)
+      << unimplemented.status().message();
   // No such slot.
   EXPECT_EQ((*backend)->ProvisionNic(2, Request(7)).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -424,6 +461,81 @@ TEST(RealSriovNicPlatformTest, LoopbackHasNoVfs) {
   EXPECT_TRUE(vfs->empty());
   VfSetting setting{VfSetting::kVlan, {}, 5};
   EXPECT_FALSE(platform->SetVf(1, 0, setting).ok());
+}
+
+}  // namespace
+}  // namespace vfbroker
+
+namespace vfbroker {
+namespace {
+
+journal::NicFilter Udp(uint32_t dst_ip, uint32_t dst_port, const std::string& id) {
+  journal::NicFilter f;
+  f.set_id(id);
+  f.set_protocol(17);
+  f.set_dst_ip(dst_ip);
+  f.set_dst_port(dst_port);
+  return f;
+}
+
+TEST_F(SriovNicTest, FiltersBecomeNtupleRulesToTheVfOnItsMacAndVlanAndGoAtTeardown) {
+  nic_.has_ntuple = true;
+  auto backend = Open();
+  ASSERT_TRUE(backend.ok()) << backend.status().message();
+  NicRequest request = Request(0x31, 12);
+  request.filters = {Udp(0x0a000002, 53, "f1"), Udp(0x0a000002, 5353, "f2")};
+  auto nic = (*backend)->ProvisionNic(1, request);
+  ASSERT_TRUE(nic.ok()) << nic.status();
+  ASSERT_EQ(nic_.rules.size(), 2u);
+  for (const auto& [location, rule] : nic_.rules) {
+    EXPECT_EQ(rule.vf, 1u);
+    EXPECT_EQ(rule.dst_mac, request.mac);  // only the lease's own frames
+    EXPECT_EQ(rule.vlan, 12u);
+    EXPECT_EQ(rule.protocol, 17u);
+    EXPECT_EQ(rule.dst_ip, 0x0a000002u);
+  }
+  EXPECT_EQ(nic_.rules[0].dst_port, 53);
+  EXPECT_EQ(nic_.rules[1].dst_port, 5353);
+  ASSERT_EQ(nic->state.sriov_nic().filters_size(), 2);
+  EXPECT_EQ(nic->state.sriov_nic().filters(1).id(), "f2");
+  // A rule of someone else's (the host's own, to the PF) is never touched.
+  nic_.rules[5] = ethtool::NtupleRule{};
+  nic_.rules[5].vf = 7;
+  auto freed = (*backend)->Teardown(nic->state);
+  ASSERT_TRUE(freed.ok()) << freed.status();
+  EXPECT_EQ(*freed, TeardownResult::kFreed);
+  ASSERT_EQ(nic_.rules.size(), 1u);
+  EXPECT_EQ(nic_.rules.begin()->first, 5u);
+}
+
+TEST_F(SriovNicTest, AFilterThePfRefusesUndoesTheWholeGrant) {
+  nic_.has_ntuple = true;
+  nic_.refuse_vf_rules = true;
+  auto backend = Open();
+  ASSERT_TRUE(backend.ok()) << backend.status().message();
+  NicRequest request = Request(0x32, 5);
+  request.filters = {Udp(0x0a000003, 80, "f1")};
+  auto refused = (*backend)->ProvisionNic(0, request);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(refused.status().message().find("flow filter f1 on VF 0"), std::string::npos)
+      << refused.status().message();
+  EXPECT_TRUE(nic_.rules.empty());
+  EXPECT_EQ(nic_.vfs[0].mac, Mac{});
+  EXPECT_EQ(nic_.vfs[0].vlan, 0u);
+}
+
+TEST_F(SriovNicTest, RulesToAnUnjournaledVfAreOrphansRemovedAtStart) {
+  nic_.has_ntuple = true;
+  nic_.rules[0].vf = 0;  // a crash between inserting the rule and journaling the lease
+  nic_.rules[3].vf = 1;
+  auto backend = Open();
+  ASSERT_TRUE(backend.ok()) << backend.status().message();
+  journal::ExtentState kept;
+  kept.mutable_sriov_nic()->set_slot(1);
+  kept.mutable_sriov_nic()->set_pf_pci_address(kPf);
+  ASSERT_TRUE((*backend)->RemoveOrphans({kept}).ok());
+  ASSERT_EQ(nic_.rules.size(), 1u);  // VF 1's lease is journaled: its rule stays
+  EXPECT_EQ(nic_.rules.begin()->first, 3u);
 }
 
 }  // namespace

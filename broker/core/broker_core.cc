@@ -83,6 +83,8 @@ void FillSriovNicInfo(const journal::SriovNicState& state, v1::Nic* nic) {
   nic->set_max_tx_rate_mbps(state.max_tx_rate_mbps());
   nic->set_interface(state.pf_interface());
   nic->set_pci_address(state.vf_pci_address());
+  nic->clear_filters();
+  for (const journal::NicFilter& filter : state.filters()) *nic->add_filters() = ToApiFilter(filter);
 }
 
 v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block_size,
@@ -737,8 +739,8 @@ absl::StatusOr<v1::FlowFilter> BrokerCore::ChangeFlowFilter(absl::string_view to
     }
     if (it->second.granted.has_sriov_nic()) {
       return absl::UnimplementedError(absl::StrCat(
-          "lease ", lease_id, " is a sriov_nic VF: its PF cannot steer flows to a VF (no ntuple "
-          "rule reaches a VF on igb); the VF receives every frame to its MAC and VLAN"));
+          "lease ", lease_id, " is a sriov_nic VF: its flow filters are ntuple rules on the PF, "
+          "fixed when the VF is granted (ask for them in AllocateNic)"));
     }
     if (!it->second.granted.has_xdp_nic()) {
       return absl::FailedPreconditionError(
