@@ -27,6 +27,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/unique_fd.h"
@@ -355,6 +356,12 @@ BrokerProcess::~BrokerProcess() {
   ::unlink(restricted_path_.c_str());
   std::error_code ignored;
   std::filesystem::remove_all(dir_, ignored);
+  // xdp_nic's lease-namespace pins for this network namespace (broker/backends/lease_netns.h):
+  // the directory is empty once every lease ended; rmdir leaves it if not.
+  struct stat ns {};
+  if (::stat("/proc/self/ns/net", &ns) == 0) {
+    ::rmdir(absl::StrFormat("/run/vfbroker/netns/%x", static_cast<uint64_t>(ns.st_ino)).c_str());
+  }
 }
 
 std::string BrokerProcess::log() const {
