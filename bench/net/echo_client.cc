@@ -7,7 +7,10 @@
 //   echo_client --server=10.77.0.1 --port=7 --samples=20000 [--warmup=1000] [--busy] [--cpu=0]
 //
 // --busy spins on recv(MSG_DONTWAIT) instead of sleeping in poll(2). A request with no reply
-// within --timeout_ms counts as lost. Prints one JSON line (microseconds).
+// within --timeout_ms counts as lost. --window=N keeps N requests outstanding (a closed loop:
+// a new one goes out as each reply comes back), for the echo rate; each reply is matched to its
+// request by sequence number. Prints one JSON line (microseconds; echoes_per_s over the
+// measured requests, from the first one's send to the last one's reply).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -37,6 +40,8 @@ ABSL_FLAG(uint32_t, payload, 32, "Request bytes (>= 8)");
 ABSL_FLAG(bool, busy, false, "Spin on recv(MSG_DONTWAIT) instead of poll(2)");
 ABSL_FLAG(int, timeout_ms, 200, "A reply later than this is lost");
 ABSL_FLAG(int, cpu, -1, "Pin to this CPU (-1: no)");
+ABSL_FLAG(uint32_t, window, 1,
+          "Requests kept outstanding (1: ping-pong; more: the echo rate under a closed-loop load)");
 
 namespace {
 
@@ -92,58 +97,81 @@ int main(int argc, char** argv) {
 
   const uint32_t warmup = absl::GetFlag(FLAGS_warmup);
   const uint32_t total = warmup + absl::GetFlag(FLAGS_samples);
+  const uint32_t window = std::max<uint32_t>(1, absl::GetFlag(FLAGS_window));
+  const uint64_t timeout_ns = uint64_t(timeout_ms) * 1000000ull;
   std::vector<uint64_t> rtt;
   rtt.reserve(total);
+  // Per request: when it was sent (0: not yet) and whether it is settled (answered or lost).
+  std::vector<uint64_t> sent_at(total + 1, 0);
+  std::vector<bool> settled(total + 1, false);
   std::vector<uint8_t> req(payload, 0x5A), rep(2048);
   uint64_t lost = 0, stale = 0, mismatched = 0;
-  for (uint64_t seq = 1; seq <= total; ++seq) {
-    memcpy(req.data(), &seq, sizeof(seq));
-    const uint64_t t0 = NowNs();
-    if (send(fd, req.data(), req.size(), 0) != static_cast<ssize_t>(req.size())) {
-      perror("echo_client: send");
-      return 1;
+  uint64_t next = 1, oldest = 1, in_flight = 0;
+  uint64_t measure_start = 0, measure_end = 0, measured = 0;
+  while (oldest <= total) {
+    // Keep `window` requests outstanding.
+    while (in_flight < window && next <= total) {
+      memcpy(req.data(), &next, sizeof(next));
+      const uint64_t t0 = NowNs();
+      if (send(fd, req.data(), req.size(), 0) != static_cast<ssize_t>(req.size())) {
+        perror("echo_client: send");
+        return 1;
+      }
+      if (next == uint64_t{warmup} + 1) measure_start = t0;
+      sent_at[next++] = t0;
+      ++in_flight;
     }
-    const uint64_t deadline = t0 + uint64_t(timeout_ms) * 1000000ull;
-    bool got = false;
-    while (!got) {
-      ssize_t n;
-      if (busy) {
-        n = recv(fd, rep.data(), rep.size(), MSG_DONTWAIT);
+    ssize_t n;
+    if (busy) {
+      n = recv(fd, rep.data(), rep.size(), MSG_DONTWAIT);
+    } else {
+      const uint64_t deadline = sent_at[oldest] + timeout_ns;
+      pollfd p{fd, POLLIN, 0};
+      int left = static_cast<int>((deadline - std::min(deadline, NowNs())) / 1000000) + 1;
+      n = poll(&p, 1, left) == 1 ? recv(fd, rep.data(), rep.size(), MSG_DONTWAIT) : -1;
+    }
+    const uint64_t t1 = NowNs();
+    if (n >= 8) {
+      uint64_t back;
+      memcpy(&back, rep.data(), sizeof(back));
+      if (back < oldest || back >= next || settled[back]) {
+        ++stale;  // a late reply to a request already counted lost, or a stranger
       } else {
-        pollfd p{fd, POLLIN, 0};
-        int left = static_cast<int>((deadline - std::min(deadline, NowNs())) / 1000000) + 1;
-        n = poll(&p, 1, left) == 1 ? recv(fd, rep.data(), rep.size(), MSG_DONTWAIT) : -1;
-      }
-      const uint64_t t1 = NowNs();
-      if (n >= 8) {
-        uint64_t back;
-        memcpy(&back, rep.data(), sizeof(back));
-        if (back != seq) {
-          ++stale;  // a late reply to an earlier request
-        } else {
-          if (static_cast<size_t>(n) != req.size() ||
-              memcmp(rep.data(), req.data(), req.size()) != 0) {
-            ++mismatched;
-          }
-          if (seq > warmup) rtt.push_back(t1 - t0);
-          got = true;
+        if (static_cast<size_t>(n) != req.size() ||
+            memcmp(rep.data() + 8, req.data() + 8, req.size() - 8) != 0) {
+          ++mismatched;
         }
-      }
-      if (!got && t1 >= deadline) {
-        ++lost;
-        break;
+        if (back > warmup) {
+          rtt.push_back(t1 - sent_at[back]);
+          ++measured;
+          measure_end = t1;
+        }
+        settled[back] = true;
+        --in_flight;
       }
     }
+    // Requests unanswered for longer than the timeout are lost.
+    for (; oldest < next; ++oldest) {
+      if (settled[oldest]) continue;
+      if (t1 - sent_at[oldest] < timeout_ns) break;
+      settled[oldest] = true;
+      --in_flight;
+      ++lost;
+    }
+    if (oldest == next && next > total) break;
   }
   std::sort(rtt.begin(), rtt.end());
   double sum = 0;
   for (uint64_t v : rtt) sum += v;
+  const double seconds = measure_end > measure_start ? (measure_end - measure_start) / 1e9 : 0;
   printf("{\"samples\": %zu, \"lost\": %" PRIu64 ", \"stale\": %" PRIu64
          ", \"mismatched\": %" PRIu64 ", \"min_us\": %.2f, \"p50_us\": %.2f, \"p90_us\": %.2f, "
-         "\"p99_us\": %.2f, \"p999_us\": %.2f, \"mean_us\": %.2f}\n",
+         "\"p99_us\": %.2f, \"p999_us\": %.2f, \"mean_us\": %.2f, \"window\": %u, "
+         "\"seconds\": %.3f, \"echoes_per_s\": %.0f}\n",
          rtt.size(), lost, stale, mismatched, Percentile(rtt, 0), Percentile(rtt, 50),
          Percentile(rtt, 90), Percentile(rtt, 99), Percentile(rtt, 99.9),
-         rtt.empty() ? 0 : sum / rtt.size() / 1e3);
+         rtt.empty() ? 0 : sum / rtt.size() / 1e3, window, seconds,
+         seconds > 0 ? measured / seconds : 0);
   close(fd);
   return lost > total / 10 ? 1 : 0;
 }
