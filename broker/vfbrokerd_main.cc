@@ -26,6 +26,7 @@
 #include "broker/allocator/allocator.h"
 #include "broker/backends/loop_extent.h"
 #include "broker/backends/nvme_sriov.h"
+#include "broker/backends/pci_nic.h"
 #include "broker/backends/sriov_nic.h"
 #include "broker/backends/xdp_nic.h"
 #include "broker/config/config_loader.h"
@@ -109,6 +110,17 @@ int Run(const config::BrokerConfig& config) {
         return 1;
       }
       specs.push_back(SriovNicPoolSpec(pool));  // slot i is VF i
+      backends.emplace(pool.name(), *std::move(backend));
+      continue;
+    }
+    if (pool.has_pci_nic()) {
+      absl::StatusOr<std::unique_ptr<PciNicBackend>> backend =
+          PciNicBackend::Open(pool.name(), pool.pci_nic(), MakeRealPciNicPlatform());
+      if (!backend.ok()) {
+        spdlog::critical("pool {}: {}", pool.name(), backend.status().message());
+        return 1;
+      }
+      specs.push_back(PciNicPoolSpec(pool));  // slot i is pci_addresses[i]
       backends.emplace(pool.name(), *std::move(backend));
       continue;
     }

@@ -98,14 +98,28 @@ std::string PciNicBackend::PciPath(const std::string& bdf, const std::string& le
 }
 
 std::optional<MacAddress> PciNicBackend::NetdevMac(const std::string& bdf) const {
-  absl::StatusOr<std::vector<std::string>> nets = ListDir(PciPath(bdf, "net"));
+  // A PCI NIC's netdev sits under the PCI device (net/<if>); virtio's under its virtio device
+  // (virtio<N>/net/<if>).
+  std::string parent = PciPath(bdf);
+  if (!pci_sysfs::Exists(PciPath(bdf, "net"))) {
+    absl::StatusOr<std::vector<std::string>> children = ListDir(parent);
+    if (!children.ok()) return std::nullopt;
+    for (const std::string& child : *children) {
+      if (absl::StartsWith(child, "virtio") && child.find('/') == std::string::npos &&
+          pci_sysfs::Exists(absl::StrCat(parent, "/", child, "/net"))) {
+        parent = absl::StrCat(parent, "/", child);
+        break;
+      }
+    }
+  }
+  absl::StatusOr<std::vector<std::string>> nets = ListDir(absl::StrCat(parent, "/net"));
   if (!nets.ok() || nets->size() != 1) return std::nullopt;
   const std::string& name = nets->front();
   if (name.empty() || name.size() > 15 || name.find('/') != std::string::npos || name == "." ||
       name == "..") {
     return std::nullopt;
   }
-  const std::string net = PciPath(bdf, absl::StrCat("net/", name));
+  const std::string net = absl::StrCat(parent, "/net/", name);
   // addr_assign_type 0 (NET_ADDR_PERM): the address is the one the device came with, not one
   // somebody set since.
   absl::StatusOr<std::string> type = pci_sysfs::Read(absl::StrCat(net, "/addr_assign_type"));
@@ -332,7 +346,7 @@ absl::Status PciNicBackend::RemoveOrphans(const std::vector<journal::ExtentState
     absl::StatusOr<std::string> driver = LinkBase(PciPath(functions_[slot], "driver"));
     if (!driver.ok() || *driver != "vfio-pci") continue;
     absl::StatusOr<TeardownResult> result =
-        Reset(slot, std::nullopt, "orphan: bound to vfio-pci, no journal record names it");
+        Reset(slot, std::nullopt, "at start: bound to vfio-pci, no live lease names it");
     if (!result.ok() || *result != TeardownResult::kFreed) {
       dirty_.insert(slot);  // ProvisionNic resets it first, or refuses
       failed.push_back(absl::StrCat(functions_[slot], ": ",

@@ -84,9 +84,10 @@ class PciNicTest : public ::testing::Test {
     }
     // Function 0 is with its kernel driver, with a netdev; function 1 is already vfio-pci's.
     fs::create_symlink("../../drivers/virtio-pci", Pci(kFunctions[0]) + "/driver");
-    fs::create_directories(Pci(kFunctions[0]) + "/net/eth2");
-    Write(Pci(kFunctions[0]) + "/net/eth2/address", "52:54:00:56:00:02\n");
-    Write(Pci(kFunctions[0]) + "/net/eth2/addr_assign_type", "0\n");
+    // (virtio_net's netdev hangs under the virtio device, not under the PCI function.)
+    fs::create_directories(Pci(kFunctions[0]) + "/virtio0/net/eth2");
+    Write(Pci(kFunctions[0]) + "/virtio0/net/eth2/address", "52:54:00:56:00:02\n");
+    Write(Pci(kFunctions[0]) + "/virtio0/net/eth2/addr_assign_type", "0\n");
     fs::create_symlink("../../drivers/vfio-pci", Pci(kFunctions[1]) + "/driver");
     for (const char* bdf : kFunctions) config_.add_pci_addresses(bdf);
     // The kernel's side of driver_override + drivers_probe: a function whose override says
@@ -98,7 +99,7 @@ class PciNicTest : public ::testing::Test {
           if (!fs::exists(Pci(bdf) + "/driver", ec) &&
               Read(Pci(bdf) + "/driver_override") == "vfio-pci" &&
               Read(root_ + "/sys/bus/pci/drivers_probe") == bdf) {
-            fs::remove_all(Pci(bdf) + "/net", ec);
+            fs::remove_all(Pci(bdf) + "/virtio0", ec);
             fs::create_symlink("../../drivers/vfio-pci", Pci(bdf) + "/driver", ec);
           }
         }

@@ -87,6 +87,15 @@ void FillSriovNicInfo(const journal::SriovNicState& state, v1::Nic* nic) {
   for (const journal::NicFilter& filter : state.filters()) *nic->add_filters() = ToApiFilter(filter);
 }
 
+// What the tenant is told about a pci_nic lease: the whole function and its own MAC.
+void FillPciNicInfo(const journal::PciNicState& state, v1::Nic* nic) {
+  MacBytes mac{};
+  if (state.mac().size() == mac.size()) std::copy(state.mac().begin(), state.mac().end(), mac.begin());
+  nic->set_mac(FormatMac(mac));
+  nic->set_queues(1);
+  nic->set_pci_address(state.pci_address());
+}
+
 v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block_size,
                     std::string device_path) {
   v1::Lease info;
@@ -101,6 +110,10 @@ v1::Lease LeaseInfo(const journal::LeaseGranted& granted, uint32_t logical_block
   }
   if (granted.has_sriov_nic()) {
     FillSriovNicInfo(granted.sriov_nic(), info.mutable_nic());
+    return info;
+  }
+  if (granted.has_pci_nic()) {
+    FillPciNicInfo(granted.pci_nic(), info.mutable_nic());
     return info;
   }
   v1::Extent* extent = info.mutable_extent();
@@ -122,6 +135,9 @@ std::string DevicePathOf(const journal::ExtentState& state) {
 
 // What a grant log line calls the slice.
 std::string SliceLabel(const v1::Lease& lease) {
+  if (lease.has_nic() && !lease.nic().pci_address().empty() && lease.nic().interface().empty()) {
+    return absl::StrCat("device ", lease.nic().pci_address(), " mac ", lease.nic().mac());  // pci_nic
+  }
   if (lease.has_nic() && !lease.nic().pci_address().empty()) {
     return absl::StrCat("VF ", lease.nic().pci_address(), " mac ", lease.nic().mac(),
                         lease.nic().vlan() != 0 ? absl::StrCat(" vlan ", lease.nic().vlan()) : "",
@@ -626,6 +642,20 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateNic(absl::string_view token,
   auto target = backends_.find(request.pool());
   const bool polices_rate =
       target != backends_.end() && target->second->backend_name() == "sriov_nic";
+  // A pci_nic lease is a whole device: its MAC is the device's own, and nothing between it and
+  // the wire could enforce a VLAN, a rate or a flow filter.
+  if (target != backends_.end() && target->second->backend_name() == "pci_nic") {
+    if (!request.mac().empty() || request.vlan() != 0 || request.max_tx_rate_mbps() != 0) {
+      return absl::InvalidArgumentError(
+          "pool is pci_nic: a whole-device lease carries the device's own MAC and no VLAN or "
+          "rate; leave mac, vlan and max_tx_rate_mbps unset");
+    }
+    if (request.filters_size() != 0) {
+      return absl::UnimplementedError(
+          "pool is pci_nic: a whole-device lease receives what its wire delivers to it and "
+          "takes no flow filters");
+    }
+  }
   v1::AllocateNicRequest shape_request;
   const v1::AllocateNicRequest* shaped = &request;
   if (polices_rate && request.max_tx_rate_mbps() != 0) {
@@ -649,6 +679,7 @@ absl::StatusOr<v1::Lease> BrokerCore::AllocateNic(absl::string_view token,
   }
   const bool pick_mac = request.mac().empty();
   if (!pick_mac) nic.mac = *ParseUnicastMac(request.mac());  // checked by ValidateNicShape
+  nic.mac_requested = !pick_mac;
 
   const std::string lease_id = RandomId("lease-", 8);
   PeerCredentials peer;
@@ -741,6 +772,10 @@ absl::StatusOr<v1::FlowFilter> BrokerCore::ChangeFlowFilter(absl::string_view to
       return absl::UnimplementedError(absl::StrCat(
           "lease ", lease_id, " is a sriov_nic VF: its flow filters are ntuple rules on the PF, "
           "fixed when the VF is granted (ask for them in AllocateNic)"));
+    }
+    if (it->second.granted.has_pci_nic()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "lease ", lease_id, " is a whole device (pci_nic): it takes no flow filters"));
     }
     if (!it->second.granted.has_xdp_nic()) {
       return absl::FailedPreconditionError(
