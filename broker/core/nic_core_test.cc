@@ -391,5 +391,105 @@ TEST_F(NicCoreTest, SriovNicGrantCarriesVfioDescriptorsAndTheVf) {
   EXPECT_EQ(backend->torn_down, (std::vector<uint32_t>{0}));
 }
 
+// A pci_nic pool: a whole device with its own MAC; a request naming a MAC, VLAN, rate or filter
+// is refused before anything is reserved, and the backend is told the MAC was not requested.
+class FakePciNicBackend : public ExtentBackend {
+ public:
+  std::string backend_name() const override { return "pci_nic"; }
+  uint64_t capacity_bytes() const override { return 1; }
+  bool is_nic() const override { return true; }
+  absl::StatusOr<ProvisionedExtent> Provision(uint64_t, uint64_t) override {
+    return absl::UnimplementedError("NIC pool");
+  }
+  absl::StatusOr<ProvisionedExtent> ProvisionNic(uint64_t slot, const NicRequest& r) override {
+    ++provisions;
+    mac_requested = r.mac_requested;
+    ProvisionedExtent out;
+    journal::PciNicState* s = out.state.mutable_pci_nic();
+    s->set_slot(static_cast<uint32_t>(slot));
+    s->set_pci_address("0000:05:00.0");
+    s->set_mac(std::string("\x52\x54\x00\x56\x00\x02", 6));
+    s->set_iommu_group(12);
+    out.pci_address = s->pci_address();
+    for (v1::FdRole role : {v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP,
+                            v1::FD_ROLE_VFIO_DEVICE}) {
+      out.fds.push_back(TenantFd{role, UniqueFd(::eventfd(0, EFD_CLOEXEC))});
+    }
+    return out;
+  }
+  absl::Status Readopt(const journal::ExtentState&) override { return absl::OkStatus(); }
+  absl::StatusOr<TeardownResult> Teardown(const journal::ExtentState& state) override {
+    torn_down.push_back(state.pci_nic().pci_address());
+    return TeardownResult::kFreed;
+  }
+  absl::Status RemoveOrphans(const std::vector<journal::ExtentState>&) override {
+    return absl::OkStatus();
+  }
+  int provisions = 0;
+  bool mac_requested = true;
+  std::vector<std::string> torn_down;
+};
+
+TEST_F(NicCoreTest, PciNicGrantCarriesTheDevicesOwnMacAndRefusesWhatAWholeDeviceCannotCarry) {
+  JournalReplay replay;
+  auto journal = Journal::Open(dir_ + "/journal", &replay);
+  ASSERT_TRUE(journal.ok()) << journal.status();
+  auto owned = std::make_unique<FakePciNicBackend>();
+  FakePciNicBackend* backend = owned.get();
+  std::map<std::string, std::unique_ptr<ExtentBackend>> backends;
+  backends.emplace("vnet", std::move(owned));
+  BlockPoolSpec spec;
+  spec.name = "vnet";
+  spec.slots = true;
+  spec.capacity_bytes = 1;
+  spec.alignment_bytes = 1;
+  spec.max_extent_bytes = 1;
+  spec.access.uids = {1000};
+  core_ = std::make_unique<BrokerCore>(
+      CoreOptions{}, std::make_unique<Allocator>(std::vector<BlockPoolSpec>{spec}, QuotaPolicy{}),
+      std::move(backends), *std::move(journal));
+  ASSERT_TRUE(core_->Recover(replay).ok());
+  core_->Start();
+  const std::string t = Open(Peer(1000, 1));
+  // Refused before a slot is reserved: the backend never hears of them.
+  v1::AllocateNicRequest mac;
+  mac.set_pool("vnet");
+  mac.set_mac("02:00:00:00:00:01");
+  auto refused = core_->AllocateNic(t, mac);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("whole-device"), std::string::npos);
+  v1::AllocateNicRequest vlan;
+  vlan.set_pool("vnet");
+  vlan.set_vlan(7);
+  EXPECT_EQ(core_->AllocateNic(t, vlan).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::AllocateNicRequest rate;
+  rate.set_pool("vnet");
+  rate.set_max_tx_rate_mbps(10);
+  EXPECT_EQ(core_->AllocateNic(t, rate).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::AllocateNicRequest filtered;
+  filtered.set_pool("vnet");
+  *filtered.add_filters() = Udp("10.0.0.1", 53);
+  EXPECT_EQ(core_->AllocateNic(t, filtered).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(backend->provisions, 0);
+
+  v1::AllocateNicRequest plain;
+  plain.set_pool("vnet");
+  auto lease = core_->AllocateNic(t, plain);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_FALSE(backend->mac_requested);
+  EXPECT_EQ(lease->nic().pci_address(), "0000:05:00.0");
+  EXPECT_EQ(lease->nic().mac(), "52:54:00:56:00:02");
+  EXPECT_EQ(lease->nic().interface(), "");
+  EXPECT_EQ(lease->nic().vlan(), 0u);
+  EXPECT_EQ(link_->roles.back(),
+            (std::vector<int>{v1::FD_ROLE_VFIO_CONTAINER, v1::FD_ROLE_VFIO_GROUP,
+                              v1::FD_ROLE_VFIO_DEVICE}));
+  EXPECT_EQ(core_->AddFlowFilter(t, lease->id(), Udp("10.0.0.1", 53)).status().code(),
+            absl::StatusCode::kUnimplemented);
+  core_->CloseSession(t);
+  ASSERT_TRUE(core_->WaitForIdleReaper(absl::Seconds(5)));
+  EXPECT_EQ(backend->torn_down, (std::vector<std::string>{"0000:05:00.0"}));
+}
+
 }  // namespace
 }  // namespace vfbroker
