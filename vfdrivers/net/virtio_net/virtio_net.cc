@@ -441,6 +441,8 @@ absl::Status VirtioNetPort::SetupQueues() {
   }
   rx_refill_batch_ = nrx / 2 < kBurst ? nrx / 2 : kBurst;
 
+  rx_data0_ = buffers_ + kHeadroom;
+  to_iova_ = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
   info_.queue_id = 0;
   info_.buffer_count = options_.buffer_count;
   info_.buffer_capacity = kBufferSize - kHeadroom;
@@ -494,7 +496,7 @@ absl::Status VirtioNetPort::SetupQueue(Queue& q, uint16_t index, uint32_t size, 
 
   q.index = index;
   q.size = static_cast<uint16_t>(size);
-  q.mask = static_cast<uint16_t>(size - 1);
+  q.mask = size - 1;
   q.desc = reinterpret_cast<VirtqDesc*>(base + desc_off);
   // §2.7.6 struct virtq_avail { flags; idx; ring[size]; used_event }.
   uint16_t* avail = reinterpret_cast<uint16_t*>(base + avail_off);
@@ -510,9 +512,8 @@ absl::Status VirtioNetPort::SetupQueue(Queue& q, uint16_t index, uint32_t size, 
   // §2.7.7: polling, no interrupts wanted.
   *q.avail_flags = kAvailFNoInterrupt;
   q.desc_buf.assign(size, kNotOutstanding);
-  q.free_desc.resize(size);
-  for (uint32_t i = 0; i < size; ++i) q.free_desc[i] = static_cast<uint16_t>(size - 1 - i);
-  q.free_desc_top = size;
+  // Avail slot i names descriptor i for good (see RefillRx); the control queue writes its own.
+  for (uint32_t i = 0; i < size; ++i) q.avail_ring[i] = static_cast<uint16_t>(i);
   RETURN_IF_ERROR(WriteCommon(kCommonQueueEnable, 2, 1));
   return absl::OkStatus();
 }
@@ -675,33 +676,96 @@ inline void VirtioNetPort::Publish(Queue& q, uint16_t new_idx) {
   ++xstats_.notifies;
 }
 
-// Gives free buffers to every free RX descriptor: descriptor address only (length and WRITE
-// are fixed), one avail idx store and one notify.
+// Descriptor ids follow the avail ring: avail slot i always names descriptor i (written once at
+// setup), so posting a buffer writes only its descriptor, and the avail idx store covers the
+// ring entries. The device may return descriptors out of order (§2.7.8); a slot whose
+// descriptor is still out is never reused: posting stops there until it comes back.
+
+// Gives free buffers to free RX descriptors from avail_shadow on: descriptor address only
+// (length and WRITE are fixed), one avail idx store and at most one notify. Runs that do not
+// wrap, pointers walking (no index masking).
 void VirtioNetPort::RefillRx() {
   Queue& q = rx_;
-  uint32_t n = q.free_desc_top < free_top_ ? q.free_desc_top : free_top_;
+  uint32_t n = q.size - q.outstanding;
+  if (n > free_top_) n = free_top_;
   if (n == 0) return;
-  const uint16_t* fd = q.free_desc.data() + q.free_desc_top;
+  const uint32_t first = q.avail_shadow & q.mask;
+  const uint32_t run1 = n < q.size - first ? n : q.size - first;
   const uint32_t* fb = free_.data() + free_top_;
-  uint32_t* const desc_buf = q.desc_buf.data();
-  VirtqDesc* const desc = q.desc;
-  uint16_t* const ring = q.avail_ring;
-  const uint16_t mask = q.mask;
   const uint64_t iova = buffers_iova_ + (kHeadroom - kNetHdrSize);
-  uint16_t idx = q.avail_shadow;
-  for (uint32_t i = 0; i < n; ++i) {
-    const uint16_t id = *--fd;
-    const uint32_t b = *--fb;
-    desc_buf[id] = b;
-    desc[id].addr = iova + uint64_t{b} * kBufferSize;
-    ring[idx & mask] = id;
-    ++idx;
+  uint32_t posted = 0;
+  for (int run = 0; run < 2; ++run) {
+    const uint32_t from = run == 0 ? first : 0;
+    const uint32_t count = run == 0 ? run1 : n - run1;
+    uint32_t* s = q.desc_buf.data() + from;
+    uint32_t* const end = s + count;
+    VirtqDesc* d = q.desc + from;
+    for (; s != end; ++s, ++d) {
+      if (__builtin_expect(*s != kNotOutstanding, 0)) break;  // still out (out of order)
+      const uint32_t b = *--fb;
+      *s = b;
+      d->addr = iova + uint64_t{b} * kBufferSize;
+    }
+    posted += static_cast<uint32_t>(s - (q.desc_buf.data() + from));
+    if (s != end) break;
   }
-  q.free_desc_top -= n;
-  free_top_ -= n;
-  q.outstanding += n;
-  q.avail_shadow = idx;
-  Publish(q, idx);
+  if (posted == 0) return;
+  free_top_ -= posted;
+  q.outstanding += posted;
+  q.avail_shadow = static_cast<uint16_t>(q.avail_shadow + posted);
+  Publish(q, q.avail_shadow);
+}
+
+// Reaps used entries [from, from + count) of the RX used ring (a run that does not wrap) into
+// *out; returns bytes handed out and advances *out. Every entry is checked: id in range and
+// outstanding, length = header + 1 .. kRxMaxFrame. A bad id is skipped; a bad length's buffer
+// goes back to the free stack, never to the caller. Values used once per entry are read from
+// members inside the loop (a memory operand, no register held), so the loop's state fits in
+// registers.
+uint64_t VirtioNetPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
+  const VirtqUsedElem* u = const_cast<const VirtqUsedElem*>(rx_.used_ring) + from;
+  const VirtqUsedElem* const end = u + count;
+  uint32_t* const desc_buf = rx_.desc_buf.data();
+  BufState* const state = state_.data();
+  PacketBuffer* p = *out;
+  uint64_t bytes = 0;
+  for (; u != end; ++u) {
+    uint64_t elem;
+    std::memcpy(&elem, u, 8);  // id and len in one load (4-byte aligned: memcpy, not a cast)
+    const uint32_t id = static_cast<uint32_t>(elem);
+    const uint32_t frame = static_cast<uint32_t>(elem >> 32) - kNetHdrSize;
+    // The id must name a descriptor the driver gave and has not had back.
+    if (__builtin_expect(id > rx_.mask, 0)) {
+      ++xstats_.bad_used_id;
+      continue;
+    }
+    const uint32_t b = desc_buf[id];
+    if (__builtin_expect(b == kNotOutstanding, 0)) {
+      ++xstats_.bad_used_id;
+      continue;
+    }
+    desc_buf[id] = kNotOutstanding;
+    // At least one byte of frame after the header, and no more than the descriptor held.
+    if (__builtin_expect(frame - 1 >= kRxMaxFrame, 0)) {
+      ++xstats_.bad_rx_length;
+      --rx_.outstanding;
+      free_[free_top_++] = b;  // never reached the caller
+      continue;
+    }
+    state[b] = BufState::kApp;
+    uint8_t* const data = rx_data0_ + size_t{b} * kBufferSize;
+    p->data = data;
+    p->device_address = reinterpret_cast<uintptr_t>(data) + to_iova_;
+    const uint64_t len_cap = frame | (uint64_t{kBufferSize - kHeadroom} << 32);
+    std::memcpy(&p->length, &len_cap, 8);  // length and capacity in one store
+    p->index = b;
+    p->pool = this;
+    ++p;
+    bytes += frame;
+  }
+  rx_.outstanding -= static_cast<uint32_t>(p - *out);
+  *out = p;
+  return bytes;
 }
 
 size_t VirtioNetPort::RxBurst(absl::Span<PacketBuffer> out) {
@@ -711,76 +775,31 @@ size_t VirtioNetPort::RxBurst(absl::Span<PacketBuffer> out) {
   const uint16_t pending = static_cast<uint16_t>(*q.used_idx - seen);
   if (__builtin_expect(pending > q.outstanding, 0)) {
     // §2.7.8: the device may only return what it was given; a used idx past that is a lie.
-    // Nothing is read; the queue stays as it was (a device that keeps lying gets nothing).
+    // Nothing is read; the queue stays as it was (a device that keeps lying gets nothing, and
+    // each poll that sees it counts).
     ++stats_.bad_descriptors;
     ++xstats_.bad_used_idx;
     return 0;
   }
   __atomic_thread_fence(__ATOMIC_ACQUIRE);  // §2.7.14: entries are read after idx
   const uint32_t limit = pending < out.size() ? pending : static_cast<uint32_t>(out.size());
-  const volatile VirtqUsedElem* const used = q.used_ring;
-  const uint16_t mask = q.mask;
-  uint32_t* const desc_buf = q.desc_buf.data();
-  uint16_t* fd = q.free_desc.data() + q.free_desc_top;
-  uint32_t* fb = free_.data() + free_top_;
-  BufState* const state = state_.data();
-  uint8_t* const data0 = buffers_ + kHeadroom;
-  const uint64_t iova0 = buffers_iova_ + kHeadroom;
+  const uint32_t first = seen & q.mask;
+  const uint32_t run1 = limit < q.size - first ? limit : q.size - first;
+  const uint64_t bad_before = xstats_.bad_used_id + xstats_.bad_rx_length;
   PacketBuffer* p = out.data();
-  uint64_t bytes = 0;
-  uint32_t bad = 0;
-  for (uint32_t i = 0; i < limit; ++i) {
-    uint64_t elem;
-    std::memcpy(&elem, const_cast<const VirtqUsedElem*>(&used[(seen + i) & mask]), 8);
-    const uint32_t id = static_cast<uint32_t>(elem);
-    const uint32_t len = static_cast<uint32_t>(elem >> 32);
-    // The id must name a descriptor the driver gave and has not had back.
-    if (__builtin_expect(id > mask, 0)) {
-      ++bad;
-      ++xstats_.bad_used_id;
-      continue;
-    }
-    const uint32_t b = desc_buf[id];
-    if (__builtin_expect(b == kNotOutstanding, 0)) {
-      ++bad;
-      ++xstats_.bad_used_id;
-      continue;
-    }
-    desc_buf[id] = kNotOutstanding;
-    *fd++ = static_cast<uint16_t>(id);
-    const uint32_t frame = len - kNetHdrSize;
-    // At least one byte of frame after the header, and no more than the descriptor held.
-    if (__builtin_expect(frame - 1 >= kRxMaxFrame, 0)) {
-      ++bad;
-      ++xstats_.bad_rx_length;
-      *fb++ = b;  // never reached the caller
-      continue;
-    }
-    state[b] = BufState::kApp;
-    p->data = data0 + size_t{b} * kBufferSize;
-    p->device_address = iova0 + uint64_t{b} * kBufferSize;
-    p->length = frame;
-    p->capacity = kBufferSize - kHeadroom;
-    p->index = b;
-    p->pool = this;
-    ++p;
-    bytes += frame;
-  }
+  uint64_t bytes = Reap(&p, first, run1);
+  if (limit > run1) bytes += Reap(&p, 0, limit - run1);
   const uint32_t n = static_cast<uint32_t>(p - out.data());
   q.used_seen = static_cast<uint16_t>(seen + limit);
-  const uint32_t returned = static_cast<uint32_t>(fd - (q.free_desc.data() + q.free_desc_top));
-  q.free_desc_top += returned;
-  q.outstanding -= returned;
-  free_top_ = static_cast<uint32_t>(fb - free_.data());
   stats_.rx_packets += n;
   stats_.rx_bytes += bytes;
-  stats_.bad_descriptors += bad;
-  if (q.free_desc_top >= rx_refill_batch_) RefillRx();
+  stats_.bad_descriptors += xstats_.bad_used_id + xstats_.bad_rx_length - bad_before;
+  if (q.size - q.outstanding >= rx_refill_batch_) RefillRx();
   return n;
 }
 
-// Takes back what the device has sent: same checks on used entries as RX (the length of a
-// device-readable buffer means nothing and is ignored, §2.7.8.2).
+// Takes back what the device has sent: the same checks on used entries as RX (the length of a
+// device-readable buffer means nothing and is ignored, §2.7.8.2). Runs that do not wrap.
 void VirtioNetPort::ReclaimTx() {
   Queue& q = tx_;
   const uint16_t seen = q.used_seen;
@@ -792,39 +811,40 @@ void VirtioNetPort::ReclaimTx() {
     return;
   }
   __atomic_thread_fence(__ATOMIC_ACQUIRE);
-  const volatile VirtqUsedElem* const used = q.used_ring;
-  const uint16_t mask = q.mask;
+  const uint32_t mask = q.mask;
+  const uint32_t first = seen & mask;
+  const uint32_t run1 = pending < q.size - first ? pending : q.size - first;
   uint32_t* const desc_buf = q.desc_buf.data();
-  uint16_t* fd = q.free_desc.data() + q.free_desc_top;
   uint32_t* fb = free_.data() + free_top_;
   uint32_t bad = 0;
-  for (uint32_t i = 0; i < pending; ++i) {
-    const uint32_t id = used[(seen + i) & mask].id;
-    if (__builtin_expect(id > mask, 0)) {
-      ++bad;
-      continue;
+  for (int run = 0; run < 2; ++run) {
+    const VirtqUsedElem* u = const_cast<const VirtqUsedElem*>(q.used_ring) + (run ? 0 : first);
+    const VirtqUsedElem* const end = u + (run ? pending - run1 : run1);
+    for (; u != end; ++u) {
+      const uint32_t id = u->id;
+      if (__builtin_expect(id > mask, 0)) {
+        ++bad;
+        continue;
+      }
+      const uint32_t b = desc_buf[id];
+      if (__builtin_expect(b == kNotOutstanding, 0)) {
+        ++bad;
+        continue;
+      }
+      desc_buf[id] = kNotOutstanding;
+      *fb++ = b;  // state_ stays kTx: "not the caller's", like kFree
     }
-    const uint32_t b = desc_buf[id];
-    if (__builtin_expect(b == kNotOutstanding, 0)) {
-      ++bad;
-      continue;
-    }
-    desc_buf[id] = kNotOutstanding;
-    *fd++ = static_cast<uint16_t>(id);
-    *fb++ = b;  // state_ stays kTx: "not the caller's", like kFree
   }
   q.used_seen = static_cast<uint16_t>(seen + pending);
-  const uint32_t done = static_cast<uint32_t>(fd - (q.free_desc.data() + q.free_desc_top));
-  q.free_desc_top += done;
-  q.outstanding -= done;
+  const uint32_t done = static_cast<uint32_t>(fb - (free_.data() + free_top_));
   free_top_ += done;
+  q.outstanding -= done;
   stats_.tx_completed += done;
   stats_.bad_descriptors += bad;
   xstats_.bad_used_id += bad;
 }
 
-// A caller's buffer: ours, in the caller's hands, data inside it after the header's room,
-// length within it.
+// A caller's buffer: ours, in the caller's hands, data inside it, length within it.
 inline bool VirtioNetPort::CheckAppBuffer(const PacketBuffer& p) {
   if (p.pool != this || p.index >= options_.buffer_count ||
       state_[p.index] != BufState::kApp) {
@@ -835,40 +855,39 @@ inline bool VirtioNetPort::CheckAppBuffer(const PacketBuffer& p) {
   return off < kBufferSize && p.length <= kBufferSize - off;
 }
 
-size_t VirtioNetPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
-  if (tx_.outstanding != 0) ReclaimTx();
-  Queue& q = tx_;
-  const uint32_t room = q.free_desc_top;
-  const uint32_t n = pkts.size() < room ? static_cast<uint32_t>(pkts.size()) : room;
-  const uint16_t* fd = q.free_desc.data() + q.free_desc_top;
-  uint32_t* const desc_buf = q.desc_buf.data();
-  VirtqDesc* const desc = q.desc;
-  uint16_t* const ring = q.avail_ring;
-  const uint16_t mask = q.mask;
+// Queues [p, end) on TX descriptors from `from` on (a run that does not wrap); stops at the
+// first bad buffer (counted) or a descriptor still out. Returns where it stopped. Descriptor,
+// slot and packet pointers walk together; values used once per frame are members read as
+// memory operands, so the loop's state fits in registers.
+const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuffer* end,
+                                          uint32_t from) {
+  VirtqDesc* d = tx_.desc + from;
+  uint32_t* s = tx_.desc_buf.data() + from;
   BufState* const state = state_.data();
-  const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
-  const uint64_t to_iova = buffers_iova_ - buffers;  // IOVA = address + this, inside the pool
-  const uint32_t buffer_count = options_.buffer_count;
-  uint16_t idx = q.avail_shadow;
   uint64_t bytes = 0;
-  const PacketBuffer* p = pkts.data();
-  const PacketBuffer* const end = p + n;
-  for (; p != end; ++p) {
+  for (; p != end; ++p, ++d, ++s) {
     const uint32_t b = p->index;
     const uint32_t len = p->length;
     const uintptr_t data = reinterpret_cast<uintptr_t>(p->data);
-    // Ours, in the caller's hands, room for the header before data, 0 < length <= room after.
-    const uintptr_t off = data - (buffers + uintptr_t{b} * kBufferSize);
-    if (__builtin_expect(p->pool != this || b >= buffer_count || state[b] != BufState::kApp ||
-                             off - kNetHdrSize >= kBufferSize - kNetHdrSize ||
-                             len - 1 >= kBufferSize - off,
+    // Ours, in the caller's hands, room for the header before data, 0 < length <= room after:
+    // the header's offset in the buffer and length - 1 both below 2 KiB (one test), then the
+    // header + frame within the buffer.
+    const uintptr_t hdr_off =
+        data - kNetHdrSize - (reinterpret_cast<uintptr_t>(buffers_) + uintptr_t{b} * kBufferSize);
+    if (__builtin_expect(p->pool != this || b >= options_.buffer_count ||
+                             state[b] != BufState::kApp ||
+                             (hdr_off | (len - 1)) >= kBufferSize ||
+                             hdr_off + len > kBufferSize - kNetHdrSize,
                          0)) {
       ++stats_.bad_buffers;
       break;
     }
+    if (__builtin_expect(*s != kNotOutstanding, 0)) {  // still out (out-of-order completion)
+      stats_.tx_ring_full += end - p;
+      break;
+    }
     state[b] = BufState::kTx;
-    const uint16_t id = *--fd;
-    desc_buf[id] = b;
+    *s = b;
     // §5.1.6.2: a zeroed virtio_net_hdr (no checksum offload, no GSO, num_buffers 0) in the
     // 12 bytes before the frame; one descriptor covers header and frame.
     uint8_t* const hdr = reinterpret_cast<uint8_t*>(data - kNetHdrSize);
@@ -876,22 +895,33 @@ size_t VirtioNetPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
     const uint32_t zero4 = 0;
     std::memcpy(hdr, &zero8, 8);
     std::memcpy(hdr + 8, &zero4, 4);
-    VirtqDesc* const d = desc + id;
-    d->addr = data - kNetHdrSize + to_iova;
+    d->addr = data - kNetHdrSize + to_iova_;
     const uint64_t len_flags_next = len + kNetHdrSize;  // flags 0 (device-readable), next 0
     std::memcpy(&d->len, &len_flags_next, 8);
-    ring[idx & mask] = id;
-    ++idx;
     bytes += len;
   }
-  const uint32_t sent = static_cast<uint32_t>(p - pkts.data());
+  stats_.tx_bytes += bytes;
+  return p;
+}
+
+size_t VirtioNetPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
+  if (tx_.outstanding != 0) ReclaimTx();
+  Queue& q = tx_;
+  const uint32_t room = q.size - q.outstanding;
+  const uint32_t n = pkts.size() < room ? static_cast<uint32_t>(pkts.size()) : room;
+  const uint16_t start = q.avail_shadow;
+  const uint32_t first = start & q.mask;
+  // At most two runs: the ring wraps at most once.
+  const uint32_t run1 = n < q.size - first ? n : q.size - first;
+  const PacketBuffer* const p0 = pkts.data();
+  const PacketBuffer* p = FillTx(p0, p0 + run1, first);
+  if (p == p0 + run1 && n > run1) p = FillTx(p, p0 + n, 0);
+  const uint32_t sent = static_cast<uint32_t>(p - p0);
   if (sent != 0) {
-    q.free_desc_top -= sent;
     q.outstanding += sent;
-    q.avail_shadow = idx;
+    q.avail_shadow = static_cast<uint16_t>(start + sent);
     stats_.tx_packets += sent;
-    stats_.tx_bytes += bytes;
-    Publish(q, idx);
+    Publish(q, q.avail_shadow);  // one avail idx store, at most one notify per burst
   }
   if (sent == n && n < pkts.size()) stats_.tx_ring_full += pkts.size() - n;
   return sent;
@@ -930,7 +960,7 @@ size_t VirtioNetPort::FreeBurst(absl::Span<const PacketBuffer> bufs) {
 
 void VirtioNetPort::Service() {
   if (tx_.outstanding != 0) ReclaimTx();
-  if (rx_.free_desc_top != 0) RefillRx();
+  if (rx_.outstanding != rx_.size) RefillRx();
 }
 
 }  // namespace vfdrivers::net::virtio_net

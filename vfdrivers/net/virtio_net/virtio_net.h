@@ -223,7 +223,7 @@ class VirtioNetPort final : public Port {
   struct Queue {
     uint16_t index = 0;
     uint16_t size = 0;          // power of two
-    uint16_t mask = 0;
+    uint32_t mask = 0;          // size - 1
     VirtqDesc* desc = nullptr;
     volatile uint16_t* avail_flags = nullptr;
     volatile uint16_t* avail_idx = nullptr;
@@ -236,8 +236,7 @@ class VirtioNetPort final : public Port {
     uint16_t used_seen = 0;     // used idx consumed up to here
     uint32_t outstanding = 0;   // descriptors given to the device, not yet back
     std::vector<uint32_t> desc_buf;  // descriptor id -> buffer index, kNotOutstanding if none
-    std::vector<uint16_t> free_desc; // stack of descriptor ids not given
-    uint32_t free_desc_top = 0;
+                                     // (avail slot i always names descriptor i)
   };
 
   VirtioNetPort(std::unique_ptr<Transport> transport, const Options& options);
@@ -254,6 +253,8 @@ class VirtioNetPort final : public Port {
   void StopDevice();
   void RefillRx();
   void ReclaimTx();
+  uint64_t Reap(PacketBuffer** out, uint32_t from, uint32_t count);
+  const PacketBuffer* FillTx(const PacketBuffer* p, const PacketBuffer* end, uint32_t from);
   void Publish(Queue& q, uint16_t new_idx);
   bool CheckAppBuffer(const PacketBuffer& b);
 
@@ -279,6 +280,8 @@ class VirtioNetPort final : public Port {
   bool device_live_ = false;  // reset on destruction
   uint8_t* buffers_ = nullptr;
   uint64_t buffers_iova_ = 0;
+  uint8_t* rx_data0_ = nullptr;  // buffers_ + kHeadroom: frame of buffer 0
+  uint64_t to_iova_ = 0;         // IOVA of a pool address = the address + this
   uint8_t* ctrl_buf_ = nullptr;  // control command header, data, ack
   uint64_t ctrl_iova_ = 0;
 

@@ -2,6 +2,7 @@
 // (capabilities, common config), §5.1.4 (device config), §2.7 (split virtqueues).
 #include "vfdrivers/net/virtio_net/virtio_net_device_model.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -138,6 +139,7 @@ void VirtioNetDeviceModel::set_link(bool up) {
 
 void VirtioNetDeviceModel::Reset() {
   ++resets_;
+  rx_held_ = tx_held_ = -1;
   status_ = 0;
   driver_features_ = 0;
   device_feature_select_ = driver_feature_select_ = 0;
@@ -440,9 +442,37 @@ bool VirtioNetDeviceModel::Deliver(const uint8_t* frame, uint32_t length) {
   std::vector<uint8_t> readable;
   uint64_t addr;
   uint32_t room;
-  if (!TakeChain(kRxQueue, &head, &readable, &addr, &room)) {
-    ++rx_dropped_;
-    return false;
+  if (hostile_ == Hostile::kOutOfOrder && rx_held_ >= 0) {
+    // Fill the buffer held back last time (its descriptor is re-read: the driver's own).
+    head = static_cast<uint16_t>(rx_held_);
+    rx_held_ = -1;
+    const uint8_t* d = Dma(queues_[kRxQueue].desc + 16 * uint64_t{head}, 16);
+    if (d == nullptr) return false;
+    VirtqDesc desc;
+    std::memcpy(&desc, d, 16);
+    addr = desc.addr;
+    room = desc.len;
+    readable.clear();
+  } else {
+    if (!TakeChain(kRxQueue, &head, &readable, &addr, &room)) {
+      ++rx_dropped_;
+      return false;
+    }
+    if (hostile_ == Hostile::kOutOfOrder) {
+      const uint16_t held = head;
+      if (TakeChain(kRxQueue, &head, &readable, &addr, &room)) {
+        rx_held_ = held;
+      } else {  // only one buffer available: use it
+        head = held;
+        const uint8_t* d = Dma(queues_[kRxQueue].desc + 16 * uint64_t{head}, 16);
+        if (d == nullptr) return false;
+        VirtqDesc desc;
+        std::memcpy(&desc, d, 16);
+        addr = desc.addr;
+        room = desc.len;
+        readable.clear();
+      }
+    }
   }
   if (!readable.empty() || room < kNetHdrSize + length) {
     ++driver_errors_;
@@ -469,6 +499,12 @@ void VirtioNetDeviceModel::Step() {
   std::vector<uint8_t> readable;
   uint64_t addr;
   uint32_t room;
+  std::vector<uint16_t> done;
+  if (tx_held_ >= 0) {
+    done.push_back(static_cast<uint16_t>(tx_held_));
+    tx_held_ = -1;
+  }
+  bool first = true;
   while (Live(kTxQueue) && TakeChain(kTxQueue, &head, &readable, &addr, &room)) {
     if (readable.size() < kNetHdrSize || room != 0) {
       ++driver_errors_;
@@ -478,8 +514,15 @@ void VirtioNetDeviceModel::Step() {
       if (!zero) ++tx_nonzero_headers_;
       sent_.emplace_back(readable.begin() + kNetHdrSize, readable.end());
     }
-    PushUsed(kTxQueue, head, 0, true);
+    if (hostile_ == Hostile::kOutOfOrder && first) {
+      tx_held_ = head;
+    } else {
+      done.push_back(head);
+    }
+    first = false;
   }
+  if (hostile_ == Hostile::kOutOfOrder) std::reverse(done.begin() + (done.empty() ? 0 : 1), done.end());
+  for (uint16_t id : done) PushUsed(kTxQueue, id, 0, true);
   if (hostile_ == Hostile::kCtrlSilent) return;
   while (Live(kCtrlQueue) && TakeChain(kCtrlQueue, &head, &readable, &addr, &room)) {
     ++ctrl_commands_;

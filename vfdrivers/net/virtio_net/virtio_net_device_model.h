@@ -55,6 +55,10 @@ enum class Hostile {
   kCtrlSilent,  // commands never answered
   // Not hostile: the device asks for no notifications (VIRTQ_USED_F_NO_NOTIFY).
   kNoNotify,
+  // Not hostile (§2.7.8 allows it): completions out of order. RX: every other Deliver holds
+  // the buffer it took and fills the next one, the held one on the next Deliver. TX: each Step
+  // holds back the first chain it takes until the next Step and completes the rest in reverse.
+  kOutOfOrder,
 };
 
 struct ModelOptions {
@@ -162,6 +166,7 @@ class VirtioNetDeviceModel {
   uint64_t driver_errors_ = 0;
   std::map<uint64_t, std::pair<uint8_t*, size_t>> dma_;
   uint64_t next_iova_ = uint64_t{1} << 32;
+  int32_t rx_held_ = -1, tx_held_ = -1;  // kOutOfOrder: a chain head taken, not yet used
   uint64_t dma_errors_ = 0;
 };
 
