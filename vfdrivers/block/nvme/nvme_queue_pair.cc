@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/base/optimization.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 
@@ -17,6 +18,18 @@ size_t RoundUpPage(size_t n) { return (n + kPageSize - 1) & ~(kPageSize - 1); }
 // more), and one PRP list page holds 512 entries (Base §4.1.1), so lists never chain.
 constexpr uint32_t kMaxTransferBytes = 128 * 1024;
 
+// The staging path's errors, built out of line so that the fast path keeps a small frame.
+[[gnu::cold, gnu::noinline]] absl::Status BadIo(uint64_t offset, uint32_t length) {
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "NVMe I/O: offset %u length %u outside the namespace or not block aligned", offset,
+      length));
+}
+[[gnu::cold, gnu::noinline]] absl::Status BadBuffer(bool aligned) {
+  return absl::InvalidArgumentError(aligned
+                                        ? "NVMe I/O: buffer outside registered memory"
+                                        : "NVMe I/O: buffer not dword aligned (PRP1, Base §4.1.1)");
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<QueuePair>> QueuePair::Create(Transport* transport,
@@ -27,6 +40,17 @@ absl::StatusOr<std::unique_ptr<QueuePair>> QueuePair::Create(Transport* transpor
         absl::StrFormat("QueuePair: %u entries (need 2..65536)", config.entries));
   }
   std::unique_ptr<QueuePair> qp(new QueuePair(transport, config));
+  // LBADS makes the block size a power of two (NVM §4.1.5.1, LBA Format Data Structure); the
+  // admin queue has no namespace and does no block I/O.
+  const uint32_t bs = config.geometry.logical_block_size;
+  if (config.qid != 0 && (bs < 512 || (bs & (bs - 1)) != 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("QueuePair: logical block size %u is not a power of two >= 512", bs));
+  }
+  if (bs != 0) {
+    qp->block_mask_ = bs - 1;
+    while ((1u << qp->block_shift_) < bs) ++qp->block_shift_;
+  }
   if (qp->config_.geometry.max_transfer_bytes == 0 ||
       qp->config_.geometry.max_transfer_bytes > kMaxTransferBytes) {
     qp->config_.geometry.max_transfer_bytes = kMaxTransferBytes;
@@ -106,9 +130,16 @@ absl::Status QueuePair::UnregisterMemory(void* base) {
 }
 
 const QueuePair::Registered* QueuePair::FindRegistered(uintptr_t addr, size_t length) const {
-  for (const Registered& r : registered_) {
-    if (addr >= r.base && addr - r.base <= r.length && length <= r.length - (addr - r.base)) {
-      return &r;
+  auto holds = [addr, length](const Registered& r) {
+    return addr >= r.base && addr - r.base <= r.length && length <= r.length - (addr - r.base);
+  };
+  if (last_region_ < registered_.size() && holds(registered_[last_region_])) {
+    return &registered_[last_region_];
+  }
+  for (size_t i = 0; i < registered_.size(); ++i) {
+    if (holds(registered_[i])) {
+      last_region_ = i;
+      return &registered_[i];
     }
   }
   return nullptr;
@@ -123,9 +154,7 @@ absl::StatusOr<uint64_t> QueuePair::IovaOf(const void* p, size_t length) const {
 
 absl::Status QueuePair::CheckRoom() const {
   if (!health_.ok()) return health_;
-  if (free_top_ == 0 || (sq_tail_ + 1) % config_.entries == sq_head_) {
-    return absl::FailedPreconditionError("NVMe queue full: poll first");
-  }
+  if (!HasRoom()) return absl::FailedPreconditionError("NVMe queue full: poll first");
   return absl::OkStatus();
 }
 
@@ -137,7 +166,7 @@ void QueuePair::Push(Sqe& sqe, uint64_t tag, uint32_t length) {
   slot.in_flight = true;
   sqe.cid = cid;
   std::memcpy(&sq_[sq_tail_], &sqe, sizeof(Sqe));
-  sq_tail_ = (sq_tail_ + 1) % config_.entries;
+  sq_tail_ = NextTail();
   ++staged_;
 }
 
@@ -150,53 +179,70 @@ absl::Status QueuePair::StageRaw(Sqe sqe, uint64_t tag) {
 
 absl::Status QueuePair::StageIo(uint8_t opcode, uint64_t offset, const void* buffer,
                                 uint32_t length, uint64_t tag) {
-  absl::Status room = CheckRoom();
-  if (!room.ok()) return room;
+  // The fast path tests everything with a few compares; the statuses are built only on failure.
+  if (ABSL_PREDICT_FALSE(!HasRoom())) return CheckRoom();
   const Geometry& g = config_.geometry;
-  const uint32_t bs = g.logical_block_size;
-  if (length == 0 || length % bs != 0 || offset % bs != 0 || offset > g.size_bytes ||
-      length > g.size_bytes - offset || length > g.max_transfer_bytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "NVMe I/O: offset %u length %u outside the namespace or not block aligned", offset,
-        length));
+  if (ABSL_PREDICT_FALSE(length == 0 || ((offset | length) & block_mask_) != 0 ||
+                         offset > g.size_bytes || length > g.size_bytes - offset ||
+                         length > g.max_transfer_bytes)) {
+    return BadIo(offset, length);
   }
   const uintptr_t addr = reinterpret_cast<uintptr_t>(buffer);
-  if (addr % 4 != 0) {
-    return absl::InvalidArgumentError(
-        "NVMe I/O: buffer not dword aligned (PRP1, Base §4.1.1)");
+  if (ABSL_PREDICT_FALSE(addr % 4 != 0)) return BadBuffer(false);
+  // The region the last I/O used, else a search.
+  const Registered* region = nullptr;
+  if (ABSL_PREDICT_TRUE(last_region_ < registered_.size())) {
+    const Registered& last = registered_[last_region_];
+    if (addr >= last.base && addr - last.base <= last.length &&
+        length <= last.length - (addr - last.base)) {
+      region = &last;
+    }
   }
-  const Registered* region = FindRegistered(addr, length);
-  if (region == nullptr) {
-    return absl::InvalidArgumentError("NVMe I/O: buffer outside registered memory");
-  }
+  if (region == nullptr) region = FindRegistered(addr, length);
+  if (ABSL_PREDICT_FALSE(region == nullptr)) return BadBuffer(true);
   const uint64_t iova = region->iova + (addr - region->base);
-  const uint16_t cid = free_[free_top_ - 1];  // the slot Push will take
-  Sqe sqe;
-  sqe.opcode = opcode;
-  sqe.nsid = config_.nsid;
+  const uint16_t cid = free_[free_top_ - 1];
+  Slot& slot = slots_[cid];
   // PRP entries (Base §4.1.1): the IOVA keeps the buffer's offset within its page (the mapping
   // is page aligned), so iova + first is page aligned.
-  sqe.prp1 = iova;
   const uint64_t first = std::min<uint64_t>(length, kPageSize - iova % kPageSize);
   const uint64_t rest = length - first;
+  uint64_t prp2 = 0;
   if (rest == 0) {
-    sqe.prp2 = 0;
   } else if (rest <= kPageSize) {
-    sqe.prp2 = iova + first;
+    prp2 = iova + first;
   } else {
-    uint64_t* list = slots_[cid].prp_list;
-    if (list == nullptr) {
+    uint64_t* list = slot.prp_list;
+    if (ABSL_PREDICT_FALSE(list == nullptr)) {
       return absl::InvalidArgumentError("NVMe I/O: this queue has no PRP list pages");
     }
     const uint64_t pages = (rest + kPageSize - 1) / kPageSize;  // <= 32 by the cap
     for (uint64_t i = 0; i < pages; ++i) list[i] = iova + first + i * kPageSize;
-    sqe.prp2 = slots_[cid].prp_list_iova;
+    prp2 = slot.prp_list_iova;
   }
-  const uint64_t slba = offset / bs;
+  --free_top_;
+  slot.tag = tag;
+  slot.length = length;
+  slot.in_flight = true;
+  // Written in place: every dword of the entry, the unused ones zero.
+  Sqe& sqe = sq_[sq_tail_];
+  const uint64_t slba = offset >> block_shift_;
+  sqe.opcode = opcode;
+  sqe.flags = 0;
+  sqe.cid = cid;
+  sqe.nsid = config_.nsid;
+  sqe.reserved = 0;
+  sqe.mptr = 0;
+  sqe.prp1 = iova;
+  sqe.prp2 = prp2;
   sqe.cdw10 = static_cast<uint32_t>(slba);
   sqe.cdw11 = static_cast<uint32_t>(slba >> 32);
-  sqe.cdw12 = length / bs - 1;  // NLB, 0-based (NVM §3.2.4 Read, §3.2.6 Write)
-  Push(sqe, tag, length);
+  sqe.cdw12 = (length >> block_shift_) - 1;  // NLB, 0-based (NVM §3.2.4 Read, §3.2.6 Write)
+  sqe.cdw13 = 0;
+  sqe.cdw14 = 0;
+  sqe.cdw15 = 0;
+  sq_tail_ = NextTail();
+  ++staged_;
   return absl::OkStatus();
 }
 
@@ -254,9 +300,31 @@ absl::StatusOr<uint32_t> QueuePair::Submit() {
   return n;
 }
 
+void QueuePair::BadCompletion(uint16_t cid, uint16_t sq_head, Completion& c) {
+  const bool known = cid < slots_.size() && slots_[cid].in_flight;
+  c.tag = known ? slots_[cid].tag : kUnknownTag;
+  c.result = -EIO;
+  if (sq_head >= config_.entries) {
+    health_ = absl::DataLossError(absl::StrFormat(
+        "NVMe queue %u: completion reports SQ head %u of a %u-entry ring", config_.qid, sq_head,
+        config_.entries));
+    c.device_status = kStatusBadSqHead;
+  } else {
+    health_ = absl::DataLossError(absl::StrFormat(
+        "NVMe queue %u: completion for command id %u, which is not in flight", config_.qid, cid));
+    c.device_status = kStatusUnknownCid;
+  }
+  healthy_ = false;
+  if (known) {
+    slots_[cid].in_flight = false;
+    free_[free_top_++] = cid;
+  }
+}
+
 size_t QueuePair::Poll(absl::Span<Completion> out) {
   size_t n = 0;
-  while (n < out.size()) {
+  const size_t max = out.size();
+  while (n < max) {
     volatile Cqe& cqe = cq_[cq_head_];
     const uint16_t status = cqe.status;
     if ((status & 1) != phase_) break;  // phase tag (Base §3.3.3.2)
@@ -269,30 +337,25 @@ size_t QueuePair::Poll(absl::Span<Completion> out) {
       phase_ ^= 1;
     }
     Completion& c = out[n++];
-    const bool known = cid < slots_.size() && slots_[cid].in_flight;
-    c.tag = known ? slots_[cid].tag : kUnknownTag;
-    if (sq_head >= config_.entries) {
-      health_ = absl::DataLossError(absl::StrFormat(
-          "NVMe queue %u: completion reports SQ head %u of a %u-entry ring", config_.qid,
-          sq_head, config_.entries));
-      c.result = -EIO;
-      c.device_status = kStatusBadSqHead;
-    } else if (!known) {
-      health_ = absl::DataLossError(absl::StrFormat(
-          "NVMe queue %u: completion for command id %u, which is not in flight", config_.qid,
-          cid));
-      c.result = -EIO;
-      c.device_status = kStatusUnknownCid;
+    if (ABSL_PREDICT_FALSE(cid >= slots_.size() || !slots_[cid].in_flight ||
+                           sq_head >= config_.entries)) {
+      BadCompletion(cid, sq_head, c);
+      continue;
+    }
+    Slot& slot = slots_[cid];
+    sq_head_ = sq_head;
+    c.tag = slot.tag;
+    // Status field (Base §3.3.3.2.1): SC bits 8:1 and SCT bits 11:9 both zero is success,
+    // whatever CRD, More and DNR say.
+    if (ABSL_PREDICT_TRUE((status & 0x0FFE) == 0)) {
+      c.device_status = 0;
+      c.result = static_cast<int32_t>(slot.length);
     } else {
-      sq_head_ = sq_head;
       c.device_status = DeviceStatus(status);
-      c.result = c.device_status == 0 ? static_cast<int32_t>(slots_[cid].length)
-                                      : NvmeStatusToErrno(c.device_status);
+      c.result = NvmeStatusToErrno(c.device_status);
     }
-    if (known) {
-      slots_[cid].in_flight = false;
-      free_[free_top_++] = cid;
-    }
+    slot.in_flight = false;
+    free_[free_top_++] = cid;
   }
   if (n > 0) {
     *cq_doorbell_ = cq_head_;

@@ -117,11 +117,18 @@ class QueuePair : public Queue {
 
   QueuePair(Transport* transport, const QueuePairConfig& config) :
       transport_(transport), config_(config) {}
+  uint32_t NextTail() const { return sq_tail_ + 1 == config_.entries ? 0 : sq_tail_ + 1; }
+  bool HasRoom() const { return healthy_ && free_top_ != 0 && NextTail() != sq_head_; }
+  // HasRoom() as a status: OK, the poisoned health, or "queue full".
   absl::Status CheckRoom() const;
   absl::Status StageIo(uint8_t opcode, uint64_t offset, const void* buffer, uint32_t length,
                        uint64_t tag);
   void Push(Sqe& sqe, uint64_t tag, uint32_t length);
+  // A completion the device should not have written (unknown command id, SQ head outside the
+  // ring): fills `c` with -EIO and poisons the queue. Off the fast path.
+  void BadCompletion(uint16_t cid, uint16_t sq_head, Completion& c);
 
+  // The registered region holding [addr, addr + length), or nullptr; the last hit is tried first.
   const Registered* FindRegistered(uintptr_t addr, size_t length) const;
 
   Transport* transport_;
@@ -145,6 +152,10 @@ class QueuePair : public Queue {
   uint32_t free_top_ = 0;
   std::vector<Registered> registered_;
   absl::Status health_;
+  bool healthy_ = true;  // health_.ok(), as a flag the staging path tests
+  uint64_t block_mask_ = 0;  // logical_block_size - 1 (a power of two)
+  uint32_t block_shift_ = 0;  // log2(logical_block_size)
+  mutable size_t last_region_ = 0;  // registered_ index FindRegistered matched last
   uint32_t last_dw0_ = 0;
 };
 
