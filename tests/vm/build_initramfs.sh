@@ -14,7 +14,8 @@
 #     (no libraries are added for them: pass an executable as a BINARY for that),
 #   - the guest kernel modules named in $VM_EXTRA_MODULES (names as in modules.dep, separated by
 #     spaces, e.g. VM_EXTRA_MODULES="8021q macvlan veth sch_ingress cls_bpf"), after MODULES and
-#     resolved with their dependencies exactly like them, into the same /modlist.
+#     resolved with their dependencies exactly like them, into the same /modlist (a module built
+#     into the kernel, listed in modules.builtin, is skipped).
 # usage: [VM_EXTRA_PATHS="PATH..."] [VM_EXTRA_MODULES="MODULE..."] build_initramfs.sh OUTPUT.cpio.gz SCENARIO [BINARY...]
 # The guest kernel comes from $VFBROKER_VM_CACHE (default: <repo>/.cache/vm), filled by scripts/setup-vm.sh.
 set -euo pipefail
@@ -65,6 +66,8 @@ add_module() {
 }
 for m in "${MODULES[@]}"; do
   path=$(grep -m1 -E "/$m\.ko(\.xz|\.zst)?:" "$MD/modules.dep" | cut -d: -f1 || true)
+  # Built into this kernel (e.g. virtio_pci in Debian's 6.12, a module in 6.1): nothing to load.
+  if [[ -z $path ]] && grep -q -E "/$m\.ko$" "$MD/modules.builtin" 2>/dev/null; then continue; fi
   [[ -n $path ]] || { echo "build_initramfs: module $m not in $MD/modules.dep" >&2; exit 1; }
   add_module "$path"
 done
