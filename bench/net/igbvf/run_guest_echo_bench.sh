@@ -59,7 +59,7 @@ else
   BINARIES=("$WORK/igbvf_echo" "$WORK/echo_client" "$WORK/kernel_echo" /bin/ip)
   PARAMS="BENCH_SAMPLES=$SAMPLES BENCH_RATE_SAMPLES=$RATE_SAMPLES BENCH_WINDOW=$WINDOW BENCH_REPEAT=$REPEAT BENCH_INSN_N='$INSN_N' BENCH_SERVERS='$SERVERS'"
   guest_bench_scenario "$HERE/guest_echo_scenario.sh" "$WORK/igbvf-echo-bench.sh" "$PARAMS"
-  echo "run_guest_echo_bench: timed boot (~$((REPEAT * 2 + 1)) min under TCG)" >&2
+  echo "run_guest_echo_bench: timed boot (about $((REPEAT + 1)) min under TCG)" >&2
   guest_bench_boot "$WORK" echo "$WORK/igbvf-echo-bench.sh" "${BINARIES[@]}" || status=$?
   grep -a -E '^(vm:|VM-)' "$WORK/echo.txt" >&2 || true
   if [[ $INSN == 1 ]]; then
@@ -92,8 +92,9 @@ median_json() {  # server kind field
     awk '{ l[NR] = $0 } END { if (NR) print l[int((NR + 1) / 2)] }' | jq -c '.[1]' 2>/dev/null || true
 }
 field() { [[ -n $1 ]] && jq -r ".$2" <<< "$1" || echo -; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
+ratio() { [[ $1 == n/a* || $2 == n/a* ]] && { echo -; return; }; awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
 num() {
+  [[ $1 == n/a* ]] && { echo "$1"; return; }
   awk -v a="$1" 'BEGIN { if (a == "-" || a == "") { print "-"; exit }
     s = sprintf("%.0f", a); o = ""
     while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
@@ -175,6 +176,8 @@ if [[ -s $I ]]; then
         echo "| $w | $(label ours) | $(num "$ours_raw") | $(num "$ours_sf") | 1.00x | $idle ($cost) |"
       else
         raw=$(insn "$s" "$w")
+        # A spinning server's count grows with time, not echoes: its slope can come out negative.
+        [[ $raw == -* && $raw != - ]] && raw="n/a (spin noise)"
         echo "| $w | $(label "$s") | $(num "$raw") | - | $(ratio "$raw" "$ours_sf") | - |"
       fi
     done
