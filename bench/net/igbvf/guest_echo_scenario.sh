@@ -14,7 +14,8 @@
 # With BENCH_MODE=insn (second boot, QEMU with insn_count_plugin): per server, two client runs of
 # N1 and N2 round trips bracketed by insn_mark, for the whole guest's instructions per echo; our
 # server marks itself around its echoes and around $BENCH_INSN_IDLE idle polls (the cost of its
-# busy-waiting, to take out), one fresh server per window; windows (requests outstanding)
+# busy-waiting, to take out; ~0.3 s of them, so that timer ticks average in as they do while it
+# echoes), one fresh server per window; windows (requests outstanding)
 # $BENCH_INSN_WINDOWS: the more outstanding, the fewer idle polls per echo there are to take out.
 # Machine-readable lines for run_guest_echo_bench.sh:
 #   BENCH-PARAMS MODE=.. SAMPLES=.. RATE_SAMPLES=.. WINDOW=.. REPEAT=.. INSN_N=a,b
@@ -26,7 +27,7 @@
 # run_guest_echo_bench.sh inserts its parameters (BENCH_*=...) as line 3; the defaults below otherwise.
 . /lib/vm_lib.sh
 : "${BENCH_SAMPLES:=2000}" "${BENCH_RATE_SAMPLES:=4000}" "${BENCH_WINDOW:=16}" "${BENCH_REPEAT:=3}"
-: "${BENCH_MODE:=timed}" "${BENCH_INSN_N:=500 2500}" "${BENCH_INSN_IDLE:=20000}"
+: "${BENCH_MODE:=timed}" "${BENCH_INSN_N:=500 2500}" "${BENCH_INSN_IDLE:=2000000}"
 : "${BENCH_INSN_WINDOWS:=1 $BENCH_WINDOW 128}" "${BENCH_SERVERS:=ours kbusy kbusypoll kblock}"
 echo "BENCH-PARAMS MODE=$BENCH_MODE SAMPLES=$BENCH_SAMPLES RATE_SAMPLES=$BENCH_RATE_SAMPLES WINDOW=$BENCH_WINDOW REPEAT=$BENCH_REPEAT INSN_N=$(echo $BENCH_INSN_N | tr ' ' ,) INSN_WINDOWS=$(echo $BENCH_INSN_WINDOWS | tr ' ' ,) SERVERS=$(echo $BENCH_SERVERS | tr ' ' ,)"
 IP=

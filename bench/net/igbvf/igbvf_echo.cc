@@ -142,9 +142,11 @@ int main(int argc, char** argv) {
   }
   const vfbroker::examples::EchoStats st = RunUdpEcho(*port, options, g_stop, on_idle);
   if (insn_echoes > 0) {
-    // Idle polls between the marks, the marking one excluded (it ran before the mark).
+    // Idle polls between the marks, the marking one excluded (it ran before the mark); zeros
+    // when the N-th echo never came (one mark or none).
+    const bool both = marks == 2;
     printf("igbvf_echo: insn window: marks=%d echoes=%" PRIu64 " idle_polls=%" PRIu64 "\n", marks,
-           end_tx - begin_tx, marks == 2 ? end_idle - begin_idle : 0);
+           both ? end_tx - begin_tx : 0, both ? end_idle - begin_idle : 0);
   }
   const vfdrivers::net::PortStats& ps = port->stats();
   printf("igbvf_echo: received=%" PRIu64 " echoed=%" PRIu64 " ignored=%" PRIu64
