@@ -882,10 +882,7 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
       ++stats_.bad_buffers;
       break;
     }
-    if (__builtin_expect(*s != kNotOutstanding, 0)) {  // still out (out-of-order completion)
-      stats_.tx_ring_full += end - p;
-      break;
-    }
+    if (__builtin_expect(*s != kNotOutstanding, 0)) break;  // still out (out of order)
     state[b] = BufState::kTx;
     *s = b;
     // §5.1.6.2: a zeroed virtio_net_hdr (no checksum offload, no GSO, num_buffers 0) in the
@@ -914,6 +911,7 @@ size_t VirtioNetPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
   // At most two runs: the ring wraps at most once.
   const uint32_t run1 = n < q.size - first ? n : q.size - first;
   const PacketBuffer* const p0 = pkts.data();
+  const uint64_t bad_before = stats_.bad_buffers;
   const PacketBuffer* p = FillTx(p0, p0 + run1, first);
   if (p == p0 + run1 && n > run1) p = FillTx(p, p0 + n, 0);
   const uint32_t sent = static_cast<uint32_t>(p - p0);
@@ -923,7 +921,11 @@ size_t VirtioNetPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
     stats_.tx_packets += sent;
     Publish(q, q.avail_shadow);  // one avail idx store, at most one notify per burst
   }
-  if (sent == n && n < pkts.size()) stats_.tx_ring_full += pkts.size() - n;
+  // Not queued for want of a descriptor (ring full, or a slot still out): the caller keeps
+  // them. A bad buffer's stop is counted in bad_buffers instead.
+  if (sent < pkts.size() && stats_.bad_buffers == bad_before) {
+    stats_.tx_ring_full += pkts.size() - sent;
+  }
   return sent;
 }
 
