@@ -442,6 +442,7 @@ absl::Status VirtioNetPort::SetupQueues() {
   rx_refill_batch_ = nrx / 2 < kBurst ? nrx / 2 : kBurst;
 
   rx_data0_ = buffers_ + kHeadroom;
+  tx_hdr_base_ = reinterpret_cast<uintptr_t>(buffers_) + kNetHdrSize;
   to_iova_ = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
   info_.queue_id = 0;
   info_.buffer_count = options_.buffer_count;
@@ -733,7 +734,7 @@ uint64_t VirtioNetPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) 
     uint64_t elem;
     std::memcpy(&elem, u, 8);  // id and len in one load (4-byte aligned: memcpy, not a cast)
     const uint32_t id = static_cast<uint32_t>(elem);
-    const uint32_t frame = static_cast<uint32_t>(elem >> 32) - kNetHdrSize;
+    const uint64_t len = elem >> 32;
     // The id must name a descriptor the driver gave and has not had back.
     if (__builtin_expect(id > rx_.mask, 0)) {
       ++xstats_.bad_used_id;
@@ -746,7 +747,7 @@ uint64_t VirtioNetPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) 
     }
     desc_buf[id] = kNotOutstanding;
     // At least one byte of frame after the header, and no more than the descriptor held.
-    if (__builtin_expect(frame - 1 >= kRxMaxFrame, 0)) {
+    if (__builtin_expect(len - (kNetHdrSize + 1) >= kRxMaxFrame, 0)) {
       ++xstats_.bad_rx_length;
       --rx_.outstanding;
       free_[free_top_++] = b;  // never reached the caller
@@ -756,16 +757,18 @@ uint64_t VirtioNetPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) 
     uint8_t* const data = rx_data0_ + size_t{b} * kBufferSize;
     p->data = data;
     p->device_address = reinterpret_cast<uintptr_t>(data) + to_iova_;
-    const uint64_t len_cap = frame | (uint64_t{kBufferSize - kHeadroom} << 32);
-    std::memcpy(&p->length, &len_cap, 8);  // length and capacity in one store
+    // length (len - header) and capacity in one store; len >= header here, so no borrow.
+    const uint64_t len_cap = len + ((uint64_t{kBufferSize - kHeadroom} << 32) - kNetHdrSize);
+    std::memcpy(&p->length, &len_cap, 8);
     p->index = b;
     p->pool = this;
     ++p;
-    bytes += frame;
+    bytes += len;  // the headers come off after the loop
   }
-  rx_.outstanding -= static_cast<uint32_t>(p - *out);
+  const uint32_t n = static_cast<uint32_t>(p - *out);
+  rx_.outstanding -= n;
   *out = p;
-  return bytes;
+  return bytes - uint64_t{n} * kNetHdrSize;
 }
 
 size_t VirtioNetPort::RxBurst(absl::Span<PacketBuffer> out) {
@@ -864,7 +867,6 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
   VirtqDesc* d = tx_.desc + from;
   uint32_t* s = tx_.desc_buf.data() + from;
   BufState* const state = state_.data();
-  uint64_t bytes = 0;
   for (; p != end; ++p, ++d, ++s) {
     const uint32_t b = p->index;
     const uint32_t len = p->length;
@@ -872,8 +874,7 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
     // Ours, in the caller's hands, room for the header before data, 0 < length <= room after:
     // the header's offset in the buffer and length - 1 both below 2 KiB (one test), then the
     // header + frame within the buffer.
-    const uintptr_t hdr_off =
-        data - kNetHdrSize - (reinterpret_cast<uintptr_t>(buffers_) + uintptr_t{b} * kBufferSize);
+    const uintptr_t hdr_off = data - (tx_hdr_base_ + uintptr_t{b} * kBufferSize);
     if (__builtin_expect(p->pool != this || b >= options_.buffer_count ||
                              state[b] != BufState::kApp ||
                              (hdr_off | (len - 1)) >= kBufferSize ||
@@ -895,9 +896,8 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
     d->addr = data - kNetHdrSize + to_iova_;
     const uint64_t len_flags_next = len + kNetHdrSize;  // flags 0 (device-readable), next 0
     std::memcpy(&d->len, &len_flags_next, 8);
-    bytes += len;
+    stats_.tx_bytes += len;
   }
-  stats_.tx_bytes += bytes;
   return p;
 }
 

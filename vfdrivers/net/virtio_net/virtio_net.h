@@ -282,6 +282,7 @@ class VirtioNetPort final : public Port {
   uint64_t buffers_iova_ = 0;
   uint8_t* rx_data0_ = nullptr;  // buffers_ + kHeadroom: frame of buffer 0
   uint64_t to_iova_ = 0;         // IOVA of a pool address = the address + this
+  uintptr_t tx_hdr_base_ = 0;    // buffers_ + kNetHdrSize: a frame's header offset is from here
   uint8_t* ctrl_buf_ = nullptr;  // control command header, data, ack
   uint64_t ctrl_iova_ = 0;
 
