@@ -873,9 +873,10 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
     const uintptr_t data = reinterpret_cast<uintptr_t>(p->data);
     // Ours, in the caller's hands, room for the header before data, 0 < length <= room after:
     // the header's offset in the buffer and length - 1 both below 2 KiB (one test), then the
-    // header + frame within the buffer.
+    // header + frame within the buffer. (No test of `pool`: data must lie inside this port's
+    // buffer `index`, which the caller holds, so another pool's buffer fails anyway.)
     const uintptr_t hdr_off = data - (tx_hdr_base_ + uintptr_t{b} * kBufferSize);
-    if (__builtin_expect(p->pool != this || b >= options_.buffer_count ||
+    if (__builtin_expect(b >= options_.buffer_count ||
                              state[b] != BufState::kApp ||
                              (hdr_off | (len - 1)) >= kBufferSize ||
                              hdr_off + len > kBufferSize - kNetHdrSize,
