@@ -121,6 +121,10 @@ client() {  # server kind round [echo_client flags]
 server_counters() {  # server kind round
   stop_server
   echo "BENCH-SERVER $1 $2 $3 $(grep -E '^(igbvf_echo|kernel_echo):' /tmp/server.out | tail -1)"
+  # Anything else the server said (a refused SO_BUSY_POLL, a driver complaint) goes to the log.
+  grep -v -E '^(ready|igbvf_echo: (received|insn)|kernel_echo: mode=)' /tmp/server.out |
+    while IFS= read -r l; do log "$1 said: $l"; done
+  if grep -q 'SO_BUSY_POLL' /tmp/server.out; then fail "$1: SO_BUSY_POLL refused"; fi
 }
 
 if [ "$BENCH_MODE" = insn ]; then

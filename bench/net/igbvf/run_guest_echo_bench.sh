@@ -7,7 +7,8 @@
 # instruction, for the whole guest's instructions per echo. Prints the tables (markdown) with our
 # figures beside the kernel's as ratios. Scenario: guest_echo_scenario.sh (what runs where).
 #
-#   bench/net/igbvf/run_guest_echo_bench.sh          (root: the guest needs nothing else)
+#   bench/net/igbvf/run_guest_echo_bench.sh   (no root needed: QEMU under TCG; needs what
+#                                             vm_igbvf_test needs, scripts/setup-vm.sh, and jq)
 #   env: SAMPLES       round trips per latency run, one request outstanding (default 5000)
 #        RATE_SAMPLES  echoes per rate run (default 30000)
 #        WINDOW        requests outstanding in the rate run (default 16)
