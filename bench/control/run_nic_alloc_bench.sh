@@ -50,6 +50,7 @@ both() { echo "$(field "$1" "$2" | pct .5) / $(field "$1" "$2" | pct .99)"; }
 steps="steering attach"
 echo
 echo "provisioning steps over $(grep -c "$steps" "$dir/broker.log") grants (us, p50 / p99):" \
+  "namespace $(both "$steps" "namespace")," \
   "macvlan $(both "$steps" "macvlan")," \
   "attach $(both "$steps" "attach")," \
   "socket+UMEM $(both "$steps" "socket")," \

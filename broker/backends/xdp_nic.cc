@@ -2,8 +2,12 @@
 
 #include <bpf/libbpf.h>
 #include <linux/if_link.h>
+#include <linux/if_xdp.h>
+#include <sys/socket.h>
+#include <fcntl.h>
 #include <sys/random.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <utility>
 
@@ -79,6 +83,10 @@ constexpr int kLeaseIfindexBase = 0x10000000;
 // How many empty namespaces the pool keeps ready (Create costs ~0.4 ms, the rest of a grant
 // ~0.3 ms): enough for a burst of grants while the refill thread catches up.
 constexpr size_t kSpareNamespaces = 4;
+// Namespaces of ended leases are kept for reuse up to this many (RecycleNamespace): destroying
+// one is the kernel's costliest step (cleanup_net unregisters its loopback under the RTNL lock
+// and waits for RCU), and creating one ~0.4 ms.
+constexpr size_t kMaxSpareNamespaces = 128;
 
 std::string RuleKey(const journal::NicFilter& f) {
   return absl::StrCat(f.protocol(), "/", f.src_ip(), ":", f.src_port(), ">", f.dst_ip(), ":",
@@ -146,6 +154,37 @@ absl::StatusOr<UniqueFd> XdpNicBackend::TakeNamespace() {
     }
   }
   return netns::Create();
+}
+
+void XdpNicBackend::RecycleNamespace(UniqueFd lease_netns, UniqueFd socket) {
+  // The namespace holds nothing but its loopback again (the macvlan is deleted). It may go
+  // back to the stock only if no socket created in it can ever be bound again: the tenant's
+  // (the only one; the tenant cannot make AF_XDP sockets) may still be open, and an unbound one
+  // could otherwise bind to the next lease's macvlan there. xsk_bind checks the socket's state
+  // before it looks the device up, so a bind to an ifindex that exists nowhere answers EBUSY
+  // for a socket that is bound or was unbound by its device's deletion (done for good), and
+  // ENODEV for one still unbound; that one is bound to the loopback (down, no XDP program:
+  // a dead end, docs/security.md) and asked again.
+  constexpr int kNoSuchIfindex = 0x7fffffff;
+  const uint16_t copy = vfdrivers::net::AfXdpBindFlags(vfdrivers::net::XdpBindMode::kCopy, false);
+  auto done_for_good = [&] {
+    sockaddr_xdp probe{};
+    probe.sxdp_family = AF_XDP;
+    probe.sxdp_ifindex = kNoSuchIfindex;
+    probe.sxdp_flags = copy;
+    return bind(socket.get(), reinterpret_cast<sockaddr*>(&probe), sizeof(probe)) != 0 &&
+           errno == EBUSY;
+  };
+  bool dead = socket.valid() && done_for_good();
+  if (!dead && socket.valid()) {
+    (void)vfdrivers::net::BindAfXdpSocket(socket.get(), /*lo=*/1, 0, copy);
+    dead = done_for_good();
+  }
+  socket.reset();
+  if (!dead) return;  // closed: the namespace goes when the tenant's socket does
+  absl::MutexLock lock(&stock_mu_);
+  if (stock_stopping_ || spare_netns_.size() >= kMaxSpareNamespaces) return;
+  spare_netns_.push_front(std::move(lease_netns));  // the next grant's: a used one first
 }
 
 absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
@@ -466,7 +505,10 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   }
   {
     absl::MutexLock lock(&mu_);
-    live_[state.device()] = Live{state, std::move(steering), lease_netns};
+    // A descriptor of the tenant's socket of our own: at teardown it tells whether the socket
+    // can still be bound (recycling the namespace depends on it, see RecycleNamespace).
+    auto socket_dup = std::make_shared<UniqueFd>(fcntl(xsk->socket.get(), F_DUPFD_CLOEXEC, 0));
+    live_[state.device()] = Live{state, std::move(steering), lease_netns, std::move(socket_dup)};
   }
   spdlog::debug("pool={} device={}: namespace {} us, macvlan {} us, steering attach {} us, "
                 "socket {} us, pin, rules and guards {} us",
@@ -574,7 +616,7 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
       return absl::FailedPreconditionError("mac journaled twice");
     }
     if (state.vlan() != 0) ++vlan_users_[state.vlan()];
-    live_[state.device()] = Live{state, *std::move(steering), lease_netns};
+    live_[state.device()] = Live{state, *std::move(steering), lease_netns, nullptr};
   }
   return GuardLease(state);
 }
@@ -584,6 +626,7 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
   const journal::XdpNicState& state = extent.xdp_nic();
   std::shared_ptr<XdpSteering> steering;
   std::shared_ptr<UniqueFd> lease_netns;
+  std::shared_ptr<UniqueFd> socket_dup;
   bool registered = false;
   {
     absl::MutexLock lock(&mu_);
@@ -594,6 +637,7 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
       registered = true;
       steering = std::move(node.mapped().steering);
       lease_netns = std::move(node.mapped().netns);
+      socket_dup = std::move(node.mapped().socket);
     }
   }
   bool namespace_gone = false;
@@ -602,7 +646,13 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
     if (fd.ok()) {
       lease_netns = std::make_shared<UniqueFd>(*std::move(fd));
     } else if (absl::IsNotFound(fd.status())) {
-      namespace_gone = true;  // nothing pinned: neither the namespace nor its device is ours
+      // Nothing pinned: the namespace is gone, or was pinned in a mount namespace that died
+      // with a previous broker (docs/architecture.md, xdp_nic, restart): then a device in it
+      // lives on while a tenant's socket holds the namespace, out of this broker's reach.
+      spdlog::error("pool={} device={}: lease namespace {} is not pinned; its device, if it "
+                    "still exists, cannot be removed from here",
+                    pool_name_, state.device(), state.netns_pin());
+      namespace_gone = true;
     } else {
       return fd.status();  // retried by the core
     }
@@ -628,6 +678,9 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
       if (absl::Status s = netns::Unpin(state.netns_pin()); !s.ok()) {
         spdlog::warn("pool={} device={}: {}", pool_name_, state.device(), s.message());
       }
+    }
+    if (lease_netns != nullptr && socket_dup != nullptr) {
+      RecycleNamespace(std::move(*lease_netns), std::move(*socket_dup));
     }
   }
   // The device is gone, and the program with it: the lease's rules and slot go from the maps.

@@ -4,7 +4,18 @@
 // pool's VLAN device for that VID, itself on the interface), named <prefix><slot>, with the
 // lease's MAC, mode private, up. The kernel delivers to a macvlan only frames addressed to its
 // MAC (and broadcast/multicast), so a tenant's socket, bound to queue 0 of its own macvlan,
-// never sees another tenant's unicast frames (DESIGN.md, AF_XDP facts). On the macvlan the
+// never sees another tenant's unicast frames (DESIGN.md, AF_XDP facts).
+//
+// Lease namespaces: the macvlan is created directly in a network namespace of the lease's own
+// (lease_netns.h; taken from a stock of a few empty ones a background thread keeps ready, as
+// creating one costs ~0.4 ms, and an ended lease's goes back there once its socket can never
+// be bound again: destroying one is costlier still), with ifindex kLeaseIfindexBase + slot there, and the socket is
+// created by a thread inside that namespace and handed over UNBOUND: the tenant maps the rings
+// and then binds (Linux < 6.4 refuses to map a bound socket's rings; one code path for every
+// kernel). The socket's namespace is fixed at creation and holds only the macvlan and a
+// loopback that is down, so the tenant's bind can reach nothing else (docs/security.md). The
+// namespace is pinned (bind mount) at <pin dir>/<device> for a restarted broker; everything
+// that names the macvlan by ifindex (rtnetlink, the XDP attachment, Adopt) runs inside it. On the macvlan the
 // broker's XDP steering program (vfdrivers/net/xdp_steering.h, generic mode) redirects to the
 // socket the frames matching the lease's flow filters, or every frame to its MAC if it has
 // none; everything else goes on to the kernel as before. The socket and its UMEM
@@ -30,16 +41,17 @@
 // VID (untagged for an untagged lease; ARP sender MAC too). IPv4 source addresses are not
 // checked (a lease has no IP address).
 //
-// Revocation: the lease's guard entry is removed, then its macvlan deleted: the kernel unbinds
-// the socket, so descriptors a tenant kept reach nothing; the MAC is free again at once.
+// Revocation: the lease's guard entry is removed, then its macvlan deleted (in its namespace)
+// and the pin removed: the kernel unbinds the socket, so descriptors a tenant kept reach
+// nothing; the MAC is free again at once.
 //
 // Restart: the devices, the XDP programs (attached through netlink, not links) and the
-// sockets outlive the broker. Readopt checks the journaled macvlan (name, ifindex, MAC,
-// kind) and re-registers the lease in fresh egress and VLAN guards; the steering program keeps
+// sockets outlive the broker. Readopt opens the lease's namespace through its pin and checks
+// the journaled macvlan there (name, ifindex, MAC, kind) and re-registers the lease in fresh egress and VLAN guards; the steering program keeps
 // running, and the broker adopts it through the device (XdpSteering::Adopt: the program
 // attached to the macvlan, checked to be vfb_steer, its maps by id), so filters can still be
-// changed. RemoveOrphans deletes devices with the pool's prefix that
-// no record names. At a graceful stop with live leases, the steering programs and the guards
+// changed. RemoveOrphans removes pinned lease namespaces no record names (their macvlans
+// first) and devices with the pool's prefix that no record names. At a graceful stop with live leases, the steering programs and the guards
 // are left in place so tenants keep their traffic and stay guarded while the broker is down.
 //
 // One steering program per pool: Open loads it (~1 ms, attached to nothing), and every grant
@@ -117,12 +129,16 @@ class XdpNicBackend : public ExtentBackend {
     std::shared_ptr<vfdrivers::net::XdpSteering> steering;
     // The lease's network namespace (null: a lease from before lease namespaces).
     std::shared_ptr<UniqueFd> netns;
+    // A descriptor of the tenant's socket (null after a restart): see RecycleNamespace.
+    std::shared_ptr<UniqueFd> socket;
   };
 
   // The spare-namespace stock (see the top of this file).
   void StockLoop();
   void StopStock();
   absl::StatusOr<UniqueFd> TakeNamespace();
+  // Back to the stock, once the lease's device is gone and its socket can never bind again.
+  void RecycleNamespace(UniqueFd lease_netns, UniqueFd socket);
 
   // The device the lease's macvlan sits on: the interface, or its VLAN device for `vid`
   // (created on first use, counted per lease).

@@ -905,6 +905,36 @@ TEST_F(NicIntegrationTest, HandedSocketIsConfinedToTheLeaseNamespace) {
   Finish(a);
 }
 
+// An ended lease's namespace is reused for a later lease only once the old socket can never
+// bind again: a tenant that never bound its socket and released the lease cannot bind it to
+// the next lease's device, which lives in that same namespace (the broker hands out a used
+// namespace first).
+TEST_F(NicIntegrationTest, AReleasedUnboundSocketCannotBindToTheNextLeasesDevice) {
+  std::unique_ptr<Tenant> old = broker_->StartNicTenant(
+      kTenantA, {"keep_unbound", "net", "02:76:66:00:00:15"});
+  absl::StatusOr<std::string> released = old->WaitForLine("released=", absl::Seconds(20));
+  ASSERT_TRUE(released.ok()) << released.status() << "\n" << old->output();
+  EXPECT_EQ(*released, "released=OK");
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  // The next lease's socket is not bound yet either: queue 0 of its device is free.
+  std::unique_ptr<Tenant> next =
+      broker_->StartNicTenant(kTenantB, {"take", "net", "02:76:66:00:00:16"});
+  absl::StatusOr<std::string> device = next->WaitForLine("device=", absl::Seconds(20));
+  ASSERT_TRUE(device.ok()) << device.status() << "\n" << next->output();
+  const int next_ifindex = LeaseIfindex(device->substr(7));
+  ASSERT_NE(next_ifindex, 0);
+  ASSERT_TRUE(old->WriteLine(absl::StrCat("bind ", next_ifindex)).ok());
+  absl::StatusOr<std::string> bound = old->WaitForLine("bound=", absl::Seconds(10));
+  ASSERT_TRUE(bound.ok()) << bound.status();
+  EXPECT_NE(*bound, "bound=OK") << "a released lease's socket bound to the next lease's device";
+  std::printf("old socket, bind to the next lease's device (ifindex %d): %s\n", next_ifindex,
+              bound->c_str());
+  old->CloseStdin();
+  EXPECT_TRUE(old->Finish().ok());
+  next->CloseStdin();
+  EXPECT_TRUE(next->Finish().ok());
+}
+
 // A graceful stop (SIGTERM) leaves live NIC leases working and guarded while no broker runs:
 // frames still arrive, spoofed ones still stop at the egress guard; the next broker takes
 // the lease back.

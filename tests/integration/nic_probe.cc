@@ -14,6 +14,12 @@
 //       allocate a NIC and, before adopting it, bind its socket to FOREIGN_IFINDEX (a device of
 //       the broker's namespace): foreign_bind=<CODE>; then adopt (binds to the lease's own
 //       device): adopt=<CODE>; then bind once more: rebind=<CODE>; prints tenant_binds=0|1
+//   nic_probe SOCKET_DIR keep_unbound POOL MAC
+//       allocate a NIC, take its socket and never bind it, release the lease (released=<CODE>),
+//       then obey `bind IFINDEX` lines: bind the kept socket there (bound=<CODE>)
+//   nic_probe SOCKET_DIR take POOL MAC
+//       allocate a NIC and take its descriptors without binding the socket: device=, ifindex=,
+//       ready=1; holds the lease until stdin closes
 //   nic_probe SOCKET_DIR bad POOL FOREIGN_LEASE FOREIGN_FILTER IN_USE_MAC
 //       malformed and unauthorized NIC requests; prints each one's status code
 #include <arpa/inet.h>
@@ -109,6 +115,61 @@ int Confined(BrokerClient& client, const std::vector<std::string>& args) {
   if (!port.ok()) Print("message", std::string(port.status().message()));
   Print("rebind", Code(vfdrivers::net::BindAfXdpSocket(socket_fd, nic.ifindex(), 0,
                                                        nic.bind_flags())));
+  Print("status", "OK");
+  return 0;
+}
+
+int KeepUnbound(BrokerClient& client, const std::vector<std::string>& args) {
+  v1::AllocateNicRequest request;
+  request.set_pool(args[0]);
+  if (args[1] != "-") request.set_mac(args[1]);
+  absl::StatusOr<std::unique_ptr<NicLease>> lease = client.AllocateNic(request);
+  if (!lease.ok()) {
+    Print("status", Code(lease.status()));
+    return 0;
+  }
+  const uint16_t flags = static_cast<uint16_t>((*lease)->nic().bind_flags());
+  absl::StatusOr<vfclient::XdpDescriptors> fds = (*lease)->TakeXdpDescriptors();
+  if (!fds.ok()) {
+    Print("status", Code(fds.status()));
+    return 0;
+  }
+  Print("ifindex", std::to_string((*lease)->nic().ifindex()));
+  Print("released", Code((*lease)->Release()));
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::vector<std::string> w = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (w.size() == 2 && w[0] == "bind") {
+      absl::Status bound =
+          vfdrivers::net::BindAfXdpSocket(fds->socket.get(), std::stoi(w[1]), 0, flags);
+      if (!bound.ok()) Print("bind_error", std::string(bound.message()));
+      Print("bound", Code(bound));
+    }
+  }
+  Print("status", "OK");
+  return 0;
+}
+
+int Take(BrokerClient& client, const std::vector<std::string>& args) {
+  v1::AllocateNicRequest request;
+  request.set_pool(args[0]);
+  if (args[1] != "-") request.set_mac(args[1]);
+  absl::StatusOr<std::unique_ptr<NicLease>> lease = client.AllocateNic(request);
+  if (!lease.ok()) {
+    Print("status", Code(lease.status()));
+    return 0;
+  }
+  absl::StatusOr<vfclient::XdpDescriptors> fds = (*lease)->TakeXdpDescriptors();
+  if (!fds.ok()) {
+    Print("status", Code(fds.status()));
+    return 0;
+  }
+  Print("device", (*lease)->nic().device());
+  Print("ifindex", std::to_string((*lease)->nic().ifindex()));
+  Print("ready", "1");
+  std::string line;
+  while (std::getline(std::cin, line)) {
+  }
   Print("status", "OK");
   return 0;
 }
@@ -303,6 +364,8 @@ int main(int argc, char** argv) {
   if (command == "hold" && args.size() >= 3) return Hold(**client, args);
   if (command == "bad" && args.size() == 4) return Bad(**client, args);
   if (command == "confined" && args.size() == 3) return Confined(**client, args);
+  if (command == "keep_unbound" && args.size() == 2) return KeepUnbound(**client, args);
+  if (command == "take" && args.size() == 2) return Take(**client, args);
   std::fprintf(stderr, "nic_probe: bad command\n");
   return 2;
 }
