@@ -36,7 +36,7 @@ log "kernel $(uname -r): nic_integration_test exited $status after $(awk -v a="$
 [ $status = 0 ] || fail "nic_integration_test exited with status $status"
 grep -q '^\[  PASSED  \]' $OUT || fail "nic_integration_test: no PASSED line"
 if grep -q '^\[  SKIPPED \]' $OUT; then fail "nic_integration_test skipped tests in the guest"; fi
-for t in VlanLease HandedSocketIsConfinedToTheLeaseNamespace BrokerRestartReadopts; do
+for t in VlanLease HandedSocketIsConfinedToTheLeaseNamespace AReleasedUnboundSocketCannotBind BrokerRestartReadopts; do
   grep -q "^\[       OK \] NicIntegrationTest\.$t" $OUT || fail "no passing NicIntegrationTest.$t* case"
 done
 check_failed
