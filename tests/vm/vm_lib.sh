@@ -17,9 +17,10 @@ find_devs() {  # vendor device -> every matching BDF, in bus order
 }
 find_dev() { find_devs "$@" | head -1; }  # vendor device -> first matching BDF
 wait_for() {  # tries(0.2 s each) command...
-  n=$1; shift
+  # `local`: a scenario's own variables (n, tries, ...) must survive a wait.
+  local wait_for_tries=$1; shift
   while ! "$@" 2>/dev/null; do
-    n=$((n - 1)); [ $n -gt 0 ] || return 1
+    wait_for_tries=$((wait_for_tries - 1)); [ $wait_for_tries -gt 0 ] || return 1
     sleep 0.2
   done
 }
