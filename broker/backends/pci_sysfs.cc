@@ -84,18 +84,19 @@ absl::StatusOr<std::string> SoleIommuGroup(const std::string& sysfs_root,
   absl::StatusOr<std::string> group = LinkBase(DevicePath(sysfs_root, bdf, "iommu_group"));
   if (!group.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "VF ", bdf, " has no IOMMU group (is the IOMMU on? no-IOMMU mode is refused)"));
+        "PCI function ", bdf, " has no IOMMU group (is the IOMMU on? no-IOMMU mode is refused)"));
   }
   uint32_t number = 0;
   if (!absl::SimpleAtoi(*group, &number)) {
-    return absl::FailedPreconditionError(absl::StrCat("VF ", bdf, ": odd IOMMU group ", *group));
+    return absl::FailedPreconditionError(
+        absl::StrCat("PCI function ", bdf, ": odd IOMMU group ", *group));
   }
   absl::StatusOr<std::vector<std::string>> members =
       ListDir(absl::StrCat(sysfs_root, "/kernel/iommu_groups/", *group, "/devices"));
   if (!members.ok()) return members.status();
   if (*members != std::vector<std::string>{bdf}) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "VF ", bdf, " shares IOMMU group ", *group, " with other devices (members: ",
+        "PCI function ", bdf, " shares IOMMU group ", *group, " with other devices (members: ",
         absl::StrJoin(*members, " "), "); refusing to hand it out"));
   }
   return *group;
@@ -122,7 +123,7 @@ absl::Status BindToVfioPci(const std::string& sysfs_root, const std::string& bdf
     if (driver.ok() && *driver == "vfio-pci") return absl::OkStatus();
     if (absl::Now() > deadline) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "VF ", bdf, " is not bound to vfio-pci (driver: ",
+          "PCI function ", bdf, " is not bound to vfio-pci (driver: ",
           driver.ok() ? *driver : std::string("none"), "); is the vfio-pci module loaded?"));
     }
     absl::SleepFor(poll_interval);

@@ -1,5 +1,5 @@
-// pci_sysfs: the few sysfs steps the SR-IOV backends (nvme_sriov, sriov_nic) share to find a
-// function's IOMMU group and hand the function to vfio-pci. Every path starts at a configurable
+// pci_sysfs: the few sysfs steps the VFIO backends (nvme_sriov, sriov_nic, pci_nic) share to find
+// a function's IOMMU group and hand the function to vfio-pci. Every path starts at a configurable
 // sysfs root, so the backends' unit tests run on a fake tree. Names read from sysfs are treated
 // as untrusted: only a well-formed PCI address is ever joined into a path.
 //

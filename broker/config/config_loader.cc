@@ -259,7 +259,8 @@ void CheckSriovNic(const std::string& field, const config::SriovNicPool& nic,
 }
 
 void CheckPciNic(const std::string& field, const config::PciNicPool& nic, Problems& problems) {
-  if (nic.pci_addresses().empty() || nic.pci_addresses_size() > static_cast<int>(kMaxPciNicFunctions)) {
+  if (nic.pci_addresses().empty() ||
+      nic.pci_addresses_size() > static_cast<int>(kMaxPciNicFunctions)) {
     problems.Add(absl::StrCat(field, ".pci_addresses"),
                  absl::StrCat("must list 1..", kMaxPciNicFunctions, " PCI functions, got ",
                               nic.pci_addresses_size()));

@@ -90,7 +90,9 @@ void FillSriovNicInfo(const journal::SriovNicState& state, v1::Nic* nic) {
 // What the tenant is told about a pci_nic lease: the whole function and its own MAC.
 void FillPciNicInfo(const journal::PciNicState& state, v1::Nic* nic) {
   MacBytes mac{};
-  if (state.mac().size() == mac.size()) std::copy(state.mac().begin(), state.mac().end(), mac.begin());
+  if (state.mac().size() == mac.size()) {
+    std::copy(state.mac().begin(), state.mac().end(), mac.begin());
+  }
   nic->set_mac(FormatMac(mac));
   nic->set_queues(1);
   nic->set_pci_address(state.pci_address());
@@ -136,7 +138,8 @@ std::string DevicePathOf(const journal::ExtentState& state) {
 // What a grant log line calls the slice.
 std::string SliceLabel(const v1::Lease& lease) {
   if (lease.has_nic() && !lease.nic().pci_address().empty() && lease.nic().interface().empty()) {
-    return absl::StrCat("device ", lease.nic().pci_address(), " mac ", lease.nic().mac());  // pci_nic
+    // pci_nic: a whole device, of no PF.
+    return absl::StrCat("device ", lease.nic().pci_address(), " mac ", lease.nic().mac());
   }
   if (lease.has_nic() && !lease.nic().pci_address().empty()) {
     return absl::StrCat("VF ", lease.nic().pci_address(), " mac ", lease.nic().mac(),

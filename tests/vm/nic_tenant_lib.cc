@@ -30,7 +30,9 @@ constexpr size_t kBurst = 32;
 
 std::string Payload(const std::string& tag, const char* dir, uint32_t i) {
   std::string p = absl::StrFormat("nic-%s-%s-%05u:", tag, dir, i);
-  for (uint32_t k = 0; k < 40 + i * 17 % 700; ++k) p.push_back(static_cast<char>('a' + (i + k) % 26));
+  for (uint32_t k = 0; k < 40 + i * 17 % 700; ++k) {
+    p.push_back(static_cast<char>('a' + (i + k) % 26));
+  }
   return p;
 }
 

@@ -114,7 +114,9 @@ int main(int argc, char** argv) {
     vmtest::Mac mac;
     if (!vmtest::ParseMac(set, &mac)) return Fail("--set_mac: not a MAC");
     if (absl::Status s = port.SetMac(mac); !s.ok()) return Fail("SetMac: " + s.ToString());
-    if (port.mac() != mac) return Fail("SetMac: the driver still reports " + vmtest::MacText(port.mac()));
+    if (port.mac() != mac) {
+      return Fail("SetMac: the driver still reports " + vmtest::MacText(port.mac()));
+    }
     own = mac;
     std::printf("MAC-SET %s\n", vmtest::MacText(mac).c_str());
   }
