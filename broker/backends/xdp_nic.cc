@@ -4,6 +4,7 @@
 #include <linux/if_link.h>
 #include <linux/if_xdp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <fcntl.h>
 #include <sys/random.h>
 
@@ -769,6 +770,8 @@ absl::Status XdpNicBackend::RemoveOrphans(const std::vector<journal::ExtentState
 
 void XdpNicBackend::StopBackground() {
   StopStock();
+  // The pin directory goes when no lease is pinned there (rmdir fails on a non-empty one).
+  (void)rmdir(pin_dir_.c_str());
   absl::MutexLock lock(&mu_);
   if (stopped_) return;
   stopped_ = true;

@@ -361,6 +361,8 @@ BrokerProcess::~BrokerProcess() {
   struct stat ns {};
   if (::stat("/proc/self/ns/net", &ns) == 0) {
     ::rmdir(absl::StrFormat("/run/vfbroker/netns/%x", static_cast<uint64_t>(ns.st_ino)).c_str());
+    ::rmdir("/run/vfbroker/netns");  // and the directories the broker made, if now empty
+    ::rmdir("/run/vfbroker");
   }
 }
 
