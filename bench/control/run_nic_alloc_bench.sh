@@ -51,9 +51,10 @@ steps="steering attach"
 echo
 echo "provisioning steps over $(grep -c "$steps" "$dir/broker.log") grants (us, p50 / p99):" \
   "namespace $(both "$steps" "namespace")," \
-  "macvlan $(both "$steps" "macvlan")," \
+  "macvlan $(both "$steps" "macvlan") (create $(both "$steps" "create")," \
+  "thread start $(both "$steps" "thread start"))," \
   "attach $(both "$steps" "attach")," \
-  "socket+UMEM $(both "$steps" "socket")," \
+  "socket+UMEM $(both "$steps" "socket") (thread end $(both "$steps" "thread end"))," \
   "rules+guards $(both "$steps" "guards")"
 grants="provision [0-9]+ us"
 echo "grant phases (us, p50 / p99): provision $(both "$grants" "provision")," \

@@ -442,8 +442,10 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   // is created in, for good, and its bind can only ever find devices there.
   std::shared_ptr<XdpSteering> steering = program_;
   absl::StatusOr<AfXdpSocket> xsk = absl::UnknownError("not created");
-  absl::Time t_device, t_program;
+  absl::Time t_entered, t_device, t_program, t_made;
+  const absl::Time t_created = absl::Now();
   absl::Status inside = netns::RunIn(lease_netns->get(), [&]() -> absl::Status {
+    t_entered = absl::Now();
     absl::StatusOr<rtnl::Link> link = rtnl::GetLink(state.device());
     if (!link.ok()) return link.status();
     if (link->ifindex != lease_ifindex) {
@@ -479,6 +481,7 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     options.layout.tx_size = state.ring_size();
     options.layout.need_wakeup = state.need_wakeup();
     xsk = vfdrivers::net::CreateAfXdpSocket(options);
+    t_made = absl::Now();
     return xsk.status();
   });
   if (!inside.ok()) {
@@ -511,12 +514,16 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     auto socket_dup = std::make_shared<UniqueFd>(fcntl(xsk->socket.get(), F_DUPFD_CLOEXEC, 0));
     live_[state.device()] = Live{state, std::move(steering), lease_netns, std::move(socket_dup)};
   }
-  spdlog::debug("pool={} device={}: namespace {} us, macvlan {} us, steering attach {} us, "
-                "socket {} us, pin, rules and guards {} us",
+  spdlog::debug("pool={} device={}: namespace {} us, macvlan {} us (create {} us, thread "
+                "start {} us), steering attach {} us, socket {} us (thread end {} us), pin, "
+                "rules and guards {} us",
                 pool_name_, state.device(), absl::ToInt64Microseconds(t_netns - t0),
                 absl::ToInt64Microseconds(t_device - t_netns),
+                absl::ToInt64Microseconds(t_created - t_netns),
+                absl::ToInt64Microseconds(t_entered - t_created),
                 absl::ToInt64Microseconds(t_program - t_device),
                 absl::ToInt64Microseconds(t_socket - t_program),
+                absl::ToInt64Microseconds(t_socket - t_made),
                 absl::ToInt64Microseconds(absl::Now() - t_socket));
   ProvisionedExtent out;
   *out.state.mutable_xdp_nic() = state;
