@@ -154,17 +154,12 @@ absl::Status IgbvfPort::SetupQueues() {
   rx_ring_ = reinterpret_cast<RxDesc*>(base);
   tx_ring_ = reinterpret_cast<TxDesc*>(base + rx_bytes);
   tx_head_wb_ = reinterpret_cast<volatile uint32_t*>(base + wb_off);
-  buffers_ = base + buf_off;
-  buffers_iova_ = iova_ + buf_off;
+  pool_.Init(this, base + buf_off, iova_ + buf_off, options_.buffer_count);
 
   rx_mask_ = nrx - 1;
   tx_mask_ = ntx - 1;
   rx_slot_.assign(nrx, 0);
   tx_slot_.assign(ntx, 0);
-  state_.assign(options_.buffer_count, BufState::kFree);
-  free_.resize(options_.buffer_count);
-  for (uint32_t i = 0; i < options_.buffer_count; ++i) free_[i] = options_.buffer_count - 1 - i;
-  free_top_ = options_.buffer_count;
 
   absl::StatusOr<volatile uint32_t*> rdt = bar_->Register32(kRdt);
   if (!rdt.ok()) return rdt.status();
@@ -238,15 +233,14 @@ IgbvfPort::~IgbvfPort() {
 void IgbvfPort::Refill() {
   const uint32_t mask = rx_mask_;
   uint32_t room = mask - rx_posted_;  // at most size - 1 owned by the device
-  const uint32_t top = free_top_;
+  const uint32_t top = pool_.free_count();
   if (room > top) room = top;
   const uint32_t start = rx_tail_;
-  const uint32_t* fp = free_.data() + top;
+  const uint32_t* fp = pool_.free_stack() + top;
   uint32_t* const slots = rx_slot_.data();
   RxDesc* const ring = rx_ring_;
-  const uint64_t iova = buffers_iova_;
-  // state_ stays kFree: only kApp (the caller's) matters to the checks, and a free buffer's
-  // state is already "not the caller's".
+  const uint64_t iova = pool_.iova();
+  // The caller table is not written: a free buffer is already "not the caller's".
   const uint32_t run1 = room < mask + 1 - start ? room : mask + 1 - start;
   for (int run = 0; run < 2; ++run) {
     const uint32_t from = run == 0 ? start : 0;
@@ -261,7 +255,7 @@ void IgbvfPort::Refill() {
       d->hdr_addr = 0;
     }
   }
-  free_top_ = top - room;
+  pool_.set_free_count(top - room);
   if (room == 0) return;
   const uint32_t new_tail = (start + room) & mask;
   rx_tail_ = new_tail;
@@ -281,10 +275,10 @@ uint32_t IgbvfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
   volatile RxDesc* d = rx_ring_ + from;
   volatile RxDesc* const end = d + count;
   uint32_t* s = rx_slot_.data() + from;
-  uint32_t* fp = free_.data() + free_top_;
-  BufState* const state = state_.data();
-  uint8_t* const buffers = buffers_;
-  const uint64_t to_iova = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
+  uint32_t* fp = pool_.free_stack() + pool_.free_count();
+  uint8_t* const caller = pool_.caller_table();
+  uint8_t* const buffers = pool_.base();
+  const uint64_t to_iova = pool_.iova() - reinterpret_cast<uintptr_t>(buffers);
   PacketBuffer* q = *out;
   uint64_t bytes = 0;
   for (; d != end; ++d, ++s) {
@@ -313,10 +307,10 @@ uint32_t IgbvfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
       } else {
         ++xstats_.rx_frame_errors;
       }
-      *fp++ = b;  // state_ is not kApp: a dropped buffer never reached the caller
+      *fp++ = b;  // not the caller's: a dropped buffer never reached the caller
       continue;
     }
-    state[b] = BufState::kApp;
+    caller[b] = Pool::kCaller;
     uint8_t* const data = buffers + size_t{b} * kBufferSize;
     q->data = data;
     q->device_address = reinterpret_cast<uintptr_t>(data) + to_iova;
@@ -328,7 +322,7 @@ uint32_t IgbvfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
     bytes += len;
   }
   *out = q;
-  free_top_ = static_cast<uint32_t>(fp - free_.data());
+  pool_.set_free_count(static_cast<uint32_t>(fp - pool_.free_stack()));
   stats_.rx_bytes += bytes;
   return static_cast<uint32_t>(d - (rx_ring_ + from));
 }
@@ -343,7 +337,7 @@ size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
   const uint32_t run1 = limit < mask + 1 - first ? limit : mask + 1 - first;
   // Refill inside the loop when exactly one slot is empty (it is then the one before rx_next_,
   // at rx_tail_) and the free stack covers the burst.
-  const bool refill = rx_posted_ == mask && free_top_ >= limit;
+  const bool refill = rx_posted_ == mask && pool_.free_count() >= limit;
   PacketBuffer* q = out.data();
   uint32_t reaped = refill ? Reap<true>(&q, first, run1) : Reap<false>(&q, first, run1);
   if (reaped == run1 && limit > run1) {
@@ -369,11 +363,11 @@ size_t IgbvfPort::RxBurst(absl::Span<PacketBuffer> out) {
     } else {
       // Fewer than a batch: the fresh buffers go back to the free stack (slots not given are
       // always rewritten by Refill before the device gets them).
-      uint32_t* const fl = free_.data();
+      uint32_t* const fl = pool_.free_stack();
       const uint32_t* const slots = rx_slot_.data();
-      uint32_t top = free_top_;
+      uint32_t top = pool_.free_count();
       for (uint32_t i = 0; i < reaped; ++i) fl[top++] = slots[(first + i) & mask];
-      free_top_ = top;
+      pool_.set_free_count(top);
     }
   }
   stats_.rx_packets += n;
@@ -396,28 +390,15 @@ void IgbvfPort::ReclaimTx() {
     return;
   }
   if (done == 0) return;
-  // state_ stays kTx (which, like kFree, is "not the caller's"): AllocBurst and RxBurst set kApp.
+  // The caller table is not written: Fill already marked these "not the caller's".
   const uint32_t first = done < mask + 1 - clean ? done : mask + 1 - clean;
-  uint32_t* dst = free_.data() + free_top_;
+  uint32_t* dst = pool_.free_stack() + pool_.free_count();
   std::memcpy(dst, tx_slot_.data() + clean, size_t{first} * sizeof(uint32_t));
   std::memcpy(dst + first, tx_slot_.data(), size_t{done - first} * sizeof(uint32_t));
-  free_top_ += done;
+  pool_.set_free_count(pool_.free_count() + done);
   tx_clean_ = head;
   tx_in_flight_ -= done;
   stats_.tx_completed += done;
-}
-
-// A caller's buffer: ours, in the caller's hands, data inside it, length within it.
-inline bool IgbvfPort::CheckAppBuffer(const PacketBuffer& p, uint32_t* offset) {
-  if (p.pool != this || p.index >= options_.buffer_count ||
-      state_[p.index] != BufState::kApp) {
-    return false;
-  }
-  const uintptr_t off = reinterpret_cast<uintptr_t>(p.data) -
-                        reinterpret_cast<uintptr_t>(buffers_ + size_t{p.index} * kBufferSize);
-  if (off >= kBufferSize || p.length > kBufferSize - off) return false;
-  *offset = static_cast<uint32_t>(off);
-  return true;
 }
 
 // Queues pkts[0, count) into slots [from, from + count), a run that does not wrap; stops at the
@@ -428,9 +409,9 @@ uint32_t IgbvfPort::Fill(const PacketBuffer* p, uint32_t from, uint32_t count) {
   const PacketBuffer* const end = p + count;
   TxDesc* d = tx_ring_ + from;
   uint32_t* s = tx_slot_.data() + from;
-  BufState* const state = state_.data();
-  const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
-  const uint64_t to_iova = buffers_iova_ - buffers;  // IOVA = address + this, inside the pool
+  uint8_t* const caller = pool_.caller_table();
+  const uintptr_t buffers = reinterpret_cast<uintptr_t>(pool_.base());
+  const uint64_t to_iova = pool_.iova() - buffers;  // IOVA = address + this, inside the pool
   const uint32_t buffer_count = options_.buffer_count;
   uint64_t bytes = 0;
   for (; p != end; ++p, ++d, ++s) {
@@ -439,13 +420,13 @@ uint32_t IgbvfPort::Fill(const PacketBuffer* p, uint32_t from, uint32_t count) {
     const uintptr_t data = reinterpret_cast<uintptr_t>(p->data);
     // Ours, in the caller's hands, data inside its buffer, 0 < length <= room after data.
     const uintptr_t off = data - (buffers + uintptr_t{b} * kBufferSize);
-    if (__builtin_expect(p->pool != this || b >= buffer_count || state[b] != BufState::kApp ||
+    if (__builtin_expect(p->pool != this || b >= buffer_count || caller[b] != Pool::kCaller ||
                              off >= kBufferSize || len - 1 >= kBufferSize - off,
                          0)) {
       ++stats_.bad_buffers;
       break;
     }
-    state[b] = BufState::kTx;
+    caller[b] = Pool::kNotCaller;
     *s = b;
     // §7.2.2 advanced data descriptor: DEXT, DTYP = data, EOP (one buffer per frame), IFCS
     // (the device appends the CRC); PAYLEN = the frame's length. Both dwords in one store.
@@ -484,35 +465,11 @@ size_t IgbvfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
 }
 
 size_t IgbvfPort::AllocBurst(absl::Span<PacketBuffer> out) {
-  size_t n = out.size() < free_top_ ? out.size() : free_top_;
-  for (size_t i = 0; i < n; ++i) {
-    const uint32_t b = free_[--free_top_];
-    state_[b] = BufState::kApp;
-    PacketBuffer& p = out[i];
-    p.data = buffers_ + size_t{b} * kBufferSize;
-    p.device_address = buffers_iova_ + uint64_t{b} * kBufferSize;
-    p.length = 0;
-    p.capacity = kBufferSize;
-    p.index = b;
-    p.pool = this;
-  }
-  stats_.alloc_failed += out.size() - n;
-  return n;
+  return pool_.Alloc(out, &stats_);
 }
 
 size_t IgbvfPort::FreeBurst(absl::Span<const PacketBuffer> bufs) {
-  size_t ok = 0;
-  for (const PacketBuffer& p : bufs) {
-    uint32_t off;
-    if (!CheckAppBuffer(p, &off)) {
-      ++stats_.bad_buffers;
-      continue;
-    }
-    state_[p.index] = BufState::kFree;
-    free_[free_top_++] = p.index;
-    ++ok;
-  }
-  return ok;
+  return pool_.Free(bufs, &stats_);
 }
 
 void IgbvfPort::Service() {

@@ -38,6 +38,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "vfdrivers/memory/memory_region.h"
+#include "vfdrivers/net/buffer_pool.h"
 #include "vfdrivers/net/intel_vf/mailbox.h"
 #include "vfdrivers/net/port.h"
 #include "vfdrivers/vfio/mmio_region.h"
@@ -163,12 +164,11 @@ class IgbvfPort final : public Port {
   // Buffers by state, for tests: device-owned RX, in flight TX, in the free stack.
   uint32_t rx_posted() const { return rx_posted_; }
   uint32_t tx_in_flight() const { return tx_in_flight_; }
-  uint32_t free_buffers() const { return free_top_; }
+  uint32_t free_buffers() const { return pool_.free_count(); }
 
  private:
-  // Only kApp (in the caller's hands) is checked; buffers on the device or in the free stack
-  // are merely "not kApp", so the refill and reclaim loops do not write the state.
-  enum class BufState : uint8_t { kFree, kRx, kApp, kTx };
+  // Buffer ids, free stack and "held by the caller" table (see buffer_pool.h).
+  using Pool = BufferPool<kBufferSize>;
   IgbvfPort(std::unique_ptr<Bar> bar, const Options& options);
   absl::Status Init();
   absl::Status ResetVf();
@@ -179,7 +179,6 @@ class IgbvfPort final : public Port {
   template <bool kRefill>
   uint32_t Reap(PacketBuffer** out, uint32_t from, uint32_t count);
   uint32_t Fill(const PacketBuffer* p, uint32_t from, uint32_t count);
-  bool CheckAppBuffer(const PacketBuffer& b, uint32_t* offset);
 
   std::unique_ptr<Bar> bar_;
   Options options_;
@@ -196,8 +195,6 @@ class IgbvfPort final : public Port {
   RxDesc* rx_ring_ = nullptr;
   TxDesc* tx_ring_ = nullptr;
   volatile uint32_t* tx_head_wb_ = nullptr;
-  uint8_t* buffers_ = nullptr;
-  uint64_t buffers_iova_ = 0;
   volatile uint32_t* rdt_ = nullptr;
   volatile uint32_t* tdt_ = nullptr;
 
@@ -210,9 +207,7 @@ class IgbvfPort final : public Port {
   uint32_t tx_in_flight_ = 0;
   std::vector<uint32_t> rx_slot_;  // slot -> buffer index
   std::vector<uint32_t> tx_slot_;
-  std::vector<BufState> state_;
-  std::vector<uint32_t> free_;
-  uint32_t free_top_ = 0;
+  Pool pool_;  // the buffers: base, IOVA, free stack, caller table
 };
 
 }  // namespace vfdrivers::net::igbvf

@@ -209,18 +209,13 @@ absl::Status IxgbevfPort::SetupRings() {
   tx_ring_ = reinterpret_cast<TxDesc*>(base + rx_bytes);
   tx_head_ = reinterpret_cast<volatile uint32_t*>(base + head_off);
   *tx_head_ = 0;
-  buffers_ = base + buf_off;
-  buffers_iova_ = iova_ + buf_off;
+  pool_.Init(this, base + buf_off, iova_ + buf_off, options_.buffer_count);
 
   rx_mask_ = nrx - 1;
   tx_mask_ = ntx - 1;
   rx_give_batch_ = nrx / 2 < kRxGiveBatch ? nrx / 2 : kRxGiveBatch;
   rx_slot_.assign(nrx, 0);
   tx_slot_.assign(ntx, 0);
-  owner_.assign(options_.buffer_count, kIdle);
-  free_.resize(options_.buffer_count);
-  for (uint32_t i = 0; i < options_.buffer_count; ++i) free_[i] = options_.buffer_count - 1 - i;
-  free_top_ = options_.buffer_count;
 
   absl::StatusOr<volatile uint32_t*> rdt = bar_->Register32(kVfRdt);
   if (!rdt.ok()) return rdt.status();
@@ -288,19 +283,19 @@ void IxgbevfPort::Stop() {
 void IxgbevfPort::Refill() {
   const uint32_t mask = rx_mask_;
   uint32_t n = mask + 1 - rx_posted_ - rx_filled_;
-  if (n > free_top_) n = free_top_;
-  uint32_t slot = (rx_tail_ + rx_filled_) & mask, top = free_top_;
-  const uint32_t* free_list = free_.data();
+  if (n > pool_.free_count()) n = pool_.free_count();
+  uint32_t slot = (rx_tail_ + rx_filled_) & mask, top = pool_.free_count();
+  const uint32_t* free_list = pool_.free_stack();
   uint32_t* slots = rx_slot_.data();
   RxDesc* ring = rx_ring_;
   for (uint32_t i = 0; i < n; ++i) {
     const uint32_t b = free_list[--top];
     slots[slot] = b;
-    ring[slot].pkt_addr = buffers_iova_ + uint64_t{b} * kBufferSize;
+    ring[slot].pkt_addr = pool_.iova() + uint64_t{b} * kBufferSize;
     ring[slot].hdr_addr = 0;
     slot = (slot + 1) & mask;
   }
-  free_top_ = top;
+  pool_.set_free_count(top);
   rx_filled_ += n;
 }
 
@@ -330,10 +325,10 @@ uint32_t IxgbevfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
   volatile RxDesc* d = rx_ring_ + from;
   volatile RxDesc* const end = d + count;
   uint32_t* s = rx_slot_.data() + from;
-  uint32_t* fp = free_.data() + free_top_;
-  uint8_t* const owner = owner_.data();
-  uint8_t* const buffers = buffers_;
-  const uint64_t to_iova = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
+  uint32_t* fp = pool_.free_stack() + pool_.free_count();
+  uint8_t* const caller = pool_.caller_table();
+  uint8_t* const buffers = pool_.base();
+  const uint64_t to_iova = pool_.iova() - reinterpret_cast<uintptr_t>(buffers);
   PacketBuffer* q = *out;
   for (; d != end; ++d, ++s) {
     // §7.1.6.2 write-back: extended status 19:0 (DD bit 0, EOP bit 1), errors 31:20, PKT_LEN
@@ -365,7 +360,7 @@ uint32_t IxgbevfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
       }
       continue;
     }
-    owner[b] = kCaller;
+    caller[b] = Pool::kCaller;
     uint8_t* const data = buffers + size_t{b} * kBufferSize;
     q->data = data;
     q->device_address = reinterpret_cast<uintptr_t>(data) + to_iova;
@@ -377,7 +372,7 @@ uint32_t IxgbevfPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) {
     stats_.rx_bytes += len;
   }
   *out = q;
-  free_top_ = static_cast<uint32_t>(fp - free_.data());
+  pool_.set_free_count(static_cast<uint32_t>(fp - pool_.free_stack()));
   return static_cast<uint32_t>(d - (rx_ring_ + from));
 }
 
@@ -388,7 +383,7 @@ size_t IxgbevfPort::RxBurst(absl::Span<PacketBuffer> out) {
       out.size() < rx_posted_ ? static_cast<uint32_t>(out.size()) : rx_posted_;
   // Only slots the device owns are looked at: [rx_next_, rx_next_ + limit), in at most two runs
   // (the ring wraps at most once).
-  const bool refill = rx_posted_ + rx_filled_ == size && free_top_ >= limit;
+  const bool refill = rx_posted_ + rx_filled_ == size && pool_.free_count() >= limit;
   const uint32_t first = rx_next_;
   const uint32_t run1 = limit < size - first ? limit : size - first;
   PacketBuffer* q = out.data();
@@ -421,10 +416,10 @@ void IxgbevfPort::ReclaimTx() {
   }
   if (done == 0) return;
   const uint32_t first = done < mask + 1 - clean ? done : mask + 1 - clean;
-  uint32_t* dst = free_.data() + free_top_;
+  uint32_t* dst = pool_.free_stack() + pool_.free_count();
   std::memcpy(dst, tx_slot_.data() + clean, size_t{first} * sizeof(uint32_t));
   std::memcpy(dst + first, tx_slot_.data(), size_t{done - first} * sizeof(uint32_t));
-  free_top_ += done;
+  pool_.set_free_count(pool_.free_count() + done);
   tx_clean_ = head;
   tx_in_flight_ -= done;
   stats_.tx_completed += done;
@@ -438,9 +433,9 @@ uint32_t IxgbevfPort::Fill(const PacketBuffer* p, uint32_t from, uint32_t count)
   const PacketBuffer* const start = p;
   TxDesc* d = tx_ring_ + from;
   uint32_t* s = tx_slot_.data() + from;
-  uint8_t* const owner = owner_.data();
-  const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
-  const uint64_t to_iova = buffers_iova_ - buffers;
+  uint8_t* const caller = pool_.caller_table();
+  const uintptr_t buffers = reinterpret_cast<uintptr_t>(pool_.base());
+  const uint64_t to_iova = pool_.iova() - buffers;
   for (; p != end; ++p, ++d, ++s) {
     const uint32_t b = p->index;
     const uint32_t len = p->length;
@@ -448,13 +443,13 @@ uint32_t IxgbevfPort::Fill(const PacketBuffer* p, uint32_t from, uint32_t count)
     const uintptr_t off = data - (buffers + uintptr_t{b} * kBufferSize);
     // Ours, in the caller's hands, data inside its buffer, 0 < length <= what follows data.
     if (__builtin_expect(p->pool != this || b >= options_.buffer_count ||
-                             owner[b] != kCaller || off >= kBufferSize ||
+                             caller[b] != Pool::kCaller || off >= kBufferSize ||
                              len - 1 >= kBufferSize - off,
                          0)) {
       ++stats_.bad_buffers;
       break;
     }
-    owner[b] = kIdle;
+    caller[b] = Pool::kNotCaller;
     *s = b;
     // §7.2.3.2.4 advanced data descriptor: DTALEN = PAYLEN = len, DTYP data, DEXT, EOP (one
     // buffer per frame), IFCS (the MAC appends the CRC). Both dwords in one store.
@@ -491,38 +486,11 @@ size_t IxgbevfPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
 }
 
 size_t IxgbevfPort::AllocBurst(absl::Span<PacketBuffer> out) {
-  const size_t n = out.size() < free_top_ ? out.size() : free_top_;
-  for (size_t i = 0; i < n; ++i) {
-    const uint32_t b = free_[--free_top_];
-    owner_[b] = kCaller;
-    PacketBuffer& p = out[i];
-    p.data = buffers_ + size_t{b} * kBufferSize;
-    p.device_address = buffers_iova_ + uint64_t{b} * kBufferSize;
-    p.length = 0;
-    p.capacity = kBufferSize;
-    p.index = b;
-    p.pool = this;
-  }
-  stats_.alloc_failed += out.size() - n;
-  return n;
+  return pool_.Alloc(out, &stats_);
 }
 
 size_t IxgbevfPort::FreeBurst(absl::Span<const PacketBuffer> bufs) {
-  size_t accepted = 0;
-  const uintptr_t buffers = reinterpret_cast<uintptr_t>(buffers_);
-  for (const PacketBuffer& p : bufs) {
-    const uintptr_t off =
-        reinterpret_cast<uintptr_t>(p.data) - (buffers + uintptr_t{p.index} * kBufferSize);
-    if (p.pool != this || p.index >= options_.buffer_count || owner_[p.index] != kCaller ||
-        off >= kBufferSize) {
-      ++stats_.bad_buffers;
-      continue;
-    }
-    owner_[p.index] = kIdle;
-    free_[free_top_++] = p.index;
-    ++accepted;
-  }
-  return accepted;
+  return pool_.Free(bufs, &stats_);
 }
 
 void IxgbevfPort::Service() {

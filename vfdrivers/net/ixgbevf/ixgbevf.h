@@ -44,6 +44,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "vfdrivers/memory/memory_region.h"
+#include "vfdrivers/net/buffer_pool.h"
 #include "vfdrivers/net/intel_vf/mailbox.h"  // Bar seam, MacAddress, PF mailbox (shared)
 #include "vfdrivers/net/port.h"
 #include "vfdrivers/vfio/vfio_device.h"
@@ -171,10 +172,11 @@ class IxgbevfPort final : public Port {
   uint32_t rx_held() const { return rx_posted_ + rx_filled_; }
   uint32_t rx_posted() const { return rx_posted_; }
   uint32_t tx_in_flight() const { return tx_in_flight_; }
-  uint32_t free_buffers() const { return free_top_; }
+  uint32_t free_buffers() const { return pool_.free_count(); }
 
  private:
-  enum : uint8_t { kIdle = 0, kCaller = 1 };  // per buffer: only "in the caller's hands" matters
+  // Buffer ids, free stack and "held by the caller" table (see buffer_pool.h).
+  using Pool = BufferPool<kBufferSize>;
   IxgbevfPort(std::unique_ptr<Bar> bar, const Options& options);
   absl::Status Init();
   absl::Status Reset();
@@ -207,8 +209,6 @@ class IxgbevfPort final : public Port {
   RxDesc* rx_ring_ = nullptr;
   TxDesc* tx_ring_ = nullptr;
   volatile uint32_t* tx_head_ = nullptr;  // head write-back dword
-  uint8_t* buffers_ = nullptr;
-  uint64_t buffers_iova_ = 0;
   volatile uint32_t* rdt_ = nullptr;
   volatile uint32_t* tdt_ = nullptr;
 
@@ -219,9 +219,7 @@ class IxgbevfPort final : public Port {
   // TX ring: [tx_clean_, tx_tail_) in flight.
   uint32_t tx_mask_ = 0, tx_clean_ = 0, tx_tail_ = 0, tx_in_flight_ = 0;
   std::vector<uint32_t> rx_slot_, tx_slot_;  // slot -> buffer id
-  std::vector<uint8_t> owner_;               // buffer id -> kIdle / kCaller
-  std::vector<uint32_t> free_;               // stack of buffer ids
-  uint32_t free_top_ = 0;
+  Pool pool_;  // the buffers: base, IOVA, free stack, caller table
 };
 
 }  // namespace vfdrivers::net::ixgbevf

@@ -419,15 +419,9 @@ absl::Status VirtioNetPort::SetupQueues() {
   iova_ = *iova;
   mapped_ = true;
   uint8_t* base = static_cast<uint8_t*>(region_.base());
-  buffers_ = base + buf_off;
-  buffers_iova_ = iova_ + buf_off;
+  pool_.Init(this, base + buf_off, iova_ + buf_off, options_.buffer_count);
   ctrl_buf_ = base + ctrl_off;
   ctrl_iova_ = iova_ + ctrl_off;
-
-  state_.assign(options_.buffer_count, BufState::kFree);
-  free_.resize(options_.buffer_count);
-  for (uint32_t i = 0; i < options_.buffer_count; ++i) free_[i] = options_.buffer_count - 1 - i;
-  free_top_ = options_.buffer_count;
 
   size_t off = 0;
   RETURN_IF_ERROR(SetupQueue(rx_, kRxQueue, nrx, base, &off));
@@ -441,9 +435,9 @@ absl::Status VirtioNetPort::SetupQueues() {
   }
   rx_refill_batch_ = nrx / 2 < kBurst ? nrx / 2 : kBurst;
 
-  rx_data0_ = buffers_ + kHeadroom;
-  tx_hdr_base_ = reinterpret_cast<uintptr_t>(buffers_) + kNetHdrSize;
-  to_iova_ = buffers_iova_ - reinterpret_cast<uintptr_t>(buffers_);
+  rx_data0_ = pool_.base() + kHeadroom;
+  tx_hdr_base_ = reinterpret_cast<uintptr_t>(pool_.base()) + kNetHdrSize;
+  to_iova_ = pool_.iova() - reinterpret_cast<uintptr_t>(pool_.base());
   info_.queue_id = 0;
   info_.buffer_count = options_.buffer_count;
   info_.buffer_capacity = kBufferSize - kHeadroom;
@@ -688,12 +682,12 @@ inline void VirtioNetPort::Publish(Queue& q, uint16_t new_idx) {
 void VirtioNetPort::RefillRx() {
   Queue& q = rx_;
   uint32_t n = q.size - q.outstanding;
-  if (n > free_top_) n = free_top_;
+  if (n > pool_.free_count()) n = pool_.free_count();
   if (n == 0) return;
   const uint32_t first = q.avail_shadow & q.mask;
   const uint32_t run1 = n < q.size - first ? n : q.size - first;
-  const uint32_t* fb = free_.data() + free_top_;
-  const uint64_t iova = buffers_iova_ + (kHeadroom - kNetHdrSize);
+  const uint32_t* fb = pool_.free_stack() + pool_.free_count();
+  const uint64_t iova = pool_.iova() + (kHeadroom - kNetHdrSize);
   uint32_t posted = 0;
   for (int run = 0; run < 2; ++run) {
     const uint32_t from = run == 0 ? first : 0;
@@ -711,7 +705,7 @@ void VirtioNetPort::RefillRx() {
     if (s != end) break;
   }
   if (posted == 0) return;
-  free_top_ -= posted;
+  pool_.set_free_count(pool_.free_count() - posted);
   q.outstanding += posted;
   q.avail_shadow = static_cast<uint16_t>(q.avail_shadow + posted);
   Publish(q, q.avail_shadow);
@@ -727,7 +721,7 @@ uint64_t VirtioNetPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) 
   const VirtqUsedElem* u = const_cast<const VirtqUsedElem*>(rx_.used_ring) + from;
   const VirtqUsedElem* const end = u + count;
   uint32_t* const desc_buf = rx_.desc_buf.data();
-  BufState* const state = state_.data();
+  uint8_t* const caller = pool_.caller_table();
   PacketBuffer* p = *out;
   uint64_t bytes = 0;
   for (; u != end; ++u) {
@@ -750,10 +744,10 @@ uint64_t VirtioNetPort::Reap(PacketBuffer** out, uint32_t from, uint32_t count) 
     if (__builtin_expect(len - (kNetHdrSize + 1) >= kRxMaxFrame, 0)) {
       ++xstats_.bad_rx_length;
       --rx_.outstanding;
-      free_[free_top_++] = b;  // never reached the caller
+      pool_.Push(b);  // never reached the caller
       continue;
     }
-    state[b] = BufState::kApp;
+    caller[b] = Pool::kCaller;
     uint8_t* const data = rx_data0_ + size_t{b} * kBufferSize;
     p->data = data;
     p->device_address = reinterpret_cast<uintptr_t>(data) + to_iova_;
@@ -818,7 +812,7 @@ void VirtioNetPort::ReclaimTx() {
   const uint32_t first = seen & mask;
   const uint32_t run1 = pending < q.size - first ? pending : q.size - first;
   uint32_t* const desc_buf = q.desc_buf.data();
-  uint32_t* fb = free_.data() + free_top_;
+  uint32_t* fb = pool_.free_stack() + pool_.free_count();
   uint32_t bad = 0;
   for (int run = 0; run < 2; ++run) {
     const VirtqUsedElem* u = const_cast<const VirtqUsedElem*>(q.used_ring) + (run ? 0 : first);
@@ -835,27 +829,16 @@ void VirtioNetPort::ReclaimTx() {
         continue;
       }
       desc_buf[id] = kNotOutstanding;
-      *fb++ = b;  // state_ stays kTx: "not the caller's", like kFree
+      *fb++ = b;  // the caller table stays "not the caller's" (FillTx set it)
     }
   }
   q.used_seen = static_cast<uint16_t>(seen + pending);
-  const uint32_t done = static_cast<uint32_t>(fb - (free_.data() + free_top_));
-  free_top_ += done;
+  const uint32_t done = static_cast<uint32_t>(fb - (pool_.free_stack() + pool_.free_count()));
+  pool_.set_free_count(pool_.free_count() + done);
   q.outstanding -= done;
   stats_.tx_completed += done;
   stats_.bad_descriptors += bad;
   xstats_.bad_used_id += bad;
-}
-
-// A caller's buffer: ours, in the caller's hands, data inside it, length within it.
-inline bool VirtioNetPort::CheckAppBuffer(const PacketBuffer& p) {
-  if (p.pool != this || p.index >= options_.buffer_count ||
-      state_[p.index] != BufState::kApp) {
-    return false;
-  }
-  const uintptr_t off = reinterpret_cast<uintptr_t>(p.data) -
-                        reinterpret_cast<uintptr_t>(buffers_ + size_t{p.index} * kBufferSize);
-  return off < kBufferSize && p.length <= kBufferSize - off;
 }
 
 // Queues [p, end) on TX descriptors from `from` on (a run that does not wrap); stops at the
@@ -866,7 +849,7 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
                                           uint32_t from) {
   VirtqDesc* d = tx_.desc + from;
   uint32_t* s = tx_.desc_buf.data() + from;
-  BufState* const state = state_.data();
+  uint8_t* const caller = pool_.caller_table();
   for (; p != end; ++p, ++d, ++s) {
     const uint32_t b = p->index;
     const uint32_t len = p->length;
@@ -877,7 +860,7 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
     // buffer `index`, which the caller holds, so another pool's buffer fails anyway.)
     const uintptr_t hdr_off = data - (tx_hdr_base_ + uintptr_t{b} * kBufferSize);
     if (__builtin_expect(b >= options_.buffer_count ||
-                             state[b] != BufState::kApp ||
+                             caller[b] != Pool::kCaller ||
                              (hdr_off | (len - 1)) >= kBufferSize ||
                              hdr_off + len > kBufferSize - kNetHdrSize,
                          0)) {
@@ -885,7 +868,7 @@ const PacketBuffer* VirtioNetPort::FillTx(const PacketBuffer* p, const PacketBuf
       break;
     }
     if (__builtin_expect(*s != kNotOutstanding, 0)) break;  // still out (out of order)
-    state[b] = BufState::kTx;
+    caller[b] = Pool::kNotCaller;
     *s = b;
     // §5.1.6.2: a zeroed virtio_net_hdr (no checksum offload, no GSO, num_buffers 0) in the
     // 12 bytes before the frame; one descriptor covers header and frame.
@@ -931,34 +914,11 @@ size_t VirtioNetPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
 }
 
 size_t VirtioNetPort::AllocBurst(absl::Span<PacketBuffer> out) {
-  const size_t n = out.size() < free_top_ ? out.size() : free_top_;
-  for (size_t i = 0; i < n; ++i) {
-    const uint32_t b = free_[--free_top_];
-    state_[b] = BufState::kApp;
-    PacketBuffer& p = out[i];
-    p.data = buffers_ + size_t{b} * kBufferSize + kHeadroom;
-    p.device_address = buffers_iova_ + uint64_t{b} * kBufferSize + kHeadroom;
-    p.length = 0;
-    p.capacity = kBufferSize - kHeadroom;
-    p.index = b;
-    p.pool = this;
-  }
-  stats_.alloc_failed += out.size() - n;
-  return n;
+  return pool_.Alloc(out, &stats_);
 }
 
 size_t VirtioNetPort::FreeBurst(absl::Span<const PacketBuffer> bufs) {
-  size_t ok = 0;
-  for (const PacketBuffer& p : bufs) {
-    if (!CheckAppBuffer(p)) {
-      ++stats_.bad_buffers;
-      continue;
-    }
-    state_[p.index] = BufState::kFree;
-    free_[free_top_++] = p.index;
-    ++ok;
-  }
-  return ok;
+  return pool_.Free(bufs, &stats_);
 }
 
 void VirtioNetPort::Service() {

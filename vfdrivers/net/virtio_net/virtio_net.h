@@ -50,6 +50,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "vfdrivers/memory/memory_region.h"
+#include "vfdrivers/net/buffer_pool.h"
 #include "vfdrivers/net/port.h"
 #include "vfdrivers/vfio/vfio_device.h"
 
@@ -214,11 +215,12 @@ class VirtioNetPort final : public Port {
   // Buffers by state, for tests: device-owned RX, in flight TX, in the free stack.
   uint32_t rx_posted() const { return rx_.outstanding; }
   uint32_t tx_in_flight() const { return tx_.outstanding; }
-  uint32_t free_buffers() const { return free_top_; }
+  uint32_t free_buffers() const { return pool_.free_count(); }
 
  private:
-  // Only kApp (in the caller's hands) is checked on return.
-  enum class BufState : uint8_t { kFree, kRx, kApp, kTx };
+  // Buffer ids, free stack and "held by the caller" table (see buffer_pool.h); a frame starts
+  // kHeadroom into its buffer.
+  using Pool = BufferPool<kBufferSize, kHeadroom>;
   // One split virtqueue as the driver keeps it.
   struct Queue {
     uint16_t index = 0;
@@ -256,7 +258,6 @@ class VirtioNetPort final : public Port {
   uint64_t Reap(PacketBuffer** out, uint32_t from, uint32_t count);
   const PacketBuffer* FillTx(const PacketBuffer* p, const PacketBuffer* end, uint32_t from);
   void Publish(Queue& q, uint16_t new_idx);
-  bool CheckAppBuffer(const PacketBuffer& b);
 
   std::unique_ptr<Transport> transport_;
   Options options_;
@@ -278,11 +279,9 @@ class VirtioNetPort final : public Port {
   uint64_t iova_ = 0;
   bool mapped_ = false;
   bool device_live_ = false;  // reset on destruction
-  uint8_t* buffers_ = nullptr;
-  uint64_t buffers_iova_ = 0;
-  uint8_t* rx_data0_ = nullptr;  // buffers_ + kHeadroom: frame of buffer 0
+  uint8_t* rx_data0_ = nullptr;  // pool base + kHeadroom: frame of buffer 0
   uint64_t to_iova_ = 0;         // IOVA of a pool address = the address + this
-  uintptr_t tx_hdr_base_ = 0;    // buffers_ + kNetHdrSize: a frame's header offset is from here
+  uintptr_t tx_hdr_base_ = 0;    // pool base + kNetHdrSize: a frame's header offset is from here
   uint8_t* ctrl_buf_ = nullptr;  // control command header, data, ack
   uint64_t ctrl_iova_ = 0;
 
@@ -291,9 +290,7 @@ class VirtioNetPort final : public Port {
   bool ctrl_broken_ = false;  // a command went unanswered: the queue's state is unknown
   uint32_t rx_refill_batch_ = 0;
 
-  std::vector<BufState> state_;
-  std::vector<uint32_t> free_;
-  uint32_t free_top_ = 0;
+  Pool pool_;  // the buffers: base, IOVA, free stack, caller table
 };
 
 }  // namespace vfdrivers::net::virtio_net
