@@ -15,27 +15,29 @@
 // set as copy-mode veth sets it, so TxBurst takes its wakeup branch; in test mode that branch
 // counts the wakeup and makes no system call (on a real socket it would add the glibc sendto()
 // wrapper, ~10 user-space instructions per burst, and the kernel's transmit).
-//   rx:   RxBurst(32) then FreeBurst (only RxBurst measured; it refills the fill ring)
-//   tx:   AllocBurst(32) then TxBurst (only TxBurst measured; it reclaims completions)
-//   echo: RxBurst(32) then TxBurst of the same buffers (both measured; per packet = per echo)
+// The loop, the measured windows and the result line are bench/net/insn_bench_lib.h's
+// (rx: RxBurst measured, it refills the fill ring; tx: TxBurst measured, it reclaims
+// completions; echo: both).
 //   af_xdp_insn_bench MODE [ITERATIONS=2000] [--no_tx_wakeup: a zero-copy driver that does not
 //   ask for a kick while busy]
 #include <linux/if_xdp.h>
 #include <valgrind/callgrind.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+
+#include "bench/net/insn_bench_lib.h"
 #include "vfdrivers/net/af_xdp_layout.h"
 #include "vfdrivers/net/af_xdp_port.h"
 
 using vfdrivers::net::AfXdpLayout;
 using vfdrivers::net::AfXdpPort;
 using vfdrivers::net::kXdpPacketHeadroom;
-using vfdrivers::net::PacketBuffer;
 
 namespace {
 
@@ -90,22 +92,29 @@ class MemoryKernel {
   uint32_t headroom_;
 };
 
+// The kernel's half as the bench's device.
+class KernelDevice final : public vfbroker::bench::InsnBenchDevice {
+ public:
+  explicit KernelDevice(MemoryKernel* kernel) : kernel_(kernel) {}
+  bool Deliver(const uint8_t* frame, uint32_t length, uint32_t count) override {
+    return kernel_->Deliver(frame, length, count) == count;  // false: the fill ring ran dry
+  }
+  void Complete() override { kernel_->SendAll(); }
+
+ private:
+  MemoryKernel* kernel_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string mode = argc > 1 ? argv[1] : "echo";
-  const int iters = argc > 2 && argv[2][0] != '-' ? std::atoi(argv[2]) : 2000;
+  const std::optional<vfbroker::bench::InsnBenchArgs> args =
+      vfbroker::bench::ParseInsnBenchArgs(argc, argv);
+  if (!args) return 2;
   bool tx_wakeup = true;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no_tx_wakeup") == 0) tx_wakeup = false;
   }
-  if (mode != "rx" && mode != "tx" && mode != "echo") {
-    std::fprintf(stderr, "usage: af_xdp_insn_bench rx|tx|echo [ITERATIONS] [--no_tx_wakeup]\n");
-    return 2;
-  }
-  // Compared once here, not between the toggles (it would be counted as the port's).
-  const bool rx_mode = mode == "rx", echo_mode = mode == "echo";
-  constexpr uint32_t kBurst = 32;
   // udp_echo --self_provision's defaults: 4096 chunks of 2 KiB, rings of 2048.
   AfXdpLayout layout;
   layout.frame_size = 2048;
@@ -114,54 +123,16 @@ int main(int argc, char** argv) {
   layout.need_wakeup = true;
   MemoryKernel kernel(layout);
   kernel.SetTxNeedWakeup(tx_wakeup);
-  auto port_or = AfXdpPort::CreateForTesting(kernel.Memory(), layout);
-  if (!port_or.ok()) {
-    std::fprintf(stderr, "%s\n", port_or.status().ToString().c_str());
+  auto port = AfXdpPort::CreateForTesting(kernel.Memory(), layout);
+  if (!port.ok()) {
+    std::fprintf(stderr, "%s\n", port.status().ToString().c_str());
     return 1;
   }
-  AfXdpPort& port = **port_or;
-  uint8_t frame[64];
-  std::memset(frame, 0xab, sizeof frame);
-  PacketBuffer bufs[kBurst];
-  uint64_t packets = 0;
-  for (int it = 0; it < iters + 50; ++it) {
-    const bool measure = it >= 50;  // warm-up rounds first
-    size_t n = 0;
-    if (rx_mode || echo_mode) {
-      if (kernel.Deliver(frame, sizeof frame, kBurst) != kBurst) {
-        std::fprintf(stderr, "fill ring ran dry at iteration %d\n", it);
-        return 2;
-      }
-      if (measure) CALLGRIND_TOGGLE_COLLECT;
-      n = port.RxBurst(bufs);
-      if (measure && rx_mode) CALLGRIND_TOGGLE_COLLECT;
-      if (rx_mode) {
-        port.FreeBurst(absl::MakeConstSpan(bufs, n));
-      } else {
-        size_t s = port.TxBurst(absl::MakeConstSpan(bufs, n));
-        if (measure) CALLGRIND_TOGGLE_COLLECT;
-        if (s != n) return 3;
-      }
-    } else {
-      n = port.AllocBurst(bufs);
-      for (size_t i = 0; i < n; ++i) bufs[i].length = 64;
-      if (measure) CALLGRIND_TOGGLE_COLLECT;
-      size_t s = port.TxBurst(absl::MakeConstSpan(bufs, n));
-      if (measure) CALLGRIND_TOGGLE_COLLECT;
-      if (s != n) return 3;
-    }
-    if (n != kBurst) {
-      std::fprintf(stderr, "burst of %zu at iteration %d\n", n, it);
-      return 2;
-    }
-    kernel.SendAll();
-    if (measure) packets += n;
-  }
-  const auto& st = port.stats();
-  std::printf("af_xdp_insn_bench %s: %llu packets in bursts of %u; bad_descriptors %llu, "
-              "wakeups %llu (tx need_wakeup %s)\n",
-              mode.c_str(), static_cast<unsigned long long>(packets), kBurst,
-              static_cast<unsigned long long>(st.bad_descriptors),
-              static_cast<unsigned long long>(st.wakeups), tx_wakeup ? "set" : "clear");
-  return st.bad_descriptors == 0 ? 0 : 4;
+  KernelDevice device(&kernel);
+  const AfXdpPort& p = **port;
+  return vfbroker::bench::RunInsnBench(
+      "af_xdp_insn_bench", *args, **port, device, /*burst=*/32, [&p, tx_wakeup] {
+        return absl::StrCat("wakeups ", p.stats().wakeups, " (tx need_wakeup ",
+                            tx_wakeup ? "set" : "clear", ")");
+      });
 }

@@ -1,79 +1,27 @@
 // ixgbevf_insn_bench: instruction counts of IxgbevfPort's fast path at burst 32 (BUILD.bazel).
 //
-// The model plays the hardware outside the measured windows: it delivers 32 frames before each
-// RxBurst and consumes the TX ring after each TxBurst. Callgrind collects only inside the
-// driver calls (CALLGRIND_TOGGLE_COLLECT right around them; the mode is decided before the
-// loop so no harness code runs inside a window), so "Collected" is the driver's own work:
-// descriptor reads and writes, checks, buffer tables, RX refill, TX reclaim, tail writes.
-//   rx:   RxBurst(32) (measured; refills the ring in the same loop), then FreeBurst
-//   tx:   AllocBurst(32), then TxBurst (measured; reclaims the previous burst first)
-//   echo: RxBurst(32) + TxBurst of the same buffers (both measured; per packet = per echo)
-#include <valgrind/callgrind.h>
+// The register-level model plays the 82599 VF: it delivers the frames before each RxBurst and
+// consumes the TX ring after each burst. The loop, the measured windows (only the driver's
+// RxBurst / TxBurst) and the result line are bench/net/insn_bench_lib.h's; this bench adds the
+// RX tail writes (VFRDT, batched) to the line.
+//   ixgbevf_insn_bench rx|tx|echo [ITERATIONS=2000]
+#include <string>
 
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-
+#include "absl/strings/str_cat.h"
+#include "bench/net/insn_bench_lib.h"
 #include "vfdrivers/net/ixgbevf/ixgbevf.h"
 #include "vfdrivers/net/ixgbevf/ixgbevf_device_model.h"
 
-using vfdrivers::net::PacketBuffer;
-using vfdrivers::net::ixgbevf::IxgbevfPort;
-using vfdrivers::net::ixgbevf::Options;
-using vfdrivers::net::ixgbevf::testing::IxgbevfDeviceModel;
-
 int main(int argc, char** argv) {
-  const char* mode = argc > 1 ? argv[1] : "echo";
-  const int iters = argc > 2 ? std::atoi(argv[2]) : 2000;
-  const bool rx = std::strcmp(mode, "rx") == 0, echo = std::strcmp(mode, "echo") == 0;
-  const bool tx = std::strcmp(mode, "tx") == 0;
-  if (!rx && !tx && !echo) {
-    std::fprintf(stderr, "usage: %s rx|tx|echo [iterations]\n", argv[0]);
-    return 1;
-  }
-  constexpr uint32_t kBurst = IxgbevfPort::kBurst;
-  IxgbevfDeviceModel model;
-  Options o;
+  using vfdrivers::net::ixgbevf::IxgbevfPort;
+  const auto args = vfbroker::bench::ParseInsnBenchArgs(argc, argv);
+  if (!args) return 1;
+  vfdrivers::net::ixgbevf::testing::IxgbevfDeviceModel model;
+  vfdrivers::net::ixgbevf::Options o;
   o.huge_pages = vfdrivers::memory::HugePages::kNever;
-  auto port_or = IxgbevfPort::Create(model.MakeBar(), o);
-  if (!port_or.ok()) {
-    std::fprintf(stderr, "%s\n", port_or.status().ToString().c_str());
-    return 1;
-  }
-  IxgbevfPort& port = **port_or;
-  uint8_t frame[64];
-  std::memset(frame, 0xab, sizeof frame);
-  PacketBuffer bufs[kBurst];
-  uint64_t packets = 0;
-  for (int it = 0; it < iters + 50; ++it) {
-    const bool measure = it >= 50;  // warm-up rounds first
-    size_t n, s = 0;
-    if (tx) {
-      n = port.AllocBurst(bufs);
-      for (size_t i = 0; i < n; ++i) bufs[i].length = 64;
-      if (measure) CALLGRIND_TOGGLE_COLLECT;
-      s = port.TxBurst(absl::MakeConstSpan(bufs, n));
-      if (measure) CALLGRIND_TOGGLE_COLLECT;
-    } else {
-      for (uint32_t i = 0; i < kBurst; ++i) model.Deliver(frame, sizeof frame);
-      if (measure) CALLGRIND_TOGGLE_COLLECT;
-      n = port.RxBurst(bufs);
-      if (echo) s = port.TxBurst(absl::MakeConstSpan(bufs, n));
-      if (measure) CALLGRIND_TOGGLE_COLLECT;
-      if (rx) s = port.FreeBurst(absl::MakeConstSpan(bufs, n));
-    }
-    if (n != kBurst || s != n) {
-      std::fprintf(stderr, "burst of %zu (%zu sent/freed) at iteration %d\n", n, s, it);
-      return 2;
-    }
-    model.Step();
-    model.sent().clear();
-    if (measure) packets += n;
-  }
-  std::printf("ixgbevf_insn_bench %s: %llu packets in bursts of %u; bad_descriptors %llu, "
-              "rx tail writes %llu\n",
-              mode, static_cast<unsigned long long>(packets), kBurst,
-              static_cast<unsigned long long>(port.stats().bad_descriptors),
-              static_cast<unsigned long long>(port.ixgbevf_stats().rx_tail_writes));
-  return 0;
+  return vfbroker::bench::RunModelInsnBench<IxgbevfPort>(
+      "ixgbevf_insn_bench", *args, IxgbevfPort::Create(model.MakeBar(), o), model,
+      [](const IxgbevfPort& port) {
+        return absl::StrCat("rx tail writes ", port.ixgbevf_stats().rx_tail_writes);
+      });
 }
