@@ -43,10 +43,22 @@ uint32_t Log2(uint32_t v) {
   return s;
 }
 
-// A consumer ring's entries available, never more than the ring holds: a producer index that
-// ran more than `size` ahead is corrupt, and reading further would re-read stale entries.
-uint32_t ConsPeek(xsk_ring_cons* r, uint32_t max, uint32_t* idx) {
-  uint32_t n = xsk_ring_cons__peek(r, std::min(max, r->size), idx);
+#define AFXDP_ALWAYS_INLINE inline __attribute__((always_inline))
+#define AFXDP_RUN __attribute__((noinline))
+
+// DescWords reads xdp_desc's len and options as one little-endian word.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "DescWords assumes little-endian");
+
+// A consumer ring's entries available, at most `max` (callers pass at most the ring's size: a
+// producer index that ran more than `size` ahead is corrupt, and reading further would re-read
+// stale entries); *first is the ring slot of the first one and *run1 how many lie before the
+// ring's end (the rest start at slot 0).
+AFXDP_ALWAYS_INLINE uint32_t ConsPeek(xsk_ring_cons* r, uint32_t max, uint32_t* first,
+                                      uint32_t* run1) {
+  uint32_t idx = 0;
+  const uint32_t n = xsk_ring_cons__peek(r, max, &idx);
+  *first = idx & r->mask;
+  *run1 = std::min(n, r->size - *first);
   return n;
 }
 
@@ -222,57 +234,79 @@ absl::StatusOr<std::unique_ptr<AfXdpPort>> AfXdpPort::Adopt(
   return p;
 }
 
-PacketBuffer AfXdpPort::MakeBuffer(uint32_t frame, uint64_t addr, uint32_t length) const {
-  PacketBuffer b;
-  b.data = umem_ + addr;
-  b.device_address = addr;
-  b.length = length;
-  b.capacity = static_cast<uint32_t>(((uint64_t{frame} + 1) << frame_shift_) - addr);
-  b.index = frame;
-  b.pool = this;
-  return b;
+// Puts chunks from the top of the free stack (free_end[-1], free_end[-2], ...) into fill ring
+// slots [f, f + count), a run that does not wrap.
+AFXDP_RUN void AfXdpPort::FillRun(uint64_t* f, uint32_t count,
+                                            const uint32_t* free_end) {
+  uint64_t* const end = f + count;
+  FrameState* const state = state_.data();
+  const uint32_t shift = frame_shift_;
+  for (; f != end; ++f) {
+    const uint32_t frame = *--free_end;
+    state[frame] = FrameState::kFill;
+    // "UMEM Fill Ring": the chunk's address; the kernel adds headroom itself.
+    *f = uint64_t{frame} << shift;
+  }
 }
 
 void AfXdpPort::Refill() {
   if (in_fill_ >= fill_target_ || free_top_ == 0) return;
-  uint32_t want = std::min(fill_target_ - in_fill_, free_top_);
-  uint32_t room = xsk_prod_nb_free(&fill_, want);
-  uint32_t n = std::min(want, room);
+  const uint32_t want = std::min(fill_target_ - in_fill_, free_top_);
+  const uint32_t n = std::min(want, xsk_prod_nb_free(&fill_, want));
   if (n == 0) return;
-  uint32_t idx = 0;
-  if (xsk_ring_prod__reserve(&fill_, n, &idx) != n) return;
-  for (uint32_t i = 0; i < n; ++i) {
-    uint32_t frame = free_[--free_top_];
-    state_[frame] = FrameState::kFill;
-    // "UMEM Fill Ring": the chunk's address; the kernel adds headroom itself.
-    *xsk_ring_prod__fill_addr(&fill_, idx + i) = uint64_t{frame} << frame_shift_;
-  }
-  xsk_ring_prod__submit(&fill_, n);
+  const uint32_t prod = fill_.cached_prod;
+  const uint32_t first = prod & fill_.mask;
+  const uint32_t run1 = std::min(n, fill_.size - first);
+  uint64_t* const ring = static_cast<uint64_t*>(fill_.ring);
+  const uint32_t* const free_end = free_.data() + free_top_;
+  FillRun(ring + first, run1, free_end);
+  if (n > run1) FillRun(ring, n - run1, free_end - run1);
+  free_top_ -= n;
   in_fill_ += n;
+  fill_.cached_prod = prod + n;
+  __atomic_store_n(fill_.producer, prod + n, __ATOMIC_RELEASE);  // entries before the index
+}
+
+// Completion ring slots [c, c + count), a run that does not wrap: each address is the kernel's
+// claim that a chunk the port sent is done ("UMEM Completion Ring"). Only a chunk inside the
+// UMEM that is in the TX state goes back to the free stack; anything else is counted and
+// skipped. Returns how many chunks were reclaimed.
+AFXDP_RUN uint32_t AfXdpPort::ReclaimRun(const volatile uint64_t* c, uint32_t count) {
+  const volatile uint64_t* const end = c + count;
+  FrameState* const state = state_.data();
+  uint32_t* const free_start = free_.data() + free_top_;
+  uint32_t* fp = free_start;
+  const uint64_t umem_bytes = umem_bytes_;
+  const uint32_t shift = frame_shift_;
+  for (; c != end; ++c) {
+    const uint64_t addr = *c;  // one load from shared memory: check and use this copy
+    if (__builtin_expect(addr >= umem_bytes, 0)) {
+      ++stats_.bad_descriptors;
+      continue;
+    }
+    const uint64_t frame = addr >> shift;
+    if (__builtin_expect(state[frame] != FrameState::kTx, 0)) {  // never sent, or done twice
+      ++stats_.bad_descriptors;
+      continue;
+    }
+    state[frame] = FrameState::kFree;
+    *fp++ = static_cast<uint32_t>(frame);
+  }
+  const uint32_t done = static_cast<uint32_t>(fp - free_start);
+  free_top_ += done;
+  return done;
 }
 
 void AfXdpPort::ReclaimCompletions() {
-  uint32_t idx = 0;
-  uint32_t n = ConsPeek(&completion_, completion_.size, &idx);
+  uint32_t first = 0, run1 = 0;
+  const uint32_t n = ConsPeek(&completion_, completion_.size, &first, &run1);
   if (n == 0) return;
-  for (uint32_t i = 0; i < n; ++i) {
-    // "UMEM Completion Ring": the address of a TX descriptor the kernel has sent.
-    uint64_t addr = *xsk_ring_cons__comp_addr(&completion_, idx + i);
-    if (addr >= umem_bytes_) {
-      ++stats_.bad_descriptors;
-      continue;
-    }
-    uint32_t frame = static_cast<uint32_t>(addr >> frame_shift_);
-    if (state_[frame] != FrameState::kTx) {  // never sent, or completed twice
-      ++stats_.bad_descriptors;
-      continue;
-    }
-    state_[frame] = FrameState::kFree;
-    free_[free_top_++] = frame;
-    --in_tx_;
-    ++stats_.tx_completed;
-  }
+  const volatile uint64_t* const ring = static_cast<const volatile uint64_t*>(completion_.ring);
+  uint32_t done = ReclaimRun(ring + first, run1);
+  if (n > run1) done += ReclaimRun(ring, n - run1);
   xsk_ring_cons__release(&completion_, n);
+  in_tx_ -= done;
+  stats_.tx_completed += done;
 }
 
 void AfXdpPort::KickRx() {
@@ -307,96 +341,155 @@ absl::StatusOr<xdp_statistics> AfXdpPort::KernelStatistics() const {
   return st;
 }
 
-size_t AfXdpPort::RxBurst(absl::Span<PacketBuffer> out) {
-  ReclaimCompletions();
-  Refill();
-  if (out.empty()) return 0;
-  uint32_t idx = 0;
-  uint32_t n = ConsPeek(&rx_, static_cast<uint32_t>(std::min<size_t>(out.size(), rx_.size)),
-                        &idx);
-  size_t k = 0;
-  for (uint32_t i = 0; i < n; ++i) {
-    // Copy the descriptor out of shared memory once; check that copy, use that copy.
-    const xdp_desc d = *xsk_ring_cons__rx_desc(&rx_, idx + i);
-    if (d.addr >= umem_bytes_) {
+// RX ring slots [d, d + count), a run that does not wrap, into out[0..): each descriptor is
+// copied out of shared memory once (two loads), then checked: inside the UMEM, a chunk the
+// kernel was given for receive (once), 0 < len <= the room from addr to the chunk's end, no
+// options (XDP_PKT_CONTD: the port never enables multi-buffer). A bad one is counted and
+// dropped; if its chunk was identified as the kernel's, the chunk goes back to the free stack.
+// Returns the end of what was written to out.
+AFXDP_RUN PacketBuffer* AfXdpPort::ReceiveRun(const volatile DescWords* d,
+                                                        uint32_t count, PacketBuffer* out) {
+  const volatile DescWords* const end = d + count;
+  FrameState* const state = state_.data();
+  uint8_t* const umem = umem_;
+  const uint64_t umem_bytes = umem_bytes_;
+  const uint32_t shift = frame_shift_;
+  PacketBuffer* q = out;
+  for (; d != end; ++d) {
+    const uint64_t addr = d->addr;
+    const uint64_t len_options = d->len_options;
+    if (__builtin_expect(addr >= umem_bytes, 0)) {
       ++stats_.bad_descriptors;
       continue;
     }
-    const uint32_t frame = static_cast<uint32_t>(d.addr >> frame_shift_);
-    if (state_[frame] != FrameState::kFill) {  // not a chunk the kernel was given, or twice
+    const uint64_t frame = addr >> shift;
+    if (__builtin_expect(state[frame] != FrameState::kFill, 0)) {  // not given, or twice
       ++stats_.bad_descriptors;
       continue;
     }
-    --in_fill_;
-    const uint64_t end = (uint64_t{frame} + 1) << frame_shift_;
-    if (d.len == 0 || d.len > end - d.addr || (d.options & kXdpPktContd) != 0) {
+    const uint64_t room = ((frame + 1) << shift) - addr;  // to the chunk's end
+    // len == 0 wraps to the largest value; any option bit puts it above 2^32 > room.
+    if (__builtin_expect(len_options - 1 >= room, 0)) {
       // The chunk is identified and was the kernel's: take it back, drop the frame.
       ++stats_.bad_descriptors;
-      state_[frame] = FrameState::kFree;
-      free_[free_top_++] = frame;
+      --in_fill_;
+      state[frame] = FrameState::kFree;
+      free_[free_top_++] = static_cast<uint32_t>(frame);
       continue;
     }
-    state_[frame] = FrameState::kApp;
-    out[k++] = MakeBuffer(frame, d.addr, d.len);
-    stats_.rx_bytes += d.len;
+    state[frame] = FrameState::kApp;
+    q->data = umem + addr;
+    q->device_address = addr;
+    q->length = static_cast<uint32_t>(len_options);
+    q->capacity = static_cast<uint32_t>(room);
+    q->index = static_cast<uint32_t>(frame);
+    q->pool = this;
+    ++q;
+    stats_.rx_bytes += len_options;  // options are 0 here
   }
-  if (n > 0) xsk_ring_cons__release(&rx_, n);
-  stats_.rx_packets += k;
-  if (n == 0 && xsk_ring_prod__needs_wakeup(&fill_)) KickRx();
-  if (n > 0) Refill();
+  return q;
+}
+
+size_t AfXdpPort::RxBurst(absl::Span<PacketBuffer> out) {
+  if (in_tx_ != 0) ReclaimCompletions();
+  const uint32_t max = out.size() < rx_.size ? static_cast<uint32_t>(out.size()) : rx_.size;
+  uint32_t first = 0, run1 = 0;
+  const uint32_t n = max == 0 ? 0 : ConsPeek(&rx_, max, &first, &run1);
+  size_t k = 0;
+  if (n != 0) {
+    const volatile DescWords* const ring = static_cast<const volatile DescWords*>(rx_.ring);
+    PacketBuffer* q = ReceiveRun(ring + first, run1, out.data());
+    if (n > run1) q = ReceiveRun(ring, n - run1, q);
+    xsk_ring_cons__release(&rx_, n);
+    k = static_cast<size_t>(q - out.data());
+    in_fill_ -= static_cast<uint32_t>(k);
+    stats_.rx_packets += k;
+  }
+  Refill();
+  // "XDP_USE_NEED_WAKEUP bind flag": nothing came and the kernel asks to be woken.
+  if (n == 0 && !out.empty() && xsk_ring_prod__needs_wakeup(&fill_)) KickRx();
   return k;
+}
+
+// pkts[0, count) into TX ring slots [d, d + count), a run that does not wrap; stops at the first
+// bad buffer (counted). A buffer must be one of ours that the caller holds, with its data inside
+// its own chunk and 0 < length <= the room from data to the chunk's end. Returns how many were
+// queued.
+AFXDP_RUN uint32_t AfXdpPort::TransmitRun(const PacketBuffer* p, uint32_t count,
+                                                    DescWords* d) {
+  const PacketBuffer* const start = p;
+  const PacketBuffer* const end = p + count;
+  FrameState* const state = state_.data();
+  const uintptr_t base = reinterpret_cast<uintptr_t>(umem_);
+  const uint32_t frame_count = layout_.frame_count;
+  const uintptr_t frame_size = layout_.frame_size;
+  for (; p != end; ++p, ++d) {
+    const uint32_t b = p->index;
+    const uint32_t len = p->length;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(p->data) - base;  // UMEM offset
+    // Offset of data in chunk b ("below the chunk" wraps to a huge value) and of its last
+    // byte (len == 0 wraps len - 1 to 2^32 - 1, past any chunk). Both are < frame_size, a power
+    // of two, exactly when their OR is.
+    const uintptr_t off = addr - uintptr_t{b} * frame_size;
+    const uintptr_t last = off + static_cast<uint32_t>(len - 1);
+    if (__builtin_expect(p->pool != this || b >= frame_count ||
+                             state[b] != FrameState::kApp || (off | last) >= frame_size,
+                         0)) {
+      ++stats_.bad_buffers;
+      break;
+    }
+    state[b] = FrameState::kTx;
+    d->addr = addr;
+    d->len_options = len;  // options 0
+    stats_.tx_bytes += len;
+  }
+  return static_cast<uint32_t>(p - start);
 }
 
 size_t AfXdpPort::TxBurst(absl::Span<const PacketBuffer> pkts) {
-  ReclaimCompletions();
-  size_t k = 0;
-  if (!pkts.empty()) {
-    uint32_t want = static_cast<uint32_t>(std::min<size_t>(pkts.size(), tx_.size));
-    uint32_t room = std::min(want, xsk_prod_nb_free(&tx_, want));
-    uint32_t idx = 0;
-    if (room > 0 && xsk_ring_prod__reserve(&tx_, room, &idx) == room) {
-      for (; k < room; ++k) {
-        const PacketBuffer& b = pkts[k];
-        // The buffer must be one of ours that the caller holds, and the frame must lie in
-        // its chunk.
-        const uintptr_t base = reinterpret_cast<uintptr_t>(umem_);
-        const uintptr_t at = reinterpret_cast<uintptr_t>(b.data);
-        if (b.pool != this || b.index >= layout_.frame_count ||
-            state_[b.index] != FrameState::kApp || at < base) {
-          ++stats_.bad_buffers;
-          break;
-        }
-        const uint64_t addr = static_cast<uint64_t>(at - base);
-        const uint64_t end = (uint64_t{b.index} + 1) << frame_shift_;
-        if ((addr >> frame_shift_) != b.index || b.length == 0 || b.length > end - addr) {
-          ++stats_.bad_buffers;
-          break;
-        }
-        xdp_desc* d = xsk_ring_prod__tx_desc(&tx_, idx + static_cast<uint32_t>(k));
-        d->addr = addr;
-        d->len = b.length;
-        d->options = 0;
-        state_[b.index] = FrameState::kTx;
-        stats_.tx_bytes += b.length;
-      }
-      tx_.cached_prod -= room - static_cast<uint32_t>(k);  // give back unused reservations
-      if (k > 0) xsk_ring_prod__submit(&tx_, static_cast<uint32_t>(k));
-      in_tx_ += static_cast<uint32_t>(k);
-      stats_.tx_packets += k;
+  if (in_tx_ != 0) ReclaimCompletions();
+  const uint32_t want = pkts.size() < tx_.size ? static_cast<uint32_t>(pkts.size()) : tx_.size;
+  const uint32_t n = want == 0 ? 0 : std::min(want, xsk_prod_nb_free(&tx_, want));
+  uint32_t sent = 0;
+  if (n != 0) {
+    const uint32_t prod = tx_.cached_prod;
+    const uint32_t first = prod & tx_.mask;
+    const uint32_t run1 = std::min(n, tx_.size - first);
+    DescWords* const ring = static_cast<DescWords*>(tx_.ring);
+    sent = TransmitRun(pkts.data(), run1, ring + first);
+    if (sent == run1 && n > run1) sent += TransmitRun(pkts.data() + run1, n - run1, ring);
+    if (sent != 0) {
+      tx_.cached_prod = prod + sent;
+      __atomic_store_n(tx_.producer, prod + sent, __ATOMIC_RELEASE);  // entries before index
+      in_tx_ += sent;
+      stats_.tx_packets += sent;
     }
-    if (k == room) stats_.tx_ring_full += pkts.size() - k;
   }
-  if (k > 0 && (!layout_.need_wakeup || xsk_ring_prod__needs_wakeup(&tx_))) KickTx();
-  return k;
+  if (sent == n) stats_.tx_ring_full += pkts.size() - n;
+  // "XDP_USE_NEED_WAKEUP bind flag": kick only when the kernel asks (always without the flag).
+  if (sent != 0 && (!layout_.need_wakeup || xsk_ring_prod__needs_wakeup(&tx_))) KickTx();
+  return sent;
 }
 
 size_t AfXdpPort::AllocBurst(absl::Span<PacketBuffer> out) {
-  size_t n = std::min<size_t>(out.size(), free_top_);
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t frame = free_[--free_top_];
-    state_[frame] = FrameState::kApp;
-    out[i] = MakeBuffer(frame, (uint64_t{frame} << frame_shift_) + layout_.frame_headroom, 0);
+  const size_t n = std::min<size_t>(out.size(), free_top_);
+  FrameState* const state = state_.data();
+  const uint32_t* fp = free_.data() + free_top_;
+  const uint32_t shift = frame_shift_;
+  const uint32_t headroom = layout_.frame_headroom;
+  const uint32_t capacity = layout_.frame_size - headroom;
+  for (PacketBuffer *q = out.data(), *end = q + n; q != end; ++q) {
+    const uint32_t frame = *--fp;
+    state[frame] = FrameState::kApp;
+    const uint64_t addr = (uint64_t{frame} << shift) + headroom;
+    q->data = umem_ + addr;
+    q->device_address = addr;
+    q->length = 0;
+    q->capacity = capacity;
+    q->index = frame;
+    q->pool = this;
   }
+  free_top_ -= static_cast<uint32_t>(n);
   stats_.alloc_failed += out.size() - n;
   return n;
 }

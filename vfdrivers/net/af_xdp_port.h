@@ -9,8 +9,9 @@
 //
 // Rings (Documentation/networking/af_xdp.rst, "UMEM Fill Ring", "UMEM Completion Ring",
 // "RX Ring", "TX Ring"): the port maps the four rings at the offsets XDP_MMAP_OFFSETS reports
-// and drives them with libxdp's inline ring helpers (<xdp/xsk.h>) on ring structs it fills
-// itself. Frames: every UMEM chunk is in exactly one place: the port's free stack, the fill
+// and drives them with libxdp's inline ring-index helpers (<xdp/xsk.h>) on ring structs it
+// fills itself; a burst walks a ring's entries in at most two runs that do not wrap (up to the
+// ring's end, then from slot 0), with pointers, no call and no index masking per entry. Frames: every UMEM chunk is in exactly one place: the port's free stack, the fill
 // ring, the caller's hands, or the TX/completion path; the port tracks that per chunk.
 //
 // The kernel's ring contents are not trusted: every address and length read from the RX and
@@ -107,13 +108,25 @@ class AfXdpPort final : public Port {
     size_t length = 0;
   };
 
+  // An RX / TX ring entry (struct xdp_desc) as two 64-bit words: addr, then len in the low and
+  // options in the high half (little-endian), so each is one load or store.
+  struct DescWords {
+    uint64_t addr;
+    uint64_t len_options;
+  };
+
   AfXdpPort(const AfXdpLayout& layout);
   void InitRings();
   void Refill();
   void ReclaimCompletions();
   void KickTx();
   void KickRx();
-  PacketBuffer MakeBuffer(uint32_t frame, uint64_t addr, uint32_t length) const;
+  // The fast path's loops over one run of ring entries that does not wrap (a burst is at most
+  // two runs): no call and no index masking inside them.
+  PacketBuffer* ReceiveRun(const volatile DescWords* d, uint32_t count, PacketBuffer* out);
+  uint32_t TransmitRun(const PacketBuffer* pkts, uint32_t count, DescWords* d);
+  uint32_t ReclaimRun(const volatile uint64_t* c, uint32_t count);
+  void FillRun(uint64_t* f, uint32_t count, const uint32_t* free_end);
 
   AfXdpLayout layout_;
   PortInfo info_;

@@ -317,6 +317,203 @@ TEST_F(AfXdpPortTest, AllocDrainsThePoolThenFails) {
   ExpectConserved(0);
 }
 
+// The fast path walks each ring in at most two runs (up to the ring's end, then from slot 0).
+// Bursts of 1..7 frames echoed round after round put every ring's wrap point at every position
+// of a burst: each frame must come out of RxBurst, and go to the TX ring, in order and intact.
+TEST_F(AfXdpPortTest, BurstsAcrossEveryRingEndKeepOrderAndChunks) {
+  uint32_t seq = 0;
+  for (int round = 0; round < 120; ++round) {
+    const uint32_t k = 1 + round % 7;
+    std::vector<uint64_t> posted;
+    for (uint32_t i = 0; i < k; ++i, ++seq) {
+      posted.push_back(kernel.Receive(std::vector<uint8_t>(60 + seq % 50, uint8_t(seq))));
+    }
+    PacketBuffer bufs[8];
+    ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), k) << "round " << round;
+    for (uint32_t i = 0; i < k; ++i) {
+      const uint32_t s = seq - k + i;
+      ASSERT_EQ(bufs[i].device_address, posted[i]) << "round " << round << " frame " << i;
+      ASSERT_EQ(bufs[i].data, kernel.umem.data() + posted[i]);
+      ASSERT_EQ(bufs[i].length, 60 + s % 50);
+      ASSERT_EQ(bufs[i].index, posted[i] / layout.frame_size);
+      ASSERT_EQ(bufs[i].capacity, layout.frame_size - kXdpPacketHeadroom);
+      ASSERT_EQ(bufs[i].data[0], uint8_t(s));
+    }
+    ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, k)), k) << "round " << round;
+    std::vector<xdp_desc> sent = kernel.SendAll();
+    ASSERT_EQ(sent.size(), k);
+    for (uint32_t i = 0; i < k; ++i) {
+      EXPECT_EQ(sent[i].addr, posted[i]);
+      EXPECT_EQ(sent[i].len, 60 + (seq - k + i) % 50);
+      EXPECT_EQ(sent[i].options, 0u);
+    }
+    ExpectConserved(0);
+  }
+  port->Service();  // the last round's completions
+  // Every ring went round many times.
+  EXPECT_GT(kernel.rx.producer, 20 * layout.rx_size);
+  EXPECT_GT(kernel.tx.producer, 20 * layout.tx_size);
+  EXPECT_GT(kernel.fill.producer, 20 * layout.fill_size);
+  EXPECT_GT(kernel.completion.producer, 20 * layout.completion_size);
+  EXPECT_EQ(port->stats().rx_packets, seq);
+  EXPECT_EQ(port->stats().tx_completed, seq);
+  EXPECT_EQ(port->stats().bad_descriptors, 0u);
+  EXPECT_EQ(port->stats().bad_buffers, 0u);
+}
+
+// Hostile RX descriptors on both sides of the ring's end, between good ones: each is dropped
+// (counted) and the burst goes on with the next, in the second run as in the first.
+TEST_F(AfXdpPortTest, HostileRxDescriptorsAcrossTheRingEnd) {
+  // Move the RX ring to slot 13 of 16.
+  PacketBuffer bufs[16];
+  for (int i = 0; i < 13; ++i) kernel.Receive(std::vector<uint8_t>(64, 1));
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 13u);
+  ASSERT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 13)), 13u);
+  ASSERT_EQ(kernel.rx.consumer % layout.rx_size, 13u);
+  uint64_t c[4];
+  for (uint64_t& a : c) ASSERT_TRUE(kernel.TakeFill(&a));
+  kernel.PostRx(c[0] + 256, 64);                 // slot 13: good
+  kernel.PostRx(layout.umem_bytes() + 256, 64);  // slot 14: outside the UMEM
+  kernel.PostRx(c[1] + 256, 0);                  // slot 15: empty (chunk taken back)
+  kernel.PostRx(c[2] + 256, 65);                 // slot 0: good
+  kernel.PostRx(c[0] + 256, 64);                 // slot 1: c[0] again
+  kernel.PostRx(c[3] + 2047, 2);                 // slot 2: crosses the chunk's end
+  kernel.PostRx(c[3] + 256, 66);                 // slot 3: c[3] was taken back: not given now
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 2u);
+  EXPECT_EQ(bufs[0].device_address, c[0] + 256);
+  EXPECT_EQ(bufs[0].length, 64u);
+  EXPECT_EQ(bufs[1].device_address, c[2] + 256);
+  EXPECT_EQ(bufs[1].length, 65u);
+  EXPECT_EQ(port->stats().bad_descriptors, 5u);
+  EXPECT_EQ(kernel.rx.consumer, kernel.rx.producer);
+  ExpectConserved(2);
+  ASSERT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 2)), 2u);
+  ExpectConserved(0);
+}
+
+// A bad buffer stops a TX burst also when it lies past the ring's end (the frames before it,
+// on both sides of the end, go out), and one in the first run keeps the second from starting.
+TEST_F(AfXdpPortTest, BadBufferStopsATxBurstOnEitherSideOfTheRingEnd) {
+  PacketBuffer bufs[6];
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs)), 6u);
+  for (auto& b : bufs) b.length = 64;
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, 6)), 6u);  // TX ring now at slot 6 of 8
+  kernel.SendAll();
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs, 6)), 6u);
+  for (auto& b : bufs) b.length = 100;
+  PacketBuffer burst[5] = {bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]};
+  burst[3].length = layout.frame_size + 1;  // slot 1, in the second run
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(burst, 5)), 3u);
+  EXPECT_EQ(kernel.tx.producer, 9u);
+  std::vector<xdp_desc> sent = kernel.SendAll();
+  ASSERT_EQ(sent.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(sent[i].addr, bufs[i].device_address);
+  // TX ring at slot 1; make it 7, then a bad buffer in slot 7 keeps slot 0 unwritten.
+  PacketBuffer more[6];
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(more)), 6u);
+  for (auto& b : more) b.length = 64;
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(more, 6)), 6u);
+  kernel.SendAll();
+  PacketBuffer burst2[2] = {bufs[3], bufs[4]};
+  burst2[0].pool = nullptr;
+  EXPECT_EQ(port->TxBurst(absl::MakeConstSpan(burst2, 2)), 0u);
+  EXPECT_EQ(kernel.tx.producer, 15u);
+  EXPECT_EQ(port->stats().bad_buffers, 2u);
+  EXPECT_EQ(port->stats().tx_ring_full, 0u);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs + 3, 3)), 3u);
+  port->Service();
+  ExpectConserved(0);
+}
+
+// Hostile completions on both sides of the completion ring's end, between good ones.
+TEST_F(AfXdpPortTest, HostileCompletionsAcrossTheRingEnd) {
+  PacketBuffer bufs[8];
+  auto complete = [&](uint64_t addr) {
+    *kernel.completion.Addr(kernel.completion.producer++) = addr;
+  };
+  // Completion ring to slot 14 of 16.
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs, 7)), 7u);
+    for (int i = 0; i < 7; ++i) bufs[i].length = 64;
+    ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, 7)), 7u);
+    kernel.SendAll();
+    port->Service();
+  }
+  ASSERT_EQ(kernel.completion.consumer % layout.completion_size, 14u);
+  ASSERT_EQ(port->AllocBurst(absl::MakeSpan(bufs, 4)), 4u);
+  for (int i = 0; i < 4; ++i) bufs[i].length = 64;
+  ASSERT_EQ(port->TxBurst(absl::MakeConstSpan(bufs, 3)), 3u);  // bufs[3] stays the app's
+  kernel.tx.consumer = kernel.tx.producer;
+  complete(bufs[0].device_address);   // slot 14: good
+  complete(layout.umem_bytes());      // slot 15: outside
+  complete(bufs[1].device_address);   // slot 0: good
+  complete(bufs[3].device_address);   // slot 1: never sent
+  complete(bufs[0].device_address);   // slot 2: twice
+  complete(bufs[2].device_address);   // slot 3: good
+  port->Service();
+  EXPECT_EQ(port->stats().bad_descriptors, 3u);
+  EXPECT_EQ(port->stats().tx_completed, 14u + 3u);
+  EXPECT_EQ(port->tx_frames(), 0u);
+  ExpectConserved(1);
+  EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs + 3, 1)), 1u);
+  ExpectConserved(0);
+}
+
+// The kernel publishes its fill-ring consumer index lazily: chunks can come back on the RX ring
+// while their fill entries still count as unconsumed. The port then posts only what the fill
+// ring has room for, never overwriting an entry the kernel has not consumed, and posts the rest
+// when room appears, also across the ring's end.
+TEST_F(AfXdpPortTest, RefillPostsOnlyWhatTheFillRingHasRoomFor) {
+  ASSERT_EQ(kernel.fill.producer, 16u);  // full: 16 of 16
+  auto receive_unpublished = [&](uint32_t k) {
+    // Take k entries without publishing the consumer index.
+    for (uint32_t i = 0; i < k; ++i) {
+      const uint64_t chunk = *kernel.fill.Addr(kernel.fill.consumer + i);
+      kernel.PostRx(chunk + 256, 64);
+    }
+  };
+  PacketBuffer bufs[16];
+  receive_unpublished(5);
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 5u);
+  EXPECT_EQ(kernel.fill.producer, 16u);  // no room: nothing posted, nothing overwritten
+  EXPECT_EQ(port->fill_frames(), 11u);
+  kernel.fill.consumer += 3;  // published: room for 3
+  port->Service();
+  EXPECT_EQ(kernel.fill.producer, 19u);
+  EXPECT_EQ(port->fill_frames(), 14u);
+  kernel.fill.consumer += 2;
+  port->Service();
+  EXPECT_EQ(kernel.fill.producer, 21u);
+  EXPECT_EQ(port->fill_frames(), 16u);
+  ASSERT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 5)), 5u);
+  // Fill ring at slot 5: take 13 more, publish 6 (slots 5..10 refilled), then 7 more: that
+  // refill covers slots 11..15 and 0..1, across the ring's end.
+  receive_unpublished(13);
+  kernel.fill.consumer += 6;
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 13u);
+  EXPECT_EQ(kernel.fill.producer, 27u);
+  kernel.fill.consumer += 7;
+  ASSERT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 13)), 13u);
+  port->Service();
+  EXPECT_EQ(kernel.fill.producer, 34u);
+  EXPECT_EQ(port->fill_frames(), 16u);
+  // The 16 entries now in the ring are 16 distinct chunks the port gave the kernel: receiving
+  // into every one of them is accepted.
+  std::vector<bool> seen(layout.frame_count);
+  for (uint32_t i = kernel.fill.consumer; i != kernel.fill.producer; ++i) {
+    const uint64_t a = *kernel.fill.Addr(i);
+    ASSERT_EQ(a % layout.frame_size, 0u);
+    ASSERT_LT(a, layout.umem_bytes());
+    EXPECT_FALSE(seen[a / layout.frame_size]);
+    seen[a / layout.frame_size] = true;
+  }
+  for (int i = 0; i < 16; ++i) kernel.Receive(std::vector<uint8_t>(64, 3));
+  ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 16u);
+  EXPECT_EQ(port->stats().bad_descriptors, 0u);
+  ASSERT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 16)), 16u);
+  ExpectConserved(0);
+}
+
 TEST(AfXdpLayoutTest, RejectsBadLayouts) {
   AfXdpLayout l = SmallLayout();
   EXPECT_TRUE(ValidateAfXdpLayout(l).ok());
