@@ -27,9 +27,6 @@ namespace {
 
 using vfbroker::UniqueFd;
 
-// xdp_desc.options bit for multi-buffer frames (uapi if_xdp.h, 6.6+). The port never binds
-// with XDP_USE_SG, so a descriptor carrying it is malformed.
-constexpr uint32_t kXdpPktContd = 1u << 0;
 
 absl::Status Errno(const char* what) {
   int e = errno;
@@ -344,7 +341,8 @@ absl::StatusOr<xdp_statistics> AfXdpPort::KernelStatistics() const {
 // RX ring slots [d, d + count), a run that does not wrap, into out[0..): each descriptor is
 // copied out of shared memory once (two loads), then checked: inside the UMEM, a chunk the
 // kernel was given for receive (once), 0 < len <= the room from addr to the chunk's end, no
-// options (XDP_PKT_CONTD: the port never enables multi-buffer). A bad one is counted and
+// option bit (the only one the kernel writes on RX is XDP_PKT_CONTD, uapi if_xdp.h 6.6+, and
+// only for sockets bound with XDP_USE_SG, which the port never asks for). A bad one is counted and
 // dropped; if its chunk was identified as the kernel's, the chunk goes back to the free stack.
 // Returns the end of what was written to out.
 AFXDP_RUN PacketBuffer* AfXdpPort::ReceiveRun(const volatile DescWords* d,

@@ -142,8 +142,9 @@ TEST_F(AfXdpPortTest, ReceivesFramesZeroCopyAndRefills) {
 }
 
 TEST_F(AfXdpPortTest, HostileRxDescriptorsAreDroppedNotUsed) {
-  uint64_t good_chunk = 0, chunk2 = 0, chunk3 = 0, chunk4 = 0;
+  uint64_t good_chunk = 0, chunk2 = 0, chunk3 = 0, chunk4 = 0, chunk5 = 0;
   ASSERT_TRUE(kernel.TakeFill(&good_chunk));
+  ASSERT_TRUE(kernel.TakeFill(&chunk5));
   ASSERT_TRUE(kernel.TakeFill(&chunk2));
   ASSERT_TRUE(kernel.TakeFill(&chunk3));
   ASSERT_TRUE(kernel.TakeFill(&chunk4));
@@ -154,13 +155,14 @@ TEST_F(AfXdpPortTest, HostileRxDescriptorsAreDroppedNotUsed) {
   kernel.PostRx(chunk2 + 2000, 100);                     // crosses the chunk's end
   kernel.PostRx(chunk3 + 256, 0);                        // empty
   kernel.PostRx(chunk4 + 256, 64, /*XDP_PKT_CONTD*/ 1);  // multi-buffer, never enabled
+  kernel.PostRx(chunk5 + 256, 64, 0x80000000u);          // an option bit no kernel sets
   kernel.PostRx(good_chunk + 256, 64);                   // the only good one
   kernel.PostRx(good_chunk + 256, 64);                   // same chunk again
   PacketBuffer bufs[16];
   ASSERT_EQ(port->RxBurst(absl::MakeSpan(bufs)), 1u);
   EXPECT_EQ(bufs[0].device_address, good_chunk + 256);
-  EXPECT_EQ(port->stats().bad_descriptors, 7u);
-  // chunk2..4 were identified as the kernel's and taken back; nothing was lost.
+  EXPECT_EQ(port->stats().bad_descriptors, 8u);
+  // chunk2..5 were identified as the kernel's and taken back; nothing was lost.
   ExpectConserved(1);
   EXPECT_EQ(port->FreeBurst(absl::MakeConstSpan(bufs, 1)), 1u);
   ExpectConserved(0);
