@@ -17,8 +17,8 @@ vfdrivers::net::AfXdpLayout NicLayout(const v1::Nic& nic);
 
 // Takes the lease's two descriptors and adopts them (AfXdpPort::Adopt checks the memfd's size
 // and seals, and that the rings are unused; a socket the broker sent unbound, Nic.tenant_binds,
-// is bound to Nic.ifindex / queue_id / bind_flags after its rings are mapped). The lease still releases the NIC when destroyed;
-// destroy the port first.
+// is bound to Nic.ifindex / queue_id / bind_flags after its rings are mapped). The lease still
+// releases the NIC when destroyed; destroy the port first.
 absl::StatusOr<std::unique_ptr<vfdrivers::net::AfXdpPort>> AdoptNicPort(NicLease& lease);
 
 }  // namespace vfclient

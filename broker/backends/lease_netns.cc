@@ -10,8 +10,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -36,33 +37,48 @@ absl::Status MakeDirectories(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// The calling thread's own namespace, to return to.
+absl::StatusOr<UniqueFd> OwnNamespace() {
+  int fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno("open /proc/thread-self/ns/net", errno);
+  return UniqueFd(fd);
+}
+
+// Back to `home`. A thread that cannot return would run the rest of the broker's work in a
+// lease's namespace: nothing sensible is left to do.
+void Return(int home) {
+  if (setns(home, CLONE_NEWNET) != 0) {
+    std::fprintf(stderr, "lease_netns: cannot return to the broker's network namespace: %s\n",
+                 strerror(errno));
+    std::abort();
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<UniqueFd> Create() {
-  int fd = -1;
-  int err = 0;
-  // unshare(CLONE_NEWNET) moves only the calling thread; that thread then ends.
-  std::thread worker([&] {
-    if (unshare(CLONE_NEWNET) != 0) {
-      err = errno;
-      return;
-    }
-    fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) err = errno;
-  });
-  worker.join();
-  if (fd < 0) return Errno("new network namespace", err);
+  absl::StatusOr<UniqueFd> home = OwnNamespace();
+  if (!home.ok()) return home.status();
+  // unshare(CLONE_NEWNET) moves only the calling thread (network namespaces are per thread),
+  // which then returns. A thread of its own for this cost ~1 ms per call under load (its exit).
+  if (unshare(CLONE_NEWNET) != 0) return Errno("new network namespace", errno);
+  int fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  const int err = errno;
+  Return(home->get());
+  if (fd < 0) return Errno("open the new network namespace", err);
   return UniqueFd(fd);
 }
 
 absl::Status RunIn(int netns_fd, absl::FunctionRef<absl::Status()> fn) {
-  absl::Status status;
-  std::thread worker([&] {
-    if (setns(netns_fd, CLONE_NEWNET) != 0) {
-      status = Errno("entering a lease network namespace", errno);
-      return;
-    }
-    status = fn();
-  });
-  worker.join();
+  absl::StatusOr<UniqueFd> home = OwnNamespace();
+  if (!home.ok()) return home.status();
+  if (setns(netns_fd, CLONE_NEWNET) != 0) {
+    return Errno("entering a lease network namespace", errno);
+  }
+  absl::Status status = fn();
+  Return(home->get());
   return status;
 }
 

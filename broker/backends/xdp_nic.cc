@@ -228,7 +228,8 @@ absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
   backend->program_ = *std::move(program);
   const char* pin_base = std::getenv("VFBROKER_NETNS_DIR");
   absl::StatusOr<std::string> pin_dir =
-      netns::PinDirectory(pin_base != nullptr && *pin_base != '\0' ? pin_base : netns::kDefaultPinBase);
+      netns::PinDirectory(pin_base != nullptr && *pin_base != '\0' ? std::string(pin_base)
+                                                                    : netns::kDefaultPinBase);
   if (!pin_dir.ok()) return pin_dir.status();
   backend->pin_dir_ = *pin_dir;
   backend->stock_thread_ = std::thread([b = backend.get()] { b->StockLoop(); });

@@ -6,21 +6,22 @@
 // MAC (and broadcast/multicast), so a tenant's socket, bound to queue 0 of its own macvlan,
 // never sees another tenant's unicast frames (DESIGN.md, AF_XDP facts).
 //
+// On the macvlan the broker's XDP steering program (vfdrivers/net/xdp_steering.h, generic mode)
+// redirects to the socket the frames matching the lease's flow filters, or every frame to its MAC
+// if it has none; everything else goes on to the kernel as before. The socket and its UMEM
+// (vfdrivers/net/af_xdp_socket.h, copy mode) are new for every lease; the tenant gets [FD_ROLE_XSK,
+// FD_ROLE_UMEM] and the layout.
+//
 // Lease namespaces: the macvlan is created directly in a network namespace of the lease's own
 // (lease_netns.h; taken from a stock of a few empty ones a background thread keeps ready, as
-// creating one costs ~0.4 ms, and an ended lease's goes back there once its socket can never
-// be bound again: destroying one is costlier still), with ifindex kLeaseIfindexBase + slot there, and the socket is
-// created by a thread inside that namespace and handed over UNBOUND: the tenant maps the rings
-// and then binds (Linux < 6.4 refuses to map a bound socket's rings; one code path for every
-// kernel). The socket's namespace is fixed at creation and holds only the macvlan and a
+// creating one costs ~0.4 ms, and an ended lease's goes back there once its socket can never be
+// bound again: destroying one is costlier still), with ifindex kLeaseIfindexBase + slot there, and
+// the socket is created while the granting thread is inside it and handed over UNBOUND: the tenant
+// maps the rings and then binds (Linux < 6.4 refuses to map a bound socket's rings; one code path
+// for every kernel). The socket's namespace is fixed at creation and holds only the macvlan and a
 // loopback that is down, so the tenant's bind can reach nothing else (docs/security.md). The
-// namespace is pinned (bind mount) at <pin dir>/<device> for a restarted broker; everything
-// that names the macvlan by ifindex (rtnetlink, the XDP attachment, Adopt) runs inside it. On the macvlan the
-// broker's XDP steering program (vfdrivers/net/xdp_steering.h, generic mode) redirects to the
-// socket the frames matching the lease's flow filters, or every frame to its MAC if it has
-// none; everything else goes on to the kernel as before. The socket and its UMEM
-// (vfdrivers/net/af_xdp_socket.h, copy mode) are new for every lease; the tenant gets
-// [FD_ROLE_XSK, FD_ROLE_UMEM] and the layout.
+// namespace is pinned (bind mount) at <pin dir>/<device> for a restarted broker; everything that
+// names the macvlan by ifindex (rtnetlink, the XDP attachment, Adopt) runs inside it.
 //
 // Why private mode: bridge mode would deliver one macvlan's frames straight to a sibling,
 // past the lower device's egress (and the egress guard); vepa and private both send
