@@ -395,10 +395,7 @@ absl::StatusOr<ProvisionedExtent> NvmeSriovBackend::Provision(uint64_t offset, u
   uint32_t group_number = 0;
   (void)absl::SimpleAtoi(*group, &group_number);
   state->set_iommu_group(group_number);
-  VfioHandles& handles = **vfio;
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_CONTAINER, std::move(handles.container)});
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_GROUP, std::move(handles.group)});
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_DEVICE, std::move(handles.device)});
+  HandOverVfio(std::move(**vfio), &extent.fds);
   extent.pci_address = slot.vf;
   extent.nvme_namespace_id = slot.nsid;
   return extent;

@@ -229,10 +229,7 @@ absl::StatusOr<ProvisionedExtent> PciNicBackend::ProvisionNic(uint64_t slot_inde
   uint32_t group_number = 0;
   (void)absl::SimpleAtoi(*group, &group_number);
   state->set_iommu_group(group_number);
-  VfioHandles& handles = **vfio;
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_CONTAINER, std::move(handles.container)});
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_GROUP, std::move(handles.group)});
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_DEVICE, std::move(handles.device)});
+  HandOverVfio(std::move(**vfio), &extent.fds);
   extent.pci_address = bdf;
   dirty_.insert(slot);  // until its teardown resets it
   spdlog::info("pool={} function {} ({}, group {}): reset, MAC {}", pool_name_, slot, bdf, *group,

@@ -382,10 +382,7 @@ absl::StatusOr<ProvisionedExtent> SriovNicBackend::ProvisionNic(uint64_t slot_in
   state->set_iommu_group(group_number);
   state->set_max_tx_rate_mbps(request.max_tx_rate_mbps);
   for (const journal::NicFilter& filter : request.filters) *state->add_filters() = filter;
-  VfioHandles& handles = **vfio;
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_CONTAINER, std::move(handles.container)});
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_GROUP, std::move(handles.group)});
-  extent.fds.push_back(TenantFd{v1::FD_ROLE_VFIO_DEVICE, std::move(handles.device)});
+  HandOverVfio(std::move(**vfio), &extent.fds);
   extent.pci_address = vf;
   live_.insert(slot);
   spdlog::info(

@@ -86,4 +86,10 @@ absl::Status ResetVfioDevice(const VfioHandles& handles) {
   return absl::OkStatus();
 }
 
+void HandOverVfio(VfioHandles handles, std::vector<TenantFd>* fds) {
+  fds->push_back(TenantFd{v1::FD_ROLE_VFIO_CONTAINER, std::move(handles.container)});
+  fds->push_back(TenantFd{v1::FD_ROLE_VFIO_GROUP, std::move(handles.group)});
+  fds->push_back(TenantFd{v1::FD_ROLE_VFIO_DEVICE, std::move(handles.device)});
+}
+
 }  // namespace vfbroker

@@ -12,9 +12,11 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "broker/backends/extent_backend.h"
 #include "common/unique_fd.h"
 
 namespace vfbroker {
@@ -36,6 +38,10 @@ absl::StatusOr<std::optional<VfioHandles>> OpenVfioHandles(const std::string& vf
 // VFIO_DEVICE_RESET on the device descriptor (function-level reset or whatever reset the kernel
 // has for the function). FAILED_PRECONDITION if the device offers none (VFIO_DEVICE_FLAGS_RESET).
 absl::Status ResetVfioDevice(const VfioHandles& handles);
+
+// What the tenant gets: container, group and device descriptors, in that order, with their
+// FD_ROLE_VFIO_* roles (the client's TakeVfioDescriptors() looks them up by role).
+void HandOverVfio(VfioHandles handles, std::vector<TenantFd>* fds);
 
 }  // namespace vfbroker
 
