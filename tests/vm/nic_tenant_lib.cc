@@ -167,6 +167,14 @@ absl::Status ExchangeUdp(vfdrivers::net::Port& port, const UdpPeer& peer) {
           v.dst_ip != peer.own_ip || v.dst_port != kTenantPort) {
         continue;
       }
+      // A tenant never sees a VLAN tag: on a VLAN lease the PF tags what the VF sends and strips
+      // what it receives (a tag here means it did not), and a whole device's lease has no VLAN.
+      if (v.eth.has_vlan) {
+        port.FreeBurst(absl::MakeConstSpan(b, n));
+        return absl::DataLossError(
+            absl::StrCat("peer->tenant: a datagram arrived tagged with VLAN ",
+                         v.eth.vlan_tci & 0x0fff, " (the PF should strip the tag)"));
+      }
       const std::string pl(reinterpret_cast<const char*>(v.payload), v.payload_length);
       uint32_t idx = 0;
       const std::string prefix = absl::StrCat("nic-", peer.tag, "-rx-");

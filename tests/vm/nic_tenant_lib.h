@@ -1,8 +1,7 @@
 // What a NIC tenant in the tests/vm guest does with any net::Port, whichever driver opened it:
 // drop to an unprivileged uid, try another tenant's group node, exchange verified UDP datagrams
 // both ways with a kernel socket on the peer's address, and count frames that are not its own.
-// nic_vf_tenant (igbvf) has the same steps written out against IgbvfPort; this is the port-generic
-// form (virtio_nic_tenant uses it).
+// Used by nic_vf_tenant (igbvf on a sriov_nic VF) and virtio_nic_tenant (a pci_nic device).
 //
 // Not thread-safe: one tenant thread.
 #ifndef VFBROKER_TESTS_VM_NIC_TENANT_LIB_H_
@@ -44,7 +43,7 @@ struct UdpPeer {
 // Tenant -> peer (a kernel UDP socket bound to peer_ip, port 20000 + low byte of own_ip: any uid
 // may bind it) and peer -> tenant (port 6000), every datagram compared byte for byte; the
 // peer side re-sends what is missing every 2 s. A datagram to the tenant's port that is not one
-// of its own fails it.
+// of its own fails it, and so does one to the tenant that arrives VLAN-tagged.
 absl::Status ExchangeUdp(vfdrivers::net::Port& port, const UdpPeer& peer);
 
 struct WatchCounts {

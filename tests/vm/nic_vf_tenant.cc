@@ -7,36 +7,27 @@
 // another MAC (trust off), and exchanges verified UDP both ways with a kernel socket on the PF's
 // address (which any uid may bind: a port above 1024). With --watch_seconds it then keeps
 // polling and counts frames that are not its own (another tenant's traffic reaching it), then
-// holds until killed (--hold) or releases.
+// holds until killed (--hold) or releases. On a VLAN lease the PF tags what the VF sends and strips
+// what it receives: a tagged datagram at the VF fails the tenant. The uid drop, group peek,
+// exchange and watch are nic_tenant_lib's (shared with virtio_nic_tenant).
 //
 // Prints "TENANT OK lease=<id> vf=<bdf> mac=<mac> group=<path> uid=<uid>", then
 // "FOREIGN frames=<n> own=<n>" after watching, "HOLDING" / "RELEASED"; "TENANT FAIL: <why>" and
 // exit 1 otherwise. --peek=/dev/vfio/N: first try to open another tenant's group node
 // (printed as "PEEK <path> errno=<name>").
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <grp.h>
-#include <netinet/in.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
-#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/broker_client.h"
+#include "tests/vm/nic_tenant_lib.h"
 #include "vfdrivers/net/igbvf/igbvf.h"
-#include "vfdrivers/net/packet.h"
 #include "vfdrivers/vfio/vfio_device.h"
 
 ABSL_FLAG(std::string, socket_dir, "/run/vfbroker", "the broker's socket directory");
@@ -57,10 +48,8 @@ ABSL_FLAG(uint64_t, max_tx_rate_mbps, 0, "the VF's transmit rate limit to ask fo
 
 namespace {
 
-using vfdrivers::net::PacketBuffer;
 using vfdrivers::net::igbvf::IgbvfPort;
 using vfdrivers::net::igbvf::MacAddress;
-namespace packet = vfdrivers::net::packet;
 
 int Fail(const std::string& why) {
   std::printf("TENANT FAIL: %s\n", why.c_str());
@@ -68,59 +57,25 @@ int Fail(const std::string& why) {
   return 1;
 }
 
-std::string MacStr(const MacAddress& m) {
-  return absl::StrFormat("%02x:%02x:%02x:%02x:%02x:%02x", m.bytes[0], m.bytes[1], m.bytes[2],
-                         m.bytes[3], m.bytes[4], m.bytes[5]);
-}
-
-bool ParseMac(const std::string& s, MacAddress* m) {
-  unsigned b[6];
-  if (std::sscanf(s.c_str(), "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) {
-    return false;
-  }
-  for (int i = 0; i < 6; ++i) m->bytes[i] = static_cast<uint8_t>(b[i]);
-  return true;
-}
-
-uint32_t ParseIp(const std::string& s) {
-  in_addr a{};
-  inet_pton(AF_INET, s.c_str(), &a);
-  return ntohl(a.s_addr);
-}
-
-// The payload names the tenant (its VF address) so that a frame reaching the wrong tenant shows.
-std::string Payload(const std::string& tag, const char* dir, uint32_t i) {
-  std::string p = absl::StrFormat("vf-%s-%s-%05u:", tag, dir, i);
-  for (uint32_t k = 0; k < 40 + i * 17 % 700; ++k) p.push_back(static_cast<char>('a' + (i + k) % 26));
-  return p;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   setvbuf(stdout, nullptr, _IOLBF, 0);
-  const int uid = absl::GetFlag(FLAGS_uid);
-  if (uid >= 0) {
-    struct rlimit limit = {64 << 20, 64 << 20};
-    if (::setrlimit(RLIMIT_MEMLOCK, &limit) != 0) {
-      return Fail(absl::StrCat("setrlimit(RLIMIT_MEMLOCK): ", std::strerror(errno)));
-    }
-    if (::setgroups(0, nullptr) != 0 || ::setresgid(uid, uid, uid) != 0 ||
-        ::setresuid(uid, uid, uid) != 0 || ::setresuid(0, 0, 0) == 0) {
-      return Fail(absl::StrCat("dropping to uid ", uid, ": ", std::strerror(errno)));
-    }
+  if (const int uid = absl::GetFlag(FLAGS_uid); uid >= 0) {
+    if (absl::Status s = vmtest::DropToUid(uid); !s.ok()) return Fail(s.ToString());
   }
   if (const std::string peek = absl::GetFlag(FLAGS_peek); !peek.empty()) {
-    const int fd = ::open(peek.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) return Fail(absl::StrCat("opened ", peek, " as uid ", ::getuid()));
-    std::printf("PEEK %s errno=%s\n", peek.c_str(), strerrorname_np(errno));
+    if (absl::Status s = vmtest::PeekRefused(peek); !s.ok()) return Fail(s.ToString());
   }
-  MacAddress pf_mac;
-  if (!ParseMac(absl::GetFlag(FLAGS_pf_mac), &pf_mac)) return Fail("--pf_mac: not a MAC");
-  const uint32_t pf_ip = ParseIp(absl::GetFlag(FLAGS_pf_ip));
-  const uint32_t vf_ip = ParseIp(absl::GetFlag(FLAGS_vf_ip));
+  vmtest::UdpPeer pf;
+  if (!vmtest::ParseMac(absl::GetFlag(FLAGS_pf_mac), &pf.peer_mac)) {
+    return Fail("--pf_mac: not a MAC");
+  }
+  pf.peer_ip = vmtest::ParseIp(absl::GetFlag(FLAGS_pf_ip));
+  pf.own_ip = vmtest::ParseIp(absl::GetFlag(FLAGS_vf_ip));
   const uint32_t count = absl::GetFlag(FLAGS_count);
+  pf.count = count;
 
   vfclient::ConnectOptions options;
   options.socket_dir = absl::GetFlag(FLAGS_socket_dir);
@@ -144,7 +99,11 @@ int main(int argc, char** argv) {
   std::printf("LEASE id=%s vf=%s mac=%s vlan=%u pf=%s\n", (*lease)->id().c_str(),
               nic.pci_address().c_str(), nic.mac().c_str(), nic.vlan(), nic.interface().c_str());
   MacAddress mac;
-  if (!ParseMac(nic.mac(), &mac)) return Fail("the lease's MAC does not parse: " + nic.mac());
+  if (!vmtest::ParseMac(nic.mac(), &mac.bytes)) {
+    return Fail("the lease's MAC does not parse: " + nic.mac());
+  }
+  pf.own_mac = mac.bytes;
+  pf.tag = nic.pci_address();  // in every payload: a datagram reaching the wrong tenant shows
 
   absl::StatusOr<vfclient::VfioDescriptors> fds = (*lease)->TakeVfioDescriptors();
   if (!fds.ok()) return Fail(fds.status().ToString());
@@ -167,7 +126,8 @@ int main(int argc, char** argv) {
         port = *std::move(p);
       } else {
         absl::StrAppend(&log, "; attempt ", attempt, ": ",
-                        p.ok() ? "PF gave MAC " + MacStr((*p)->mac()) : p.status().ToString());
+                        p.ok() ? "PF gave MAC " + vmtest::MacText((*p)->mac().bytes)
+                               : p.status().ToString());
       }
     }
     if (port == nullptr) return Fail("igbvf open" + log);
@@ -179,105 +139,14 @@ int main(int argc, char** argv) {
     MacAddress other = mac;
     other.bytes[5] ^= 0x55;
     absl::Status s = port->SetMac(other);
-    if (s.ok()) return Fail("the PF let the VF take MAC " + MacStr(other) + " (trust is on?)");
+    if (s.ok()) {
+      return Fail("the PF let the VF take MAC " + vmtest::MacText(other.bytes) +
+                  " (trust is on?)");
+    }
     std::printf("MAC-CHANGE refused: %s\n", std::string(s.message()).c_str());
   }
-  const std::string tag = nic.pci_address();
-  uint64_t own = 0, foreign = 0;
   if (count != 0) {
-    const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_in pf{};
-    pf.sin_family = AF_INET;
-    pf.sin_port = htons(static_cast<uint16_t>(20000 + (vf_ip & 0xff)));
-    pf.sin_addr.s_addr = htonl(pf_ip);
-    if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&pf), sizeof pf) != 0) {
-      return Fail(absl::StrCat("binding the PF-side socket: ", std::strerror(errno)));
-    }
-    timeval tv{0, 100000};
-    ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    const uint16_t vf_port = 6000;
-    packet::UdpSpec to_pf;
-    std::memcpy(to_pf.dst_mac.bytes.data(), pf_mac.bytes.data(), 6);
-    std::memcpy(to_pf.src_mac.bytes.data(), mac.bytes.data(), 6);
-    to_pf.src_ip = vf_ip;
-    to_pf.dst_ip = pf_ip;
-    to_pf.src_port = vf_port;
-    to_pf.dst_port = ntohs(pf.sin_port);
-    // VF -> PF.
-    uint32_t sent = 0;
-    while (sent < count) {
-      PacketBuffer b[8];
-      const size_t n = port->AllocBurst(absl::MakeSpan(b, std::min<uint32_t>(8, count - sent)));
-      for (size_t i = 0; i < n; ++i) {
-        to_pf.ip_id = static_cast<uint16_t>(sent + i);
-        const std::string pl = Payload(tag, "tx", static_cast<uint32_t>(sent + i));
-        b[i].length = packet::BuildUdp(to_pf, reinterpret_cast<const uint8_t*>(pl.data()),
-                                       pl.size(), b[i].data, b[i].capacity);
-      }
-      const size_t q = port->TxBurst(absl::MakeConstSpan(b, n));
-      port->FreeBurst(absl::MakeConstSpan(b + q, n - q));
-      sent += static_cast<uint32_t>(q);
-      port->Service();
-    }
-    uint32_t got = 0;
-    char buf[2048];
-    for (absl::Time end = absl::Now() + absl::Seconds(20); got < count && absl::Now() < end;) {
-      sockaddr_in from{};
-      socklen_t fl = sizeof from;
-      const ssize_t r = ::recvfrom(s, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &fl);
-      port->Service();
-      if (r < 0) continue;
-      if (std::string(buf, static_cast<size_t>(r)) != Payload(tag, "tx", got)) {
-        return Fail(absl::StrCat("VF->PF datagram ", got, " differs"));
-      }
-      ++got;
-    }
-    if (got != count) return Fail(absl::StrCat("VF->PF: ", got, " of ", count, " arrived"));
-    // PF -> VF.
-    sockaddr_in vf{};
-    vf.sin_family = AF_INET;
-    vf.sin_port = htons(vf_port);
-    vf.sin_addr.s_addr = htonl(vf_ip);
-    std::vector<bool> seen(count, false);
-    got = 0;
-    absl::Time next_send = absl::InfinitePast();
-    for (absl::Time end = absl::Now() + absl::Seconds(30); got < count && absl::Now() < end;) {
-      if (absl::Now() >= next_send) {
-        for (uint32_t i = 0; i < count; ++i) {
-          if (seen[i]) continue;
-          const std::string pl = Payload(tag, "rx", i);
-          (void)::sendto(s, pl.data(), pl.size(), 0, reinterpret_cast<sockaddr*>(&vf), sizeof vf);
-        }
-        next_send = absl::Now() + absl::Seconds(2);
-      }
-      PacketBuffer b[IgbvfPort::kBurst];
-      const size_t n = port->RxBurst(absl::MakeSpan(b));
-      for (size_t i = 0; i < n; ++i) {
-        packet::UdpView v;
-        uint32_t idx = 0;
-        if (packet::ParseUdp(b[i].data, b[i].length, &v) == packet::ParseResult::kOk &&
-            v.dst_ip == vf_ip && v.dst_port == vf_port) {
-          // On a VLAN lease the PF tags what the VF sends and strips what it receives: the
-          // tenant never sees its VLAN (a tag here means the PF did not strip it).
-          if (v.eth.has_vlan) {
-            return Fail(absl::StrCat("PF->VF: a datagram arrived tagged with VLAN ",
-                                     v.eth.vlan_tci & 0x0fff, " (the PF should strip the tag)"));
-          }
-          const std::string pl(reinterpret_cast<const char*>(v.payload), v.payload_length);
-          if (std::sscanf(pl.c_str() + tag.size() + 3, "-rx-%05u:", &idx) == 1 && idx < count &&
-              pl == Payload(tag, "rx", idx)) {
-            if (!seen[idx]) ++got;
-            seen[idx] = true;
-          } else {
-            return Fail("PF->VF: a datagram that is not this tenant's: " + pl.substr(0, 40));
-          }
-        }
-      }
-      port->FreeBurst(absl::MakeConstSpan(b, n));
-      if (n == 0) ::usleep(1000);
-    }
-    if (got != count) return Fail(absl::StrCat("PF->VF: ", got, " of ", count, " arrived"));
-    ::close(s);
+    if (absl::Status s = vmtest::ExchangeUdp(*port, pf); !s.ok()) return Fail(s.ToString());
   }
   std::printf("TENANT OK lease=%s vf=%s mac=%s group=%s uid=%u exchanged=%u\n",
               (*lease)->id().c_str(), nic.pci_address().c_str(), nic.mac().c_str(),
@@ -285,29 +154,12 @@ int main(int argc, char** argv) {
   // Watch: everything the VF receives now should be addressed to it (its MAC, or broadcast);
   // a UDP frame for another tenant's address, or unicast to another MAC, is foreign.
   if (const uint32_t watch = absl::GetFlag(FLAGS_watch_seconds); watch != 0) {
-    const std::string stop_file = absl::GetFlag(FLAGS_watch_until_file);
     std::printf("WATCHING\n");
-    for (absl::Time end = absl::Now() + absl::Seconds(watch); absl::Now() < end;) {
-      if (!stop_file.empty() && ::access(stop_file.c_str(), F_OK) == 0) break;
-      PacketBuffer b[IgbvfPort::kBurst];
-      const size_t n = port->RxBurst(absl::MakeSpan(b));
-      for (size_t i = 0; i < n; ++i) {
-        const bool to_me = b[i].length >= 6 && std::memcmp(b[i].data, mac.bytes.data(), 6) == 0;
-        const bool group = b[i].length >= 6 && (b[i].data[0] & 1) != 0;
-        packet::UdpView v;
-        const bool other_ip = packet::ParseUdp(b[i].data, b[i].length, &v) ==
-                                  packet::ParseResult::kOk && v.dst_ip != vf_ip;
-        if ((!to_me && !group) || other_ip) {
-          ++foreign;
-        } else {
-          ++own;
-        }
-      }
-      port->FreeBurst(absl::MakeConstSpan(b, n));
-      if (n == 0) ::usleep(1000);
-    }
-    std::printf("FOREIGN frames=%llu own=%llu\n", static_cast<unsigned long long>(foreign),
-                static_cast<unsigned long long>(own));
+    const vmtest::WatchCounts counts =
+        vmtest::WatchForeign(*port, mac.bytes, pf.own_ip, absl::Seconds(watch),
+                             absl::GetFlag(FLAGS_watch_until_file));
+    std::printf("FOREIGN frames=%llu own=%llu\n", static_cast<unsigned long long>(counts.foreign),
+                static_cast<unsigned long long>(counts.own));
   }
   if (absl::GetFlag(FLAGS_hold)) {
     std::printf("HOLDING\n");

@@ -55,3 +55,37 @@ nvme_release_primary_resources() {  # PF CTRL
   echo 1 > "/sys/bus/pci/devices/$1/reset" || { fail "reset $1"; return 1; }
   wait_for 50 grep -qx live "/sys/class/nvme/$2/state" || { fail "$2 not live after reset"; return 1; }
 }
+# --- The broker scenarios' (broker_*.sh) shared steps ---
+need_commands() {  # command...: each must be in the guest, else the scenario fails at once
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null || { fail "no $c in the guest"; check_failed; exit 1; }
+  done
+}
+# Prints iproute2's ip, wherever the harness put it (busybox's adds no neighbours, shows no VFs).
+find_iproute2() {
+  local c
+  for c in /usr/sbin/ip /sbin/ip /bin/ip; do
+    [ -x "$c" ] && "$c" -V 2>&1 | grep -q iproute2 && { echo "$c"; return 0; }
+  done
+  return 1
+}
+show_log() {  # file prefix: the file, each line indented under prefix
+  sed "s/^/  $2: /" "$1"
+}
+# vfbrokerd in the background; its pid in /tmp/broker.pid.<socket dir's name> (stop_broker's).
+start_broker() {  # config log socket_dir
+  vfbrokerd --config="$1" --log_level=debug >> "$2" 2>&1 &
+  echo $! > "/tmp/broker.pid.$(basename "$3")"
+  wait_for 300 test -S "$3/grpc.sock" || { fail "vfbrokerd did not come up ($1)"; return 1; }
+  wait_for 50 grep -q "vfbrokerd ready" "$2" || { fail "vfbrokerd not ready ($1)"; return 1; }
+}
+stop_broker() {  # socket_dir: SIGTERM, then wait until it has exited
+  local stop_broker_pid
+  stop_broker_pid=$(cat "/tmp/broker.pid.$(basename "$1")")
+  kill -TERM "$stop_broker_pid"
+  wait_for 100 sh -c "! kill -0 $stop_broker_pid 2>/dev/null" || fail "broker did not stop"
+}
+field() {  # file key -> the value of key=... on the file's TENANT OK line
+  sed -n "s/.*TENANT OK.* $2=\([^ ]*\).*/\1/p" "$1" | head -1
+}

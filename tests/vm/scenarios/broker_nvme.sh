@@ -19,9 +19,7 @@
 #   6. a second broker with a pool on $NVME_NOACS_PF (its VF shares an IOMMU group with the port
 #      and the PF) refuses to hand that VF out: FAILED_PRECONDITION naming the group's members.
 . /lib/vm_lib.sh
-for b in vfbrokerd nvme_tenant; do
-  command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
-done
+need_commands vfbrokerd nvme_tenant
 [ -n "$NVME_PF" ] || { fail "no NVMe PF"; check_failed; exit 1; }
 
 S=/run/vfb; STATE=/tmp/vfb-state; BLOG=/tmp/broker.log
@@ -42,22 +40,10 @@ pools {
 EOF
 done
 
-show_log() {  # file prefix
-  sed "s/^/  $2: /" "$1"
-}
-start_broker() {  # config log socket_dir
-  vfbrokerd --config="$1" --log_level=debug >> "$2" 2>&1 &
-  echo $! > /tmp/broker.pid.$(basename "$3")
-  wait_for 300 test -S "$3/grpc.sock" || { fail "vfbrokerd did not come up ($1)"; show_log "$2" broker; return 1; }
-  wait_for 50 grep -q "vfbrokerd ready" "$2" || { fail "vfbrokerd not ready"; return 1; }
-}
 tenant() {  # out uid seed args... (background; prints its pid)
   out=$1; uid=$2; seed=$3; shift 3
   nvme_tenant --socket_dir=$S --uid="$uid" --seed="$seed" "$@" > "$out" 2>&1 &
   echo $!
-}
-field() {  # file key -> value of key=... on the TENANT OK line
-  sed -n "s/.*TENANT OK.* $2=\([^ ]*\).*/\1/p" "$1" | head -1
 }
 wait_scrubbed() {  # vf count
   wait_for 150 sh -c "[ \$(grep -c 'VF $1 .*zeroed and verified' $BLOG) -ge $2 ]"
@@ -75,8 +61,7 @@ if grep -q "FAILED_PRECONDITION.*OACS bit 3" /tmp/x.out; then
 elif ! grep -q "TENANT OK" /tmp/x.out; then
   fail "tenant X: neither served nor refused for OACS"
 fi
-kill -TERM "$(cat /tmp/broker.pid.vfb)"
-wait_for 100 sh -c "! kill -0 $(cat /tmp/broker.pid.vfb) 2>/dev/null" || fail "broker did not stop"
+stop_broker $S
 start_broker /tmp/vfb-true.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
 
 # 1. Tenant A.
@@ -151,8 +136,7 @@ kill -9 "$D"
 wait_scrubbed "$VF_A" 3 || fail "D's slice was not scrubbed after its device fd closed"
 
 # 5. Broker restart while B holds its VF.
-kill -TERM "$(cat /tmp/broker.pid.vfb)"
-wait_for 100 sh -c "! kill -0 $(cat /tmp/broker.pid.vfb) 2>/dev/null" || fail "broker did not stop"
+stop_broker $S
 start_broker /tmp/vfb-true.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
 grep "recovered from journal" $BLOG | tail -1 | while read -r l; do log "broker: $l"; done
 grep "recovered from journal" $BLOG | tail -1 | grep -q "1 leases kept" || fail "B's lease was not re-adopted"
@@ -176,7 +160,7 @@ EOF
     show_log /tmp/e.out "tenant E"
     grep -q "FAILED_PRECONDITION.*shares IOMMU group" /tmp/e.out ||
       fail "the broker handed out (or did not clearly refuse) a VF sharing its IOMMU group"
-    kill -TERM "$(cat /tmp/broker.pid.vfb2)"
+    stop_broker $S2
   else
     show_log /tmp/broker2.log broker2
   fi
@@ -184,7 +168,6 @@ else
   fail "no NVMe PF behind the port without ACS (run_vm.sh)"
 fi
 
-kill -TERM "$(cat /tmp/broker.pid.vfb)"
-sleep 1
+stop_broker $S
 show_log $BLOG broker
 check_failed

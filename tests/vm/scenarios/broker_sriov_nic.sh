@@ -23,13 +23,8 @@
 #   6. the broker restarts while B holds its VF and the free VF was configured by hand (an
 #      orphan): the orphan is restored at start, B's lease re-adopted, then restored when B dies.
 . /lib/vm_lib.sh
-for b in vfbrokerd nic_vf_tenant; do
-  command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
-done
-IP=
-for c in /usr/sbin/ip /sbin/ip /bin/ip; do  # iproute2's, wherever the harness put it
-  [ -x "$c" ] && "$c" -V 2>&1 | grep -q iproute2 && { IP=$c; break; }
-done
+need_commands vfbrokerd nic_vf_tenant
+IP=$(find_iproute2)
 [ -n "$IGB_PF" ] || { fail "no igb (82576) 8086:10c9"; check_failed; exit 1; }
 [ -n "$IP" ] || { fail "no iproute2 ip in the guest (busybox's has no 'vf')"; check_failed; exit 1; }
 PFNET=$(ls "/sys/bus/pci/devices/$IGB_PF/net/" | head -1)
@@ -51,23 +46,11 @@ pools {
 }
 EOF
 
-show_log() { sed "s/^/  $2: /" "$1"; }
-start_broker() {
-  vfbrokerd --config=/tmp/vfb.textproto --log_level=debug >> $BLOG 2>&1 &
-  echo $! > /tmp/broker.pid
-  wait_for 300 test -S "$S/grpc.sock" || { fail "vfbrokerd did not come up"; return 1; }
-  wait_for 50 grep -q "vfbrokerd ready" $BLOG || { fail "vfbrokerd not ready"; return 1; }
-}
-stop_broker() {
-  kill -TERM "$(cat /tmp/broker.pid)"
-  wait_for 100 sh -c "! kill -0 $(cat /tmp/broker.pid) 2>/dev/null" || fail "broker did not stop"
-}
 tenant() {  # out uid args... (background; prints its pid)
   out=$1; uid=$2; shift 2
   nic_vf_tenant --socket_dir=$S --uid="$uid" --pf_mac="$PFMAC" "$@" > "$out" 2>&1 &
   echo $!
 }
-field() { sed -n "s/.*TENANT OK.* $2=\([^ ]*\).*/\1/p" "$1" | head -1; }
 slot_of() {  # VF BDF -> its index on the PF
   for l in /sys/bus/pci/devices/$IGB_PF/virtfn*; do
     [ "$(basename "$(readlink "$l")")" = "$1" ] && { basename "$l" | sed 's/virtfn//'; return; }
@@ -78,7 +61,7 @@ wait_restored() {  # slot bdf count
   wait_for 300 sh -c "[ \$(grep -c 'VF $1 ($2): reset, MAC and VLAN restored' $BLOG) -ge $3 ]"
 }
 
-start_broker || { show_log $BLOG broker; check_failed; exit 1; }
+start_broker /tmp/vfb.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
 log "broker up; $PFNET sriov_numvfs=$(cat /sys/bus/pci/devices/$IGB_PF/sriov_numvfs) autoprobe=$(cat /sys/bus/pci/devices/$IGB_PF/sriov_drivers_autoprobe) operstate=$(cat /sys/class/net/$PFNET/operstate)"
 [ "$(cat /sys/bus/pci/devices/$IGB_PF/sriov_numvfs)" = 2 ] || fail "the broker did not enable 2 VFs"
 [ "$(cat /sys/bus/pci/devices/$IGB_PF/sriov_drivers_autoprobe)" = 0 ] || fail "autoprobe still on"
@@ -188,10 +171,10 @@ vf_line "$SLOT_A" | grep -q "max_tx_rate" && fail "VF $SLOT_A kept E's rate limi
 
 # 6. Restart while B holds; meanwhile someone configured the free VF by hand (an orphan: no
 #    journal record names it): the broker restores it before offering it.
-stop_broker
+stop_broker $S
 $IP link set "$PFNET" vf "$SLOT_A" mac 02:00:00:09:00:66 vlan 7 || fail "configuring an orphan"
 vf_line "$SLOT_A" | while IFS= read -r l; do log "orphan: $l"; done
-start_broker || { show_log $BLOG broker; check_failed; exit 1; }
+start_broker /tmp/vfb.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
 grep -q "VF $SLOT_A ($VF_A): reset, MAC and VLAN restored.*orphan" $BLOG || fail "the orphaned VF was not restored at start"
 vf_line "$SLOT_A" | grep -q "link/ether 00:00:00:00:00:00 " || fail "the orphaned VF kept its MAC"
 vf_line "$SLOT_A" | grep -q "vlan" && fail "the orphaned VF kept its VLAN"
@@ -201,6 +184,6 @@ vf_line "$SLOT_B" | grep -q "link/ether $MAC_B " || fail "the restart changed B'
 kill -9 "$B"
 wait_restored "$SLOT_B" "$VF_B" 1 || fail "B's VF $VF_B was not restored after B died (re-adopted lease)"
 $IP link show "$PFNET" | while IFS= read -r l; do log "at the end: $l"; done
-stop_broker
+stop_broker $S
 show_log $BLOG broker
 check_failed

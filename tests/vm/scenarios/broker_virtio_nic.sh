@@ -18,14 +18,8 @@
 #   4. the broker restarts while B holds NIC2: B's lease is re-adopted, then NIC2 is reset when
 #      B dies.
 . /lib/vm_lib.sh
-for b in vfbrokerd virtio_nic_tenant; do
-  command -v $b >/dev/null || { fail "no $b in the guest"; check_failed; exit 1; }
-done
-IP=
-for c in /usr/sbin/ip /sbin/ip /bin/ip; do  # iproute2's, wherever the harness put it
-  [ -x "$c" ] && "$c" -V 2>&1 | grep -q iproute2 && { IP=$c; break; }
-done
-[ -n "$IP" ] || { fail "no iproute2 ip in the guest (busybox's cannot add neighbours)"; check_failed; exit 1; }
+need_commands vfbrokerd virtio_nic_tenant
+IP=$(find_iproute2) || { fail "no iproute2 ip in the guest (busybox's cannot add neighbours)"; check_failed; exit 1; }
 [ -n "$VIRTIO_PEER" ] && [ -n "$VIRTIO_NIC1" ] && [ -n "$VIRTIO_NIC2" ] ||
   { fail "not three virtio-net devices (1af4:1041): '$VIRTIO_PEER' '$VIRTIO_NIC1' '$VIRTIO_NIC2'"; check_failed; exit 1; }
 netdev_of() { ls -d /sys/bus/pci/devices/$1/virtio*/net/* 2>/dev/null | head -1 | xargs -r basename; }
@@ -58,28 +52,16 @@ pools {
 }
 EOF
 
-show_log() { sed "s/^/  $2: /" "$1"; }
-start_broker() {
-  vfbrokerd --config=/tmp/vfb.textproto --log_level=debug >> $BLOG 2>&1 &
-  echo $! > /tmp/broker.pid
-  wait_for 300 test -S "$S/grpc.sock" || { fail "vfbrokerd did not come up"; return 1; }
-  wait_for 50 grep -q "vfbrokerd ready" $BLOG || { fail "vfbrokerd not ready"; return 1; }
-}
-stop_broker() {
-  kill -TERM "$(cat /tmp/broker.pid)"
-  wait_for 100 sh -c "! kill -0 $(cat /tmp/broker.pid) 2>/dev/null" || fail "broker did not stop"
-}
 tenant() {  # out uid args... (background; prints its pid)
   out=$1; uid=$2; shift 2
   virtio_nic_tenant --socket_dir=$S --uid="$uid" --peer_mac="$PEERMAC" "$@" > "$out" 2>&1 &
   echo $!
 }
-field() { sed -n "s/.*TENANT OK.* $2=\([^ ]*\).*/\1/p" "$1" | head -1; }
 wait_reset() {  # bdf count: the broker's log says the function was reset at teardown count times
   wait_for 300 sh -c "[ \$(grep -c 'function [0-9]* ($1): reset, MAC .*(teardown)' $BLOG) -ge $2 ]"
 }
 
-start_broker || { show_log $BLOG broker; check_failed; exit 1; }
+start_broker /tmp/vfb.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
 log "broker up"
 
 # 1. Tenant A: exchange, a MAC of its own choosing through the control queue, then watch.
@@ -155,14 +137,14 @@ grep -q "FOREIGN frames=[1-9]" /tmp/d.out || fail "a promiscuous tenant saw none
 wait_reset "$VIRTIO_NIC1" 3 || fail "D's release was not followed by a reset"
 
 # 4. Restart while B holds NIC2: re-adopted; B's lease reclaimed (reset) when B dies.
-stop_broker
-start_broker || { show_log $BLOG broker; check_failed; exit 1; }
+stop_broker $S
+start_broker /tmp/vfb.textproto $BLOG $S || { show_log $BLOG broker; check_failed; exit 1; }
 grep "recovered from journal" $BLOG | tail -1 | while read -r l; do log "broker: $l"; done
 grep "recovered from journal" $BLOG | tail -1 | grep -q "1 leases kept" || fail "B's lease was not re-adopted"
 kill -0 "$B" 2>/dev/null || fail "tenant B died across the restart"
 kill -9 "$B"
 wait_reset "$VIRTIO_NIC2" 1 || fail "B's $VIRTIO_NIC2 was not reset after B died (re-adopted lease)"
 grep -q "($VIRTIO_NIC2): reset, MAC $MAC2 (teardown)" $BLOG || fail "$VIRTIO_NIC2 does not report $MAC2 after its reset"
-stop_broker
+stop_broker $S
 show_log $BLOG broker
 check_failed
