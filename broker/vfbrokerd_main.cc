@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "broker/allocator/allocator.h"
 #include "broker/backends/loop_extent.h"
+#include "broker/backends/netns_fd_store.h"
 #include "broker/backends/nvme_sriov.h"
 #include "broker/backends/pci_nic.h"
 #include "broker/backends/sriov_nic.h"
@@ -84,6 +85,8 @@ int Run(const config::BrokerConfig& config) {
     return 1;
   }
 
+  // Under systemd: the lease namespaces a previous broker kept in the fd store (xdp_nic).
+  std::shared_ptr<NetnsFdStore> fd_store = NetnsFdStore::FromEnvironment();
   std::map<std::string, std::unique_ptr<ExtentBackend>> backends;
   std::vector<BlockPoolSpec> specs;
   std::vector<LoopExtentBackend*> loop_backends;  // owned by the core, which outlives their use
@@ -93,7 +96,7 @@ int Run(const config::BrokerConfig& config) {
     spec.access = ToAccessPolicy(pool.access());
     if (pool.has_xdp_nic()) {
       absl::StatusOr<std::unique_ptr<XdpNicBackend>> backend =
-          XdpNicBackend::Open(pool.name(), pool.xdp_nic());
+          XdpNicBackend::Open(pool.name(), pool.xdp_nic(), fd_store);
       if (!backend.ok()) {
         spdlog::critical("pool {}: {}", pool.name(), backend.status().message());
         return 1;

@@ -189,8 +189,10 @@ void XdpNicBackend::RecycleNamespace(UniqueFd lease_netns, UniqueFd socket) {
 }
 
 absl::StatusOr<std::unique_ptr<XdpNicBackend>> XdpNicBackend::Open(
-    const std::string& pool_name, const config::XdpNicPool& config) {
+    const std::string& pool_name, const config::XdpNicPool& config,
+    std::shared_ptr<NetnsFdStore> fd_store) {
   std::unique_ptr<XdpNicBackend> backend(new XdpNicBackend(pool_name, config));
+  backend->fd_store_ = fd_store != nullptr ? std::move(fd_store) : NetnsFdStore::Disabled();
   absl::StatusOr<rtnl::Link> parent = rtnl::GetLink(config.interface());
   if (!parent.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -411,7 +413,10 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
     if (created) {
       (void)netns::RunIn(lease_netns->get(), [&] { return rtnl::Delete(state.ifindex()); });
     }
-    if (pinned) (void)netns::Unpin(state.netns_pin());
+    if (pinned) {
+      (void)netns::Unpin(state.netns_pin());
+      fd_store_->Forget(state.device());
+    }
     absl::MutexLock lock(&mu_);
     macs_.erase(state.mac());
     if (vlan_guard_ != nullptr) (void)vlan_guard_->RemoveLease(request.mac);
@@ -498,6 +503,10 @@ absl::StatusOr<ProvisionedExtent> XdpNicBackend::ProvisionNic(uint64_t slot,
   // namespace alive, but gives the broker no way back to it).
   absl::Status steered = netns::Pin(lease_netns->get(), state.netns_pin());
   pinned = steered.ok();
+  // Under systemd the pin dies with the unit's mount namespace: the fd store keeps the
+  // namespace for the next broker (netns_fd_store.h). Before the journal records the grant, so
+  // that a crash leaves a stored namespace the journal names or an orphan the sweep removes.
+  if (pinned) fd_store_->Keep(state.device(), lease_netns->get());
   // XSKMAP takes the socket unbound; the kernel delivers a redirect to it only once it is bound
   // to this device and queue (xsk_rcv_check), so frames before the tenant's bind are dropped.
   if (steered.ok()) steered = steering->SetSocket(state.slot(), xsk->socket.get());
@@ -596,8 +605,9 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
   // The lease's namespace, through its pin ("" : a lease from before lease namespaces, whose
   // macvlan is in the broker's namespace).
   std::shared_ptr<UniqueFd> lease_netns;
+  bool from_store = false;
   if (!state.netns_pin().empty()) {
-    absl::StatusOr<UniqueFd> fd = netns::OpenPinned(state.netns_pin());
+    absl::StatusOr<UniqueFd> fd = OpenLeaseNamespace(state, &from_store);
     if (!fd.ok()) return fd.status();
     lease_netns = std::make_shared<UniqueFd>(*std::move(fd));
   }
@@ -627,7 +637,25 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
     if (state.vlan() != 0) ++vlan_users_[state.vlan()];
     live_[state.device()] = Live{state, *std::move(steering), lease_netns, nullptr};
   }
+  // Found through its pin (e.g. the first start under systemd after running without it): into
+  // the store too, so the next restart under systemd finds it.
+  if (lease_netns != nullptr && !from_store) fd_store_->Keep(state.device(), lease_netns->get());
+  spdlog::info("pool={} device={}: lease namespace re-adopted ({})", pool_name_, state.device(),
+               lease_netns == nullptr ? "broker's namespace"
+               : from_store           ? "from systemd's fd store"
+                                      : "through its pin");
   return GuardLease(state);
+}
+
+absl::StatusOr<UniqueFd> XdpNicBackend::OpenLeaseNamespace(const journal::XdpNicState& state,
+                                                           bool* from_store) {
+  *from_store = false;
+  absl::StatusOr<UniqueFd> fd = netns::OpenPinned(state.netns_pin());
+  if (!absl::IsNotFound(fd.status())) return fd;
+  absl::StatusOr<UniqueFd> stored = fd_store_->Recovered(state.device());
+  if (!stored.ok()) return fd.status();  // the pin's NOT_FOUND says where it looked
+  *from_store = true;
+  return stored;
 }
 
 absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentState& extent) {
@@ -651,15 +679,17 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
   }
   bool namespace_gone = false;
   if (!state.netns_pin().empty() && (lease_netns == nullptr || !lease_netns->valid())) {
-    absl::StatusOr<UniqueFd> fd = netns::OpenPinned(state.netns_pin());
+    bool from_store = false;
+    absl::StatusOr<UniqueFd> fd = OpenLeaseNamespace(state, &from_store);
     if (fd.ok()) {
       lease_netns = std::make_shared<UniqueFd>(*std::move(fd));
     } else if (absl::IsNotFound(fd.status())) {
-      // Nothing pinned: the namespace is gone, or was pinned in a mount namespace that died
-      // with a previous broker (docs/architecture.md, xdp_nic, restart): then a device in it
-      // lives on while a tenant's socket holds the namespace, out of this broker's reach.
-      spdlog::error("pool={} device={}: lease namespace {} is not pinned; its device, if it "
-                    "still exists, cannot be removed from here",
+      // Neither pinned nor stored: the namespace is gone, or was pinned in a mount namespace
+      // that died with a previous broker that ran without systemd's fd store
+      // (docs/architecture.md, xdp_nic, restart): then a device in it lives on while a
+      // tenant's socket holds the namespace, out of this broker's reach.
+      spdlog::error("pool={} device={}: lease namespace {} is neither pinned nor in the fd "
+                    "store; its device, if it still exists, cannot be removed from here",
                     pool_name_, state.device(), state.netns_pin());
       namespace_gone = true;
     } else {
@@ -687,6 +717,7 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
       if (absl::Status s = netns::Unpin(state.netns_pin()); !s.ok()) {
         spdlog::warn("pool={} device={}: {}", pool_name_, state.device(), s.message());
       }
+      fd_store_->Forget(state.device());
     }
     if (lease_netns != nullptr && socket_dup != nullptr) {
       RecycleNamespace(std::move(*lease_netns), std::move(*socket_dup));
@@ -709,6 +740,18 @@ absl::StatusOr<TeardownResult> XdpNicBackend::Teardown(const journal::ExtentStat
   return TeardownResult::kFreed;
 }
 
+absl::Status XdpNicBackend::ClearLeaseNamespace(int netns_fd) {
+  return netns::RunIn(netns_fd, [&]() -> absl::Status {
+    absl::StatusOr<std::vector<rtnl::Link>> inside = rtnl::ListLinks();
+    if (!inside.ok()) return inside.status();
+    for (const rtnl::Link& link : *inside) {
+      if (!absl::StartsWith(link.name, device_prefix_)) continue;
+      if (absl::Status s = rtnl::Delete(link.ifindex); !s.ok() && !absl::IsNotFound(s)) return s;
+    }
+    return absl::OkStatus();
+  });
+}
+
 absl::Status XdpNicBackend::RemoveOrphans(const std::vector<journal::ExtentState>& known) {
   std::set<std::string> devices;
   std::set<uint32_t> vlans;
@@ -726,17 +769,7 @@ absl::Status XdpNicBackend::RemoveOrphans(const std::vector<journal::ExtentState
     if (!absl::StartsWith(name, device_prefix_) || devices.count(name)) continue;
     const std::string path = absl::StrCat(pin_dir_, "/", name);
     if (absl::StatusOr<UniqueFd> fd = netns::OpenPinned(path); fd.ok()) {
-      absl::Status cleared = netns::RunIn(fd->get(), [&]() -> absl::Status {
-        absl::StatusOr<std::vector<rtnl::Link>> inside = rtnl::ListLinks();
-        if (!inside.ok()) return inside.status();
-        for (const rtnl::Link& link : *inside) {
-          if (!absl::StartsWith(link.name, device_prefix_)) continue;
-          if (absl::Status s = rtnl::Delete(link.ifindex); !s.ok() && !absl::IsNotFound(s)) {
-            return s;
-          }
-        }
-        return absl::OkStatus();
-      });
+      absl::Status cleared = ClearLeaseNamespace(fd->get());
       if (!cleared.ok()) {
         spdlog::warn("pool={}: orphaned lease namespace {}: {}", pool_name_, path,
                      cleared.message());
@@ -744,12 +777,30 @@ absl::Status XdpNicBackend::RemoveOrphans(const std::vector<journal::ExtentState
       }
     }
     if (absl::Status s = netns::Unpin(path); s.ok()) {
+      fd_store_->Forget(name);
       ++removed;
       spdlog::info("pool={}: removed orphaned lease namespace {} (no journal record names it)",
                    pool_name_, name);
     } else {
       spdlog::warn("pool={}: {}", pool_name_, s.message());
     }
+  }
+  // Lease namespaces that came back from systemd's fd store and no record names: the same,
+  // then out of the store.
+  for (const std::string& name : fd_store_->RecoveredDevices()) {
+    if (!absl::StartsWith(name, device_prefix_) || devices.count(name)) continue;
+    absl::StatusOr<UniqueFd> fd = fd_store_->Recovered(name);
+    if (!fd.ok()) continue;
+    absl::Status cleared = ClearLeaseNamespace(fd->get());
+    if (!cleared.ok()) {
+      spdlog::warn("pool={}: orphaned lease namespace {} from the fd store: {}", pool_name_, name,
+                   cleared.message());
+      continue;
+    }
+    fd_store_->Forget(name);
+    ++removed;
+    spdlog::info("pool={}: removed orphaned lease namespace {} from the fd store (no journal "
+                 "record names it)", pool_name_, name);
   }
   absl::StatusOr<std::vector<rtnl::Link>> links = rtnl::ListLinks();
   if (!links.ok()) return links.status();

@@ -47,12 +47,15 @@
 // nothing; the MAC is free again at once.
 //
 // Restart: the devices, the XDP programs (attached through netlink, not links) and the
-// sockets outlive the broker. Readopt opens the lease's namespace through its pin and checks
+// sockets outlive the broker. Under systemd the pins die with the unit's private mount
+// namespace, so every lease namespace is also kept in systemd's file descriptor store
+// (netns_fd_store.h: stored at grant, removed at teardown); the pin is used where it exists,
+// the stored descriptor where not. Readopt opens the lease's namespace that way and checks
 // the journaled macvlan there (name, ifindex, MAC, kind) and re-registers the lease in fresh egress and VLAN guards; the steering program keeps
 // running, and the broker adopts it through the device (XdpSteering::Adopt: the program
 // attached to the macvlan, checked to be vfb_steer, its maps by id), so filters can still be
-// changed. RemoveOrphans removes pinned lease namespaces no record names (their macvlans
-// first) and devices with the pool's prefix that no record names. At a graceful stop with live leases, the steering programs and the guards
+// changed. RemoveOrphans removes pinned or stored lease namespaces no record names (their
+// macvlans first; stored ones leave the store) and devices with the pool's prefix that no record names. At a graceful stop with live leases, the steering programs and the guards
 // are left in place so tenants keep their traffic and stay guarded while the broker is down.
 //
 // One steering program per pool: Open loads it (~1 ms, attached to nothing), and every grant
@@ -87,6 +90,7 @@
 #include "absl/synchronization/mutex.h"
 #include "broker/backends/extent_backend.h"
 #include "broker/backends/lease_vlan_guard.h"
+#include "broker/backends/netns_fd_store.h"
 #include "broker/config/config.pb.h"
 #include "broker/journal/journal.pb.h"
 #include "common/unique_fd.h"
@@ -98,8 +102,11 @@ namespace vfbroker {
 class XdpNicBackend : public ExtentBackend {
  public:
   // Resolves the interface (FAILED_PRECONDITION if missing) and attaches the egress guard.
-  static absl::StatusOr<std::unique_ptr<XdpNicBackend>> Open(const std::string& pool_name,
-                                                             const config::XdpNicPool& config);
+  // `fd_store` (null: none) keeps lease namespaces in systemd's fd store and holds those that
+  // came back at start.
+  static absl::StatusOr<std::unique_ptr<XdpNicBackend>> Open(
+      const std::string& pool_name, const config::XdpNicPool& config,
+      std::shared_ptr<NetnsFdStore> fd_store = nullptr);
   ~XdpNicBackend() override;
 
   std::string backend_name() const override { return "xdp_nic"; }
@@ -151,6 +158,12 @@ class XdpNicBackend : public ExtentBackend {
   // Removes the lease's rules and socket slot (after its device is gone). Best effort.
   void ForgetRules(vfdrivers::net::XdpSteering& steering, const journal::XdpNicState& state);
   absl::Status GuardLease(const journal::XdpNicState& state);
+  // The lease's namespace after a restart: through its pin, else from the fd store. NOT_FOUND
+  // if neither has it. `from_store` says which.
+  // Deletes this pool's devices inside an orphaned lease namespace.
+  absl::Status ClearLeaseNamespace(int netns_fd);
+  absl::StatusOr<UniqueFd> OpenLeaseNamespace(const journal::XdpNicState& state,
+                                              bool* from_store);
 
   const std::string pool_name_;
   const config::XdpNicPool config_;
@@ -159,6 +172,7 @@ class XdpNicBackend : public ExtentBackend {
   std::string holder_name_;
   int holder_ifindex_ = 0;  // 0: none (deleted at stop)
   std::string pin_dir_;     // lease namespace pins: <base>/<broker netns inode>
+  std::shared_ptr<NetnsFdStore> fd_store_;  // never null (a disabled one outside systemd)
   int parent_ifindex_ = 0;
 
   absl::Mutex mu_;

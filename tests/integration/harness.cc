@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -25,9 +26,11 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/unique_fd.h"
@@ -313,20 +316,60 @@ absl::StatusOr<std::unique_ptr<BrokerProcess>> BrokerProcess::Start(BrokerOption
            << "\" max_tenants: 4 frame_size: 2048 frame_count: 256 ring_size: 128 }\n}\n";
   }
   config.close();
+  broker->notify_socket_ = options.notify_socket;
   if (absl::Status launched = broker->Launch(); !launched.ok()) return launched;
   return broker;
 }
 
-absl::Status BrokerProcess::Launch() {
+absl::Status BrokerProcess::Launch(const std::vector<ListenFd>& fds) {
   const std::string binary = Runfile("broker/vfbrokerd");
   const std::string config_flag = "--config=" + config_path_;
+  // The environment is built before fork (the child of a threaded process may only make
+  // async-signal-safe calls); LISTEN_PID is the child's own pid, filled in after fork.
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (absl::StartsWith(*e, "NOTIFY_SOCKET=") || absl::StartsWith(*e, "LISTEN_")) continue;
+    env.emplace_back(*e);
+  }
+  if (!notify_socket_.empty()) env.push_back("NOTIFY_SOCKET=" + notify_socket_);
+  std::string listen_pid = "LISTEN_PID=";
+  if (!fds.empty()) {
+    std::vector<std::string> names;
+    for (const ListenFd& f : fds) names.push_back(f.name);
+    env.push_back(absl::StrCat("LISTEN_FDS=", fds.size()));
+    env.push_back(absl::StrCat("LISTEN_FDNAMES=", absl::StrJoin(names, ":")));
+    listen_pid.append(20, '\0');
+  }
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  if (!fds.empty()) envp.push_back(listen_pid.data());
+  envp.push_back(nullptr);
   pid_t pid = ::fork();
   if (pid < 0) return Errno("fork");
   if (pid == 0) {
     int log = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     ::dup2(log, 1);
     ::dup2(log, 2);
-    ::execl(binary.c_str(), binary.c_str(), config_flag.c_str(), "--log_level=debug", nullptr);
+    ::close(log);
+    // Out of the way first (a source may sit where another one goes), then to 3.., without
+    // FD_CLOEXEC (dup2 clears it).
+    std::vector<int> moved;
+    for (const ListenFd& f : fds) moved.push_back(::fcntl(f.fd, F_DUPFD_CLOEXEC, 1000));
+    for (size_t i = 0; i < moved.size(); ++i) ::dup2(moved[i], 3 + static_cast<int>(i));
+    if (!fds.empty()) {
+      char digits[20];
+      int n = 0;
+      for (pid_t self = ::getpid(); self > 0 && n < 20; self /= 10) digits[n++] = '0' + self % 10;
+      char* out = listen_pid.data() + std::strlen("LISTEN_PID=");
+      while (n > 0) *out++ = digits[--n];
+      *out = '\0';
+    }
+    ::execve(binary.c_str(),
+             std::array<char*, 4>{const_cast<char*>(binary.c_str()),
+                                  const_cast<char*>(config_flag.c_str()),
+                                  const_cast<char*>("--log_level=debug"), nullptr}
+                 .data(),
+             envp.data());
     ::_exit(127);
   }
   pid_ = pid;
@@ -394,6 +437,8 @@ absl::Status BrokerProcess::Terminate() {
 }
 
 absl::Status BrokerProcess::Restart() { return Launch(); }
+
+absl::Status BrokerProcess::Restart(const std::vector<ListenFd>& fds) { return Launch(fds); }
 
 absl::StatusOr<std::shared_ptr<vfclient::BrokerClient>> BrokerProcess::Operator() {
   vfclient::ConnectOptions options;

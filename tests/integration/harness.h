@@ -81,6 +81,15 @@ struct BrokerOptions {
   // UMEM), and the NIC probe (tests/integration/nic_probe) beside the tenant probe. The broker
   // runs in the test process's network namespace.
   std::string nic_interface;
+  // If set, the broker's $NOTIFY_SOCKET (as under systemd: tests playing systemd's part).
+  std::string notify_socket;
+};
+
+// A descriptor handed to a restarted broker the way systemd passes its fd store: at fd 3..,
+// with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (sd_listen_fds(3)).
+struct ListenFd {
+  std::string name;
+  int fd = -1;  // the caller's; it stays open in the caller
 };
 
 // A temporary broker: its own socket and state directories, pool files on /dev/shm.
@@ -96,6 +105,8 @@ class BrokerProcess {
 
   absl::Status Kill();      // SIGKILL, reaped
   absl::Status Restart();   // start again on the same state
+  // Start again, passing `fds` as systemd would (see ListenFd).
+  absl::Status Restart(const std::vector<ListenFd>& fds);
   absl::Status Terminate();  // SIGTERM, reaped
 
   // A client running as this (root) test process: an operator, sees every lease.
@@ -111,7 +122,7 @@ class BrokerProcess {
 
  private:
   BrokerProcess() = default;
-  absl::Status Launch();
+  absl::Status Launch(const std::vector<ListenFd>& fds = {});
 
   std::string dir_;
   std::string socket_dir_;
@@ -121,6 +132,7 @@ class BrokerProcess {
   std::string nic_probe_;
   std::string scratch_path_;
   std::string restricted_path_;
+  std::string notify_socket_;
   pid_t pid_ = -1;
 };
 

@@ -8,6 +8,7 @@
 // touches the host's interfaces, and every device (veth, macvlans, VLAN devices, XDP and tc
 // programs) disappears with the process however it ends. Needs root; skips otherwise.
 #include <arpa/inet.h>
+#include <linux/nsfs.h>
 #include <linux/if_ether.h>
 #include <linux/if_link.h>
 #include <linux/if_packet.h>
@@ -17,9 +18,11 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <deque>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -265,6 +268,7 @@ class NicIntegrationTest : public ::testing::Test {
     ASSERT_TRUE(NetnsEnvironment::ready()) << "could not build the test's network namespace";
     BrokerOptions options;
     options.nic_interface = "veth0";
+    options.notify_socket = notify_socket_;
     absl::StatusOr<std::unique_ptr<BrokerProcess>> broker = BrokerProcess::Start(options);
     ASSERT_TRUE(broker.ok()) << broker.status();
     broker_ = *std::move(broker);
@@ -334,6 +338,7 @@ class NicIntegrationTest : public ::testing::Test {
   }
 
   std::unique_ptr<BrokerProcess> broker_;
+  std::string notify_socket_;  // the broker's $NOTIFY_SOCKET, if set before SetUp
 };
 
 TEST_F(NicIntegrationTest, TwoTenantsOnOneInterfaceEachReceiveExactlyTheirOwnFrames) {
@@ -958,6 +963,221 @@ TEST_F(NicIntegrationTest, GracefulStopLeavesLeasesLiveAndGuarded) {
   Finish(a);
   ASSERT_TRUE(broker_->WaitForIdle().ok());
   EXPECT_EQ(LeaseIfindex(a.device), 0u);
+}
+
+// systemd's end of sd_notify(3), played for real: a datagram socket the broker's
+// $NOTIFY_SOCKET names, and the messages it sent with the descriptors they carried
+// (SCM_RIGHTS), as the service manager receives them.
+class FakeSystemd {
+ public:
+  FakeSystemd() {
+    char dir[] = "/tmp/vfbnotify.XXXXXX";
+    if (::mkdtemp(dir) == nullptr) return;
+    dir_ = dir;
+    path_ = dir_ + "/notify";
+    fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path_.c_str());
+    if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) fd_.reset();
+  }
+  ~FakeSystemd() {
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  bool ok() const { return fd_.valid(); }
+  const std::string& path() const { return path_; }
+
+  struct Message {
+    std::string text;
+    std::vector<UniqueFd> fds;
+    bool Has(const std::string& line) const {
+      for (absl::string_view l : absl::StrSplit(text, '\n')) {
+        if (l == line) return true;
+      }
+      return false;
+    }
+  };
+  // The first message received since message number `from` that has every line in `lines`
+  // (waiting up to `timeout` for it); null if none came.
+  const Message* WaitFor(const std::vector<std::string>& lines, absl::Duration timeout,
+                         size_t from = 0) {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (size_t i = from;; ++i) {
+      while (i >= messages_.size()) {
+        if (absl::Now() > deadline) return nullptr;
+        Receive(absl::Milliseconds(20));
+      }
+      bool all = true;
+      for (const std::string& line : lines) all = all && messages_[i].Has(line);
+      if (all) return &messages_[i];
+    }
+  }
+  // How many messages arrived so far (after reading what is there).
+  size_t count() {
+    Receive(absl::ZeroDuration());
+    return messages_.size();
+  }
+
+ private:
+  void Receive(absl::Duration wait) {
+    pollfd pfd{fd_.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(wait))) <= 0) return;
+    while (true) {
+      char text[4096];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+      iovec iov{text, sizeof(text)};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof(control);
+      const ssize_t n = ::recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
+      if (n < 0) return;
+      Message m;
+      m.text.assign(text, static_cast<size_t>(n));
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t k = 0; k < count; ++k) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+          m.fds.emplace_back(fd);
+        }
+      }
+      messages_.push_back(std::move(m));
+    }
+  }
+
+  std::string dir_, path_;
+  UniqueFd fd_;
+  std::deque<Message> messages_;  // deque: pointers handed out stay valid
+};
+
+// The broker run as systemd runs it (deploy/systemd: $NOTIFY_SOCKET set), with the test as
+// the service manager.
+class NicFdStoreTest : public NicIntegrationTest {
+ protected:
+  void SetUp() override {
+    systemd_ = std::make_unique<FakeSystemd>();
+    ASSERT_TRUE(systemd_->ok());
+    notify_socket_ = systemd_->path();
+    NicIntegrationTest::SetUp();
+  }
+  std::unique_ptr<FakeSystemd> systemd_;
+};
+
+bool IsNetns(int fd) { return ::ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET; }
+
+// Under systemd the pins live in the unit's private mount namespace and die with the broker.
+// The broker stores every lease namespace in systemd's fd store; systemd restarts it with
+// those descriptors at fd 3.. (LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID), and it re-adopts the
+// lease through them: the test kills the broker, removes the pins (what the mount namespace's
+// death does), and restarts it the way systemd would. A stored namespace no journal record
+// names is cleaned (its macvlan deleted) and removed from the store.
+TEST_F(NicFdStoreTest, RestartedBrokerReadoptsLeasesFromSystemdsFdStoreWithoutPins) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:20");
+  ASSERT_GE(a.device.size(), 10u);
+  const std::string name = "netns-" + a.device;
+  const FakeSystemd::Message* stored =
+      systemd_->WaitFor({"FDSTORE=1", "FDNAME=" + name}, absl::Seconds(10));
+  ASSERT_NE(stored, nullptr) << "no FDSTORE=1 message for " << name;
+  ASSERT_EQ(stored->fds.size(), 1u);
+  const int lease_ns = stored->fds[0].get();
+  ASSERT_TRUE(IsNetns(lease_ns));
+  {
+    absl::StatusOr<UniqueFd> pinned = netns::OpenPinned(PinPath(a.device));
+    ASSERT_TRUE(pinned.ok()) << pinned.status();
+    EXPECT_EQ(*netns::Inode(lease_ns), *netns::Inode(pinned->get()))
+        << "the stored descriptor is not the lease's namespace";
+  }
+  // A namespace in the store that no journal record names (say, of a grant the broker did not
+  // live to journal), holding one of the pool's devices.
+  const std::string orphan = a.device.substr(0, 10) + "00fd";
+  absl::StatusOr<UniqueFd> orphan_ns = netns::Create();
+  ASSERT_TRUE(orphan_ns.ok()) << orphan_ns.status();
+  ASSERT_TRUE(rtnl::CreateMacvlanInNetns(orphan, static_cast<int>(::if_nametoindex("veth0")),
+                                         {0x02, 0x76, 0x66, 0x00, 0x00, 0xfd},
+                                         MACVLAN_MODE_PRIVATE, orphan_ns->get(), 0)
+                  .ok());
+  auto device_in = [](int ns, const std::string& device) {
+    bool there = false;
+    EXPECT_TRUE(netns::RunIn(ns, [&] {
+                  there = ::if_nametoindex(device.c_str()) != 0;
+                  return absl::OkStatus();
+                }).ok());
+    return there;
+  };
+  ASSERT_TRUE(device_in(orphan_ns->get(), orphan));
+
+  ASSERT_TRUE(broker_->Kill().ok());
+  ASSERT_TRUE(netns::Unpin(PinPath(a.device)).ok());
+  ASSERT_TRUE(absl::IsNotFound(netns::OpenPinned(PinPath(a.device)).status()));
+  const size_t before_restart = systemd_->count();
+  ASSERT_TRUE(broker_->Restart({{name, lease_ns}, {"netns-" + orphan, orphan_ns->get()}}).ok());
+  const std::string log = broker_->log();
+  EXPECT_NE(log.find("2 lease namespaces came back from systemd's file descriptor store"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find(absl::StrCat("device=", a.device,
+                                  ": lease namespace re-adopted (from systemd's fd store)")),
+            std::string::npos)
+      << log;
+
+  // The orphan: its macvlan deleted, and out of the store.
+  EXPECT_NE(systemd_->WaitFor({"FDSTOREREMOVE=1", "FDNAME=netns-" + orphan}, absl::Seconds(5),
+                              before_restart),
+            nullptr)
+      << "the orphaned namespace was not removed from the store";
+  EXPECT_FALSE(device_in(orphan_ns->get(), orphan)) << "the orphaned namespace's macvlan lives";
+
+  // The lease: traffic still arrives, filters still change (the steering program adopted
+  // through the device, inside the stored namespace), and nothing asked to drop it yet.
+  EXPECT_TRUE(device_in(lease_ns, a.device));
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "stored-", 10);
+  EXPECT_EQ(Report(a).second, Expected("stored-", 10));
+  EXPECT_EQ(Command(a, "add 10.77.0.10 5000", "added"), "f1");
+  wire.Send(Mac(a.mac), 5000, "p5000-", 5);
+  wire.Send(Mac(a.mac), 5001, "p5001-", 5);
+  EXPECT_EQ(Report(a).second, Expected("p5000-", 5));
+  EXPECT_EQ(systemd_->WaitFor({"FDSTOREREMOVE=1", "FDNAME=" + name}, absl::ZeroDuration(),
+                              before_restart),
+            nullptr)
+      << "a live lease's namespace was removed from the store";
+
+  // Released: the macvlan inside the stored namespace is deleted and the entry leaves the
+  // store.
+  Finish(a);
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  EXPECT_FALSE(device_in(lease_ns, a.device)) << "the released lease's macvlan lives";
+  EXPECT_NE(systemd_->WaitFor({"FDSTOREREMOVE=1", "FDNAME=" + name}, absl::Seconds(5),
+                              before_restart),
+            nullptr)
+      << "the released lease's namespace stayed in the store";
+}
+
+// Outside systemd (no $NOTIFY_SOCKET) the broker sends nothing and takes no descriptors:
+// LISTEN_FDS alone (e.g. inherited by accident) is left alone. (The pins then are all there
+// is: every other test here.)
+TEST_F(NicIntegrationTest, WithoutNotifySocketTheFdStoreIsNotUsed) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:21");
+  ASSERT_TRUE(broker_->Kill().ok());
+  absl::StatusOr<UniqueFd> pinned = netns::OpenPinned(PinPath(a.device));
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  ASSERT_TRUE(broker_->Restart({{"netns-" + a.device, pinned->get()}}).ok());
+  EXPECT_EQ(broker_->log().find("came back from systemd's file descriptor store"),
+            std::string::npos);
+  EXPECT_NE(broker_->log().find(absl::StrCat("device=", a.device,
+                                             ": lease namespace re-adopted (through its pin)")),
+            std::string::npos)
+      << broker_->log();
+  Wire wire;
+  wire.Send(Mac(a.mac), 5000, "pinned-", 5);
+  EXPECT_EQ(Report(a).second, Expected("pinned-", 5));
+  Finish(a);
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  EXPECT_EQ(LeaseIfindex(a.device), 0);
 }
 
 }  // namespace
