@@ -8,21 +8,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "broker/backends/fake_sysfs_test_util.h"
 #include "gtest/gtest.h"
 
 namespace vfbroker {
 namespace {
 
 namespace fs = std::filesystem;
+using fake_sysfs::Read;
+using fake_sysfs::Write;
 using nvme_admin::Command;
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr char kPf[] = "0000:01:00.0";
@@ -199,30 +201,17 @@ struct FakePlatform : public NvmeSriovPlatform {
 class NvmeSriovTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = std::string(std::getenv("TEST_TMPDIR")) + "/sriov-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    fs::remove_all(root_);
-    const std::string pci = Pci("");
+    sysfs_ = std::make_unique<fake_sysfs::Tree>("sriov");
+    root_ = sysfs_->root();
+    sysfs_->AddSriovPf(kPf, 2);
     fs::create_directories(Pci(kPf) + "/nvme/nvme0");
-    fs::create_directories(root_ + "/sys/bus/pci/drivers/vfio-pci");
-    Write(root_ + "/sys/bus/pci/drivers_probe", "");
     Write(Pci(kPf) + "/nvme/nvme0/state", "live\n");
-    Write(Pci(kPf) + "/sriov_totalvfs", "2\n");
-    Write(Pci(kPf) + "/sriov_numvfs", "0\n");
-    Write(Pci(kPf) + "/sriov_drivers_autoprobe", "1\n");
     Write(Pci(kPf) + "/reset", "");
     for (int i = 0; i < 2; ++i) {
-      const std::string vf = kVfs[i];
-      fs::create_directories(Pci(vf));
-      fs::create_symlink("../" + vf, Pci(kPf) + "/virtfn" + std::to_string(i));
-      Write(Pci(vf) + "/driver_override", "\n");
-      const std::string group = std::to_string(5 + i);
-      fs::create_directories(root_ + "/sys/kernel/iommu_groups/" + group + "/devices");
-      fs::create_symlink("../../../../bus/pci/devices/" + vf,
-                         root_ + "/sys/kernel/iommu_groups/" + group + "/devices/" + vf);
-      fs::create_symlink("../../../kernel/iommu_groups/" + group, Pci(vf) + "/iommu_group");
+      sysfs_->AddVf(kPf, i, kVfs[i]);
+      sysfs_->PutInIommuGroup(kVfs[i], 5 + i);
       // The fake tree does not react to writes: the VFs start bound to vfio-pci.
-      fs::create_symlink("../../drivers/vfio-pci", Pci(vf) + "/driver");
+      sysfs_->BindDriver(kVfs[i], "vfio-pci");
     }
     config_.set_pf_pci_address(kPf);
     config_.add_namespace_ids(2);
@@ -231,18 +220,7 @@ class NvmeSriovTest : public ::testing::Test {
     config_.set_interrupts_per_vf(1);
   }
 
-  std::string Pci(const std::string& bdf) const {
-    return root_ + "/sys/bus/pci/devices/" + bdf;
-  }
-  static void Write(const std::string& path, const std::string& text) {
-    std::ofstream(path, std::ios::trunc) << text;
-  }
-  static std::string Read(const std::string& path) {
-    std::ifstream in(path);
-    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    while (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
+  std::string Pci(const std::string& bdf) const { return sysfs_->Pci(bdf); }
 
   absl::StatusOr<std::unique_ptr<NvmeSriovBackend>> Open() {
     auto platform = std::make_unique<FakePlatform>();
@@ -259,6 +237,7 @@ class NvmeSriovTest : public ::testing::Test {
     return NvmeSriovBackend::Open("nv", config_, std::move(platform), options);
   }
 
+  std::unique_ptr<fake_sysfs::Tree> sysfs_;
   std::string root_;
   config::NvmeSriovPool config_;
   FakeController controller_;
@@ -363,8 +342,7 @@ TEST_F(NvmeSriovTest, ProvisionRefusesAnythingButOneWholeSlot) {
 TEST_F(NvmeSriovTest, ProvisionRefusesAVfThatSharesItsIommuGroup) {
   auto backend = Open();
   ASSERT_TRUE(backend.ok()) << backend.status();
-  fs::create_symlink("../../../../bus/pci/devices/0000:00:1f.0",
-                     root_ + "/sys/kernel/iommu_groups/5/devices/0000:00:1f.0");
+  sysfs_->AddIommuGroupMember(5, "0000:00:1f.0");
   const size_t commands = controller_.log.size();
   absl::StatusOr<ProvisionedExtent> extent = (*backend)->Provision(0, 64 * kMiB);
   ASSERT_EQ(extent.status().code(), absl::StatusCode::kFailedPrecondition);

@@ -9,21 +9,23 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "broker/backends/fake_sysfs_test_util.h"
 #include "gtest/gtest.h"
 
 namespace vfbroker {
 namespace {
 
 namespace fs = std::filesystem;
+using fake_sysfs::Read;
+using fake_sysfs::Write;
 const char* const kFunctions[] = {"0000:05:00.0", "0000:06:00.0"};
 const MacAddress kMacs[] = {{0x52, 0x54, 0, 0x56, 0, 2}, {0x52, 0x54, 0, 0x56, 0, 3}};
 
@@ -64,31 +66,21 @@ struct FakePlatform : public PciNicPlatform {
 class PciNicTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = std::string(std::getenv("TEST_TMPDIR")) + "/pcinic-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    fs::remove_all(root_);
-    fs::create_directories(root_ + "/sys/bus/pci/drivers/vfio-pci");
-    fs::create_directories(root_ + "/sys/bus/pci/drivers/virtio-pci");
-    Write(root_ + "/sys/bus/pci/drivers/virtio-pci/unbind", "");
-    Write(root_ + "/sys/bus/pci/drivers_probe", "");
+    sysfs_ = std::make_unique<fake_sysfs::Tree>("pcinic");
+    root_ = sysfs_->root();
     for (int i = 0; i < 2; ++i) {
-      const std::string bdf = kFunctions[i];
-      fs::create_directories(Pci(bdf));
-      Write(Pci(bdf) + "/class", "0x020000\n");
-      Write(Pci(bdf) + "/driver_override", "(null)\n");
-      const std::string group = std::to_string(12 + i);
-      fs::create_directories(root_ + "/sys/kernel/iommu_groups/" + group + "/devices");
-      fs::create_symlink("../../../../bus/pci/devices/" + bdf,
-                         root_ + "/sys/kernel/iommu_groups/" + group + "/devices/" + bdf);
-      fs::create_symlink("../../../../kernel/iommu_groups/" + group, Pci(bdf) + "/iommu_group");
+      sysfs_->AddFunction(kFunctions[i], "(null)\n");
+      Write(Pci(kFunctions[i]) + "/class", "0x020000\n");
+      sysfs_->PutInIommuGroup(kFunctions[i], 12 + i);
     }
     // Function 0 is with its kernel driver, with a netdev; function 1 is already vfio-pci's.
-    fs::create_symlink("../../drivers/virtio-pci", Pci(kFunctions[0]) + "/driver");
+    sysfs_->BindDriver(kFunctions[0], "virtio-pci");
+    Write(root_ + "/sys/bus/pci/drivers/virtio-pci/unbind", "");
     // (virtio_net's netdev hangs under the virtio device, not under the PCI function.)
     fs::create_directories(Pci(kFunctions[0]) + "/virtio0/net/eth2");
     Write(Pci(kFunctions[0]) + "/virtio0/net/eth2/address", "52:54:00:56:00:02\n");
     Write(Pci(kFunctions[0]) + "/virtio0/net/eth2/addr_assign_type", "0\n");
-    fs::create_symlink("../../drivers/vfio-pci", Pci(kFunctions[1]) + "/driver");
+    sysfs_->BindDriver(kFunctions[1], "vfio-pci");
     for (const char* bdf : kFunctions) config_.add_pci_addresses(bdf);
     // The kernel's side of driver_override + drivers_probe: a function whose override says
     // vfio-pci and that has no driver is bound to vfio-pci.
@@ -118,16 +110,7 @@ class PciNicTest : public ::testing::Test {
     binder_.join();
   }
 
-  std::string Pci(const std::string& bdf) const { return root_ + "/sys/bus/pci/devices/" + bdf; }
-  static void Write(const std::string& path, const std::string& text) {
-    std::ofstream(path, std::ios::trunc) << text;
-  }
-  static std::string Read(const std::string& path) {
-    std::ifstream in(path);
-    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    while (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
+  std::string Pci(const std::string& bdf) const { return sysfs_->Pci(bdf); }
 
   absl::StatusOr<std::unique_ptr<PciNicBackend>> Open() {
     auto platform = std::make_unique<FakePlatform>();
@@ -142,6 +125,7 @@ class PciNicTest : public ::testing::Test {
 
   static std::string Bytes(const MacAddress& mac) { return std::string(mac.begin(), mac.end()); }
 
+  std::unique_ptr<fake_sysfs::Tree> sysfs_;
   std::string root_;
   config::PciNicPool config_;
   FakeDevices devices_;
@@ -216,8 +200,7 @@ TEST_F(PciNicTest, OpenRefusesBadPools) {
 TEST_F(PciNicTest, AFunctionSharingItsIommuGroupIsRefused) {
   auto backend = Open();
   ASSERT_TRUE(backend.ok()) << backend.status().message();
-  fs::create_symlink("../../../../bus/pci/devices/0000:00:05.0",
-                     root_ + "/sys/kernel/iommu_groups/12/devices/0000:00:05.0");
+  sysfs_->AddIommuGroupMember(12, "0000:00:05.0");
   auto refused = (*backend)->ProvisionNic(0, NicRequest{});
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.status().message().find("0000:00:05.0 0000:05:00.0"), std::string::npos)

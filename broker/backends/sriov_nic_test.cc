@@ -7,21 +7,23 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "broker/backends/fake_sysfs_test_util.h"
 #include "gtest/gtest.h"
 
 namespace vfbroker {
 namespace {
 
 namespace fs = std::filesystem;
+using fake_sysfs::Read;
+using fake_sysfs::Write;
 constexpr char kPf[] = "0000:02:00.0";
 const char* const kVfs[] = {"0000:02:10.0", "0000:02:10.2"};
 constexpr int kIfindex = 7;
@@ -142,11 +144,10 @@ struct FakePlatform : public SriovNicPlatform {
 class SriovNicTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = std::string(std::getenv("TEST_TMPDIR")) + "/sriovnic-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    fs::remove_all(root_);
+    sysfs_ = std::make_unique<fake_sysfs::Tree>("sriovnic");
+    root_ = sysfs_->root();
+    sysfs_->AddSriovPf(kPf, 7);
     fs::create_directories(Pci(kPf) + "/net/eth1");
-    fs::create_directories(root_ + "/sys/bus/pci/drivers/vfio-pci");
     fs::create_directories(root_ + "/sys/class/net");
     fs::create_directories(root_ + "/sys/devices/eth1");
     fs::create_symlink("../../bus/pci/devices/" + std::string(kPf),
@@ -157,36 +158,16 @@ class SriovNicTest : public ::testing::Test {
     fs::create_directories(root_ + "/sys/devices/mv0");
     Write(root_ + "/sys/devices/mv0/address", "02:aa:00:00:00:01\n");
     fs::create_symlink("../mv0", root_ + "/sys/devices/eth1/upper_mv0");
-    Write(root_ + "/sys/bus/pci/drivers_probe", "");
-    Write(Pci(kPf) + "/sriov_totalvfs", "7\n");
-    Write(Pci(kPf) + "/sriov_numvfs", "0\n");
-    Write(Pci(kPf) + "/sriov_drivers_autoprobe", "1\n");
     for (int i = 0; i < 2; ++i) {
-      const std::string vf = kVfs[i];
-      fs::create_directories(Pci(vf));
-      fs::create_symlink("../" + vf, Pci(kPf) + "/virtfn" + std::to_string(i));
-      Write(Pci(vf) + "/driver_override", "\n");
-      const std::string group = std::to_string(9 + i);
-      fs::create_directories(root_ + "/sys/kernel/iommu_groups/" + group + "/devices");
-      fs::create_symlink("../../../../bus/pci/devices/" + vf,
-                         root_ + "/sys/kernel/iommu_groups/" + group + "/devices/" + vf);
-      fs::create_symlink("../../../../kernel/iommu_groups/" + group, Pci(vf) + "/iommu_group");
-      fs::create_symlink("../../drivers/vfio-pci", Pci(vf) + "/driver");
+      sysfs_->AddVf(kPf, i, kVfs[i]);
+      sysfs_->PutInIommuGroup(kVfs[i], 9 + i);
+      sysfs_->BindDriver(kVfs[i], "vfio-pci");
     }
     config_.set_pf_interface("eth1");
     config_.set_max_vfs(2);
   }
 
-  std::string Pci(const std::string& bdf) const { return root_ + "/sys/bus/pci/devices/" + bdf; }
-  static void Write(const std::string& path, const std::string& text) {
-    std::ofstream(path, std::ios::trunc) << text;
-  }
-  static std::string Read(const std::string& path) {
-    std::ifstream in(path);
-    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    while (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
+  std::string Pci(const std::string& bdf) const { return sysfs_->Pci(bdf); }
 
   absl::StatusOr<std::unique_ptr<SriovNicBackend>> Open() {
     auto platform = std::make_unique<FakePlatform>();
@@ -207,6 +188,7 @@ class SriovNicTest : public ::testing::Test {
     return r;
   }
 
+  std::unique_ptr<fake_sysfs::Tree> sysfs_;
   std::string root_;
   config::SriovNicPool config_;
   FakeNic nic_;
@@ -279,8 +261,7 @@ TEST_F(SriovNicTest, ProvisionResetsAndSetsMacVlanSpoofchkTrust) {
 TEST_F(SriovNicTest, ProvisionRefusesAVfThatSharesItsIommuGroup) {
   auto backend = Open();
   ASSERT_TRUE(backend.ok()) << backend.status().message();
-  fs::create_symlink("../../../../bus/pci/devices/0000:02:00.0",
-                     root_ + "/sys/kernel/iommu_groups/9/devices/0000:02:00.0");
+  sysfs_->AddIommuGroupMember(9, "0000:02:00.0");
   auto refused = (*backend)->ProvisionNic(0, Request(1));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(refused.status().message().find("0000:02:00.0 0000:02:10.0"), std::string::npos)
