@@ -637,9 +637,13 @@ absl::Status XdpNicBackend::Readopt(const journal::ExtentState& extent) {
     if (state.vlan() != 0) ++vlan_users_[state.vlan()];
     live_[state.device()] = Live{state, *std::move(steering), lease_netns, nullptr};
   }
-  // Found through its pin (e.g. the first start under systemd after running without it): into
-  // the store too, so the next restart under systemd finds it.
-  if (lease_netns != nullptr && !from_store) fd_store_->Keep(state.device(), lease_netns->get());
+  // Found through its pin and not in the store (e.g. the first start under systemd after
+  // running without it): into the store too, so the next restart under systemd finds it. Not
+  // twice: systemd would keep both.
+  if (lease_netns != nullptr && !from_store &&
+      absl::IsNotFound(fd_store_->Recovered(state.device()).status())) {
+    fd_store_->Keep(state.device(), lease_netns->get());
+  }
   spdlog::info("pool={} device={}: lease namespace re-adopted ({})", pool_name_, state.device(),
                lease_netns == nullptr ? "broker's namespace"
                : from_store           ? "from systemd's fd store"
