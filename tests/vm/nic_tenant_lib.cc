@@ -61,6 +61,19 @@ absl::Status PeekRefused(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::Status DropToUidAndPeek(int uid, const std::string& peek) {
+  if (uid >= 0) {
+    if (absl::Status s = DropToUid(uid); !s.ok()) return s;
+  }
+  return peek.empty() ? absl::OkStatus() : PeekRefused(peek);
+}
+
+int Fail(const std::string& why) {
+  std::printf("TENANT FAIL: %s\n", why.c_str());
+  std::fflush(stdout);
+  return 1;
+}
+
 bool ParseMac(const std::string& text, Mac* mac) {
   unsigned b[6];
   char extra = 0;

@@ -25,6 +25,10 @@ absl::Status DropToUid(int uid);
 // Tries to open `path` (another tenant's /dev/vfio/N); prints "PEEK <path> errno=<name>" and
 // succeeds only if the open was refused.
 absl::Status PeekRefused(const std::string& path);
+// A tenant's first steps: DropToUid(uid) unless uid < 0, then PeekRefused(peek) unless empty.
+absl::Status DropToUidAndPeek(int uid, const std::string& peek);
+// Prints "TENANT FAIL: <why>" (what the scenarios wait for) and returns main's exit code, 1.
+int Fail(const std::string& why);
 
 bool ParseMac(const std::string& text, Mac* mac);
 std::string MacText(const Mac& mac);

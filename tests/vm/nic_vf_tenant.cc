@@ -46,27 +46,17 @@ ABSL_FLAG(uint32_t, vlan, 0, "the VLAN to ask for (0: untagged)");
 ABSL_FLAG(uint32_t, filter_udp_port, 0, "ask for a UDP flow filter to --vf_ip:port (0: none)");
 ABSL_FLAG(uint64_t, max_tx_rate_mbps, 0, "the VF's transmit rate limit to ask for (0: none)");
 
-namespace {
-
 using vfdrivers::net::igbvf::IgbvfPort;
 using vfdrivers::net::igbvf::MacAddress;
-
-int Fail(const std::string& why) {
-  std::printf("TENANT FAIL: %s\n", why.c_str());
-  std::fflush(stdout);
-  return 1;
-}
-
-}  // namespace
+using vmtest::Fail;
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   setvbuf(stdout, nullptr, _IOLBF, 0);
-  if (const int uid = absl::GetFlag(FLAGS_uid); uid >= 0) {
-    if (absl::Status s = vmtest::DropToUid(uid); !s.ok()) return Fail(s.ToString());
-  }
-  if (const std::string peek = absl::GetFlag(FLAGS_peek); !peek.empty()) {
-    if (absl::Status s = vmtest::PeekRefused(peek); !s.ok()) return Fail(s.ToString());
+  if (absl::Status s =
+          vmtest::DropToUidAndPeek(absl::GetFlag(FLAGS_uid), absl::GetFlag(FLAGS_peek));
+      !s.ok()) {
+    return Fail(s.ToString());
   }
   vmtest::UdpPeer pf;
   if (!vmtest::ParseMac(absl::GetFlag(FLAGS_pf_mac), &pf.peer_mac)) {

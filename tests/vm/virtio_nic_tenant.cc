@@ -45,24 +45,15 @@ ABSL_FLAG(std::string, peek, "", "a /dev/vfio group node to try to open first");
 ABSL_FLAG(bool, promiscuous, false,
           "leave the device promiscuous (the scenario's proof that the wire is shared)");
 
-namespace {
-
-int Fail(const std::string& why) {
-  std::printf("TENANT FAIL: %s\n", why.c_str());
-  std::fflush(stdout);
-  return 1;
-}
-
-}  // namespace
+using vmtest::Fail;
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   setvbuf(stdout, nullptr, _IOLBF, 0);
-  if (const int uid = absl::GetFlag(FLAGS_uid); uid >= 0) {
-    if (absl::Status s = vmtest::DropToUid(uid); !s.ok()) return Fail(s.ToString());
-  }
-  if (const std::string peek = absl::GetFlag(FLAGS_peek); !peek.empty()) {
-    if (absl::Status s = vmtest::PeekRefused(peek); !s.ok()) return Fail(s.ToString());
+  if (absl::Status s =
+          vmtest::DropToUidAndPeek(absl::GetFlag(FLAGS_uid), absl::GetFlag(FLAGS_peek));
+      !s.ok()) {
+    return Fail(s.ToString());
   }
   const uint32_t count = absl::GetFlag(FLAGS_count);
   vmtest::UdpPeer peer;

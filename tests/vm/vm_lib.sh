@@ -89,3 +89,29 @@ stop_broker() {  # socket_dir: SIGTERM, then wait until it has exited
 field() {  # file key -> the value of key=... on the file's TENANT OK line
   sed -n "s/.*TENANT OK.* $2=\([^ ]*\).*/\1/p" "$1" | head -1
 }
+# Root's open of each group node must fail with EBUSY (a tenant holds it).
+expect_groups_busy() {  # group node...
+  local g
+  for g in "$@"; do
+    if (exec 3<> "$g") 2>/tmp/peek.err; then fail "root opened held group $g"; fi
+    log "root opening held $g: $(cat /tmp/peek.err)"
+    grep -q "busy" /tmp/peek.err || fail "opening held group $g: not EBUSY"
+  done
+}
+# Two NIC tenants, A and B, each started with --watch_seconds, --watch_until_file and --hold:
+# once B watches, the peer pings A's address (B must not see it); then both stop watching and
+# must hold, neither having counted a frame not its own.
+watch_pair_ping() {  # a.out a_stop_file b.out b_stop_file a_address
+  wait_for 600 grep -q "WATCHING\|TENANT FAIL" "$3"
+  ping -c 5 -W 1 "$5" > /tmp/ping.out 2>&1
+  log "pinged A's $5: $(tail -2 /tmp/ping.out | tr '\n' ' ')"
+  touch "$2" "$4"
+  wait_for 100 grep -q "HOLDING\|TENANT FAIL" "$3"
+  wait_for 100 grep -q "HOLDING\|TENANT FAIL" "$1"
+  show_log "$3" "tenant B"
+  grep -q "TENANT OK" "$3" || fail "tenant B failed"
+  grep "FOREIGN" "$1" | while read -r l; do log "tenant A: $l"; done
+  grep -q "FOREIGN frames=0 " "$1" ||
+    fail "tenant A received frames not its own (during B's exchange)"
+  grep -q "FOREIGN frames=0 " "$3" || fail "tenant B received frames not its own (pings to A)"
+}

@@ -92,11 +92,7 @@ VF_B=$(field /tmp/b.out vf); G_B=$(field /tmp/b.out group); NS_B=$(field /tmp/b.
 log "tenant B (uid $(field /tmp/b.out uid)): VF $VF_B namespace $NS_B group $G_B"
 [ -n "$VF_B" ] && [ "$VF_A" != "$VF_B" ] && [ "$G_A" != "$G_B" ] && [ "$NS_A" != "$NS_B" ] ||
   fail "A and B share a VF, group or namespace"
-for g in "$G_A" "$G_B"; do
-  if (exec 3<> "$g") 2>/tmp/peek.err; then fail "root opened held group $g"; fi
-  log "root opening held $g: $(cat /tmp/peek.err)"
-  grep -q "busy" /tmp/peek.err || fail "opening held group $g: not EBUSY"
-done
+expect_groups_busy "$G_A" "$G_B"
 ls -ln /dev/vfio | while read -r l; do log "/dev/vfio: $l"; done
 nvme_vadmin /dev/$NVME_CTRL list | while read -r l; do log "secondary: $l"; done
 for ns in $NS_A $NS_B; do log "namespace $ns attached to: $(nvme_vadmin /dev/$NVME_CTRL ctrls $ns)"; done

@@ -83,25 +83,13 @@ grep -q "MAC-SET $MAC_SET" /tmp/a.out || fail "tenant A could not set $MAC_SET t
 rm -f /tmp/stop-watch-b
 B=$(tenant /tmp/b.out 60002 --own_ip=10.10.0.3 --peek="$G_A" --watch_seconds=600 \
   --watch_until_file=/tmp/stop-watch-b --hold)
-wait_for 600 grep -q "WATCHING\|TENANT FAIL" /tmp/b.out
-ping -c 5 -W 1 10.10.0.2 > /tmp/ping.out 2>&1  # to A's device MAC: B's device must drop it
-log "pinged A's 10.10.0.2 from the peer: $(tail -2 /tmp/ping.out | tr '\n' ' ')"
-touch /tmp/stop-watch-a /tmp/stop-watch-b
-wait_for 100 grep -q "HOLDING\|TENANT FAIL" /tmp/b.out
-wait_for 100 grep -q "HOLDING\|TENANT FAIL" /tmp/a.out
-show_log /tmp/b.out "tenant B"
+# (the pings go to A's device MAC: B's device must drop them)
+watch_pair_ping /tmp/a.out /tmp/stop-watch-a /tmp/b.out /tmp/stop-watch-b 10.10.0.2
 grep -q "PEEK $G_A errno=EACCES" /tmp/b.out || fail "tenant B's open of tenant A's group $G_A was not refused with EACCES"
-grep -q "TENANT OK" /tmp/b.out || fail "tenant B failed"
-grep "FOREIGN" /tmp/a.out | while read -r l; do log "tenant A: $l"; done
-grep -q "FOREIGN frames=0 " /tmp/a.out || fail "tenant A received frames not its own (during B's exchange)"
-grep -q "FOREIGN frames=0 " /tmp/b.out || fail "tenant B received frames not its own (pings to A)"
 DEV_B=$(field /tmp/b.out dev); G_B=$(field /tmp/b.out group)
 log "tenant B (uid $(field /tmp/b.out uid)): $DEV_B group $G_B MAC $(field /tmp/b.out mac)"
 [ "$DEV_B" = "$VIRTIO_NIC2" ] && [ "$(field /tmp/b.out mac)" = "$MAC2" ] || fail "tenant B: not $VIRTIO_NIC2 with $MAC2"
-for g in "$G_A" "$G_B"; do
-  if (exec 3<> "$g") 2>/tmp/peek.err; then fail "root opened held group $g"; fi
-  grep -q "busy" /tmp/peek.err || fail "opening held group $g: not EBUSY ($(cat /tmp/peek.err))"
-done
+expect_groups_busy "$G_A" "$G_B"
 virtio_nic_tenant --socket_dir=$S --uid=60001 --count=0 --ask_mac=02:00:00:0a:00:42 > /tmp/x.out 2>&1
 show_log /tmp/x.out "tenant X (asks for a MAC)"
 grep -q "INVALID_ARGUMENT.*whole-device" /tmp/x.out || fail "a pci_nic request naming a MAC was not refused with INVALID_ARGUMENT"
