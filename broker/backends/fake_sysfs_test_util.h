@@ -10,6 +10,8 @@
 
 #include <string>
 
+#include "absl/time/time.h"
+
 namespace vfbroker {
 namespace fake_sysfs {
 
@@ -27,6 +29,15 @@ class Tree {
   // The directory holding sys/ (and the backends' dev/).
   const std::string& root() const { return root_; }
   std::string Pci(const std::string& bdf) const;  // <root>/sys/bus/pci/devices/<bdf>
+
+  // Points a PCI backend's options (PciNicOptions, SriovNicOptions, NvmeSriovOptions) at this
+  // tree (sysfs_root, dev_root) and makes its sysfs polls 1 ms apart.
+  template <typename BackendOptions>
+  void PointAtTree(BackendOptions* options) const {
+    options->sysfs_root = root_ + "/sys";
+    options->dev_root = root_ + "/dev";
+    options->poll_interval = absl::Milliseconds(1);
+  }
 
   // A PCI function's directory with its driver_override holding `driver_override`.
   void AddFunction(const std::string& bdf, const std::string& driver_override) const;

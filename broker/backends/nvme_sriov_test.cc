@@ -229,11 +229,9 @@ class NvmeSriovTest : public ::testing::Test {
     platform->scrubbed = &scrubbed_;
     platform_ = platform.get();
     NvmeSriovOptions options;
-    options.sysfs_root = root_ + "/sys";
-    options.dev_root = root_ + "/dev";
+    sysfs_->PointAtTree(&options);
     options.live_timeout = absl::Milliseconds(200);
     options.bind_timeout = absl::Milliseconds(200);
-    options.poll_interval = absl::Milliseconds(1);
     return NvmeSriovBackend::Open("nv", config_, std::move(platform), options);
   }
 

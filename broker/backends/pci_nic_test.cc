@@ -116,10 +116,8 @@ class PciNicTest : public ::testing::Test {
     auto platform = std::make_unique<FakePlatform>();
     platform->devices = &devices_;
     PciNicOptions options;
-    options.sysfs_root = root_ + "/sys";
-    options.dev_root = root_ + "/dev";
+    sysfs_->PointAtTree(&options);
     options.bind_timeout = absl::Seconds(2);
-    options.poll_interval = absl::Milliseconds(1);
     return PciNicBackend::Open("pn", config_, std::move(platform), options);
   }
 

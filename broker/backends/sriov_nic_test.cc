@@ -173,11 +173,9 @@ class SriovNicTest : public ::testing::Test {
     auto platform = std::make_unique<FakePlatform>();
     platform->nic = &nic_;
     SriovNicOptions options;
-    options.sysfs_root = root_ + "/sys";
-    options.dev_root = root_ + "/dev";
+    sysfs_->PointAtTree(&options);
     options.vfs_timeout = absl::Milliseconds(200);
     options.bind_timeout = absl::Milliseconds(200);
-    options.poll_interval = absl::Milliseconds(1);
     return SriovNicBackend::Open("sn", config_, std::move(platform), options);
   }
 
