@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -1003,6 +1004,7 @@ class FakeSystemd {
   const Message* WaitFor(const std::vector<std::string>& lines, absl::Duration timeout,
                          size_t from = 0) {
     const absl::Time deadline = absl::Now() + timeout;
+    Receive(absl::ZeroDuration());  // what was sent already, even with no time to wait
     for (size_t i = from;; ++i) {
       while (i >= messages_.size()) {
         if (absl::Now() > deadline) return nullptr;
@@ -1116,6 +1118,12 @@ TEST_F(NicFdStoreTest, RestartedBrokerReadoptsLeasesFromSystemdsFdStoreWithoutPi
   const size_t before_restart = systemd_->count();
   ASSERT_TRUE(broker_->Restart({{name, lease_ns}, {"netns-" + orphan, orphan_ns->get()}}).ok());
   const std::string log = broker_->log();
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    if (absl::StrContains(line, "fd store") || absl::StrContains(line, "re-adopted") ||
+        absl::StrContains(line, "orphaned lease namespace")) {
+      std::printf("broker: %s\n", std::string(line).c_str());
+    }
+  }
   EXPECT_NE(log.find("2 lease namespaces came back from systemd's file descriptor store"),
             std::string::npos)
       << log;
