@@ -68,6 +68,16 @@ absl::Status DropToUidAndPeek(int uid, const std::string& peek) {
   return peek.empty() ? absl::OkStatus() : PeekRefused(peek);
 }
 
+absl::StatusOr<std::unique_ptr<vfclient::NicLease>> AllocateNic(
+    const std::string& socket_dir, const vfbroker::v1::AllocateNicRequest& request) {
+  vfclient::ConnectOptions options;
+  options.socket_dir = socket_dir;
+  absl::StatusOr<std::shared_ptr<vfclient::BrokerClient>> client =
+      vfclient::BrokerClient::Connect(options);
+  if (!client.ok()) return absl::UnavailableError("connect: " + client.status().ToString());
+  return (*client)->AllocateNic(request);
+}
+
 int Fail(const std::string& why) {
   std::printf("TENANT FAIL: %s\n", why.c_str());
   std::fflush(stdout);

@@ -9,10 +9,13 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/broker_client.h"
 #include "vfdrivers/net/port.h"
 
 namespace vmtest {
@@ -27,6 +30,10 @@ absl::Status DropToUid(int uid);
 absl::Status PeekRefused(const std::string& path);
 // A tenant's first steps: DropToUid(uid) unless uid < 0, then PeekRefused(peek) unless empty.
 absl::Status DropToUidAndPeek(int uid, const std::string& peek);
+// Connects to vfbrokerd's socket in `socket_dir` (libvfclient) and asks for `request`; the lease
+// keeps the connection. A failed connect is UNAVAILABLE "connect: ...".
+absl::StatusOr<std::unique_ptr<vfclient::NicLease>> AllocateNic(
+    const std::string& socket_dir, const vfbroker::v1::AllocateNicRequest& request);
 // Prints "TENANT FAIL: <why>" (what the scenarios wait for) and returns main's exit code, 1.
 int Fail(const std::string& why);
 

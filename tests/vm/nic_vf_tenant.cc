@@ -67,11 +67,6 @@ int main(int argc, char** argv) {
   const uint32_t count = absl::GetFlag(FLAGS_count);
   pf.count = count;
 
-  vfclient::ConnectOptions options;
-  options.socket_dir = absl::GetFlag(FLAGS_socket_dir);
-  absl::StatusOr<std::shared_ptr<vfclient::BrokerClient>> client =
-      vfclient::BrokerClient::Connect(options);
-  if (!client.ok()) return Fail(absl::StrCat("connect: ", client.status().ToString()));
   vfbroker::v1::AllocateNicRequest request;
   request.set_pool(absl::GetFlag(FLAGS_pool));
   request.set_mac(absl::GetFlag(FLAGS_mac));
@@ -83,7 +78,8 @@ int main(int argc, char** argv) {
     filter->set_dst_ip(absl::GetFlag(FLAGS_vf_ip));
     filter->set_dst_port(port);
   }
-  absl::StatusOr<std::unique_ptr<vfclient::NicLease>> lease = (*client)->AllocateNic(request);
+  absl::StatusOr<std::unique_ptr<vfclient::NicLease>> lease =
+      vmtest::AllocateNic(absl::GetFlag(FLAGS_socket_dir), request);
   if (!lease.ok()) return Fail(absl::StrCat("AllocateNic: ", lease.status().ToString()));
   const vfbroker::v1::Nic nic = (*lease)->nic();
   std::printf("LEASE id=%s vf=%s mac=%s vlan=%u pf=%s\n", (*lease)->id().c_str(),

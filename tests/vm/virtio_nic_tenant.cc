@@ -64,16 +64,12 @@ int main(int argc, char** argv) {
   peer.own_ip = vmtest::ParseIp(absl::GetFlag(FLAGS_own_ip));
   peer.count = count;
 
-  vfclient::ConnectOptions options;
-  options.socket_dir = absl::GetFlag(FLAGS_socket_dir);
-  absl::StatusOr<std::shared_ptr<vfclient::BrokerClient>> client =
-      vfclient::BrokerClient::Connect(options);
-  if (!client.ok()) return Fail(absl::StrCat("connect: ", client.status().ToString()));
   vfbroker::v1::AllocateNicRequest request;
   request.set_pool(absl::GetFlag(FLAGS_pool));
   request.set_mac(absl::GetFlag(FLAGS_ask_mac));
   request.set_vlan(absl::GetFlag(FLAGS_ask_vlan));
-  absl::StatusOr<std::unique_ptr<vfclient::NicLease>> lease = (*client)->AllocateNic(request);
+  absl::StatusOr<std::unique_ptr<vfclient::NicLease>> lease =
+      vmtest::AllocateNic(absl::GetFlag(FLAGS_socket_dir), request);
   if (!lease.ok()) return Fail(absl::StrCat("AllocateNic: ", lease.status().ToString()));
   const vfbroker::v1::Nic nic = (*lease)->nic();
   std::printf("LEASE id=%s dev=%s mac=%s\n", (*lease)->id().c_str(), nic.pci_address().c_str(),
