@@ -1165,6 +1165,43 @@ TEST_F(NicFdStoreTest, RestartedBrokerReadoptsLeasesFromSystemdsFdStoreWithoutPi
       << "the released lease's namespace stayed in the store";
 }
 
+// A tenant that died while no broker ran: the restarted broker reclaims its lease, reaching the
+// macvlan through the stored namespace (the pin is gone), deletes it and drops the store entry.
+TEST_F(NicFdStoreTest, LeaseOfATenantThatDiedWhileTheBrokerWasDownIsReclaimedThroughTheStore) {
+  Holder a = Hold(kTenantA, "02:76:66:00:00:22");
+  const std::string name = "netns-" + a.device;
+  const FakeSystemd::Message* stored =
+      systemd_->WaitFor({"FDSTORE=1", "FDNAME=" + name}, absl::Seconds(10));
+  ASSERT_NE(stored, nullptr) << "no FDSTORE=1 message for " << name;
+  ASSERT_EQ(stored->fds.size(), 1u);
+  const int lease_ns = stored->fds[0].get();
+  ASSERT_TRUE(IsNetns(lease_ns));
+  ASSERT_TRUE(broker_->Kill().ok());
+  ASSERT_TRUE(netns::Unpin(PinPath(a.device)).ok());
+  a.tenant->Kill();
+  // The namespace lives on through the stored descriptor, and the macvlan in it.
+  bool there = false;
+  ASSERT_TRUE(netns::RunIn(lease_ns, [&] {
+                there = ::if_nametoindex(a.device.c_str()) != 0;
+                return absl::OkStatus();
+              }).ok());
+  ASSERT_TRUE(there);
+  const size_t before_restart = systemd_->count();
+  ASSERT_TRUE(broker_->Restart({{name, lease_ns}}).ok());
+  ASSERT_TRUE(broker_->WaitForIdle().ok());
+  ASSERT_TRUE(netns::RunIn(lease_ns, [&] {
+                there = ::if_nametoindex(a.device.c_str()) != 0;
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_FALSE(there) << "the dead tenant's macvlan lives in the stored namespace";
+  EXPECT_NE(systemd_->WaitFor({"FDSTOREREMOVE=1", "FDNAME=" + name}, absl::Seconds(5),
+                              before_restart),
+            nullptr)
+      << "the reclaimed lease's namespace stayed in the store";
+  EXPECT_EQ(broker_->log().find("is neither pinned nor in the fd store"), std::string::npos)
+      << broker_->log();
+}
+
 // Outside systemd (no $NOTIFY_SOCKET) the broker sends nothing and takes no descriptors:
 // LISTEN_FDS alone (e.g. inherited by accident) is left alone. (The pins then are all there
 // is: every other test here.)
