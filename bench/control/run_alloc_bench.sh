@@ -21,7 +21,9 @@ CONF
 bazel-bin/broker/vfbrokerd --config="$dir/config.textproto" --log_level=${BROKER_LOG_LEVEL:-warn} >"$dir/broker.log" 2>&1 &
 broker=$!
 source scripts/lib/broker_idle.sh
-trap 'wait_pools_whole bazel-bin/tools/vfctl/vfctl "$dir/run" 3000; kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir" "$pool"' EXIT
+# KEEP_BROKER_LOG=path: keep the broker's log (with BROKER_LOG_LEVEL=info every grant logs its
+# provision / journal / handoff microseconds).
+trap 'wait_pools_whole bazel-bin/tools/vfctl/vfctl "$dir/run" 3000; kill $broker 2>/dev/null; wait $broker 2>/dev/null; [[ -n ${KEEP_BROKER_LOG:-} ]] && cp "$dir/broker.log" "$KEEP_BROKER_LOG"; rm -rf "$dir" "$pool"' EXIT
 for _ in $(seq 100); do [[ -S "$dir/run/grpc.sock" ]] && break; sleep 0.1; done
 echo "journal on: $(df --output=source,fstype "$dir" | tail -n 1)"
 bazel-bin/bench/control/alloc_bench --socket_dir="$dir/run" --broker_pid=$broker "$@"
