@@ -132,14 +132,21 @@ int CollectLink(const nlmsghdr* nlh, void* data) {
   return MNL_CB_OK;
 }
 
-}  // namespace
-
-absl::Status CreateMacvlan(const std::string& name, int parent, const std::array<uint8_t, 6>& mac,
-                           uint32_t mode) {
+// RTM_NEWLINK for a macvlan `name` on `parent` with `mac`; in the namespace `netns_fd` with
+// ifindex `ifindex` when netns_fd >= 0 (else in the sender's, the kernel picking the ifindex).
+absl::Status NewMacvlan(const std::string& name, int parent, const std::array<uint8_t, 6>& mac,
+                        uint32_t mode, int netns_fd, int ifindex) {
   char buf[MNL_SOCKET_BUFFER_SIZE];
   nlmsghdr* nlh = NewLinkRequest(buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+  if (netns_fd >= 0) {
+    // rtnl_newlink: a nonzero ifi_index on creation is the new device's ifindex (EBUSY if taken
+    // in the target namespace); IFLA_LINK is looked up in the sender's namespace, the device is
+    // registered in IFLA_NET_NS_FD's.
+    static_cast<ifinfomsg*>(mnl_nlmsg_get_payload(nlh))->ifi_index = ifindex;
+  }
   mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
   mnl_attr_put_u32(nlh, IFLA_LINK, static_cast<uint32_t>(parent));
+  if (netns_fd >= 0) mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, static_cast<uint32_t>(netns_fd));
   mnl_attr_put(nlh, IFLA_ADDRESS, mac.size(), mac.data());
   nlattr* info = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
   mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "macvlan");
@@ -147,31 +154,22 @@ absl::Status CreateMacvlan(const std::string& name, int parent, const std::array
   mnl_attr_put_u32(nlh, IFLA_MACVLAN_MODE, mode);
   mnl_attr_nest_end(nlh, data);
   mnl_attr_nest_end(nlh, info);
-  return Transact(absl::StrCat("create macvlan ", name), nlh, nullptr, nullptr);
+  const char* where = netns_fd >= 0 ? " in a lease namespace" : "";
+  return Transact(absl::StrCat("create macvlan ", name, where), nlh, nullptr, nullptr);
+}
+
+}  // namespace
+
+absl::Status CreateMacvlan(const std::string& name, int parent, const std::array<uint8_t, 6>& mac,
+                           uint32_t mode) {
+  return NewMacvlan(name, parent, mac, mode, /*netns_fd=*/-1, /*ifindex=*/0);
 }
 
 absl::Status CreateMacvlanInNetns(const std::string& name, int parent,
                                   const std::array<uint8_t, 6>& mac, uint32_t mode, int netns_fd,
                                   int ifindex) {
   if (netns_fd < 0) return absl::InvalidArgumentError("create macvlan: no target namespace");
-  char buf[MNL_SOCKET_BUFFER_SIZE];
-  nlmsghdr* nlh = NewLinkRequest(buf, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
-  // rtnl_newlink: a nonzero ifi_index on creation is the new device's ifindex (EBUSY if taken in
-  // the target namespace); IFLA_LINK is looked up in the sender's namespace, the device is
-  // registered in IFLA_NET_NS_FD's.
-  static_cast<ifinfomsg*>(mnl_nlmsg_get_payload(nlh))->ifi_index = ifindex;
-  mnl_attr_put_strz(nlh, IFLA_IFNAME, name.c_str());
-  mnl_attr_put_u32(nlh, IFLA_LINK, static_cast<uint32_t>(parent));
-  mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, static_cast<uint32_t>(netns_fd));
-  mnl_attr_put(nlh, IFLA_ADDRESS, mac.size(), mac.data());
-  nlattr* info = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
-  mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "macvlan");
-  nlattr* data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
-  mnl_attr_put_u32(nlh, IFLA_MACVLAN_MODE, mode);
-  mnl_attr_nest_end(nlh, data);
-  mnl_attr_nest_end(nlh, info);
-  return Transact(absl::StrCat("create macvlan ", name, " in a lease namespace"), nlh, nullptr,
-                  nullptr);
+  return NewMacvlan(name, parent, mac, mode, netns_fd, ifindex);
 }
 
 absl::Status CreateVlan(const std::string& name, int parent, uint16_t vid) {
