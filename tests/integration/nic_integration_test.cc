@@ -58,10 +58,6 @@ constexpr uint32_t kLeaseIp = packet::Ipv4(10, 77, 0, 10);
 
 int Ip(const std::string& args) { return RunIp(args); }
 
-void WriteFile(const char* path, const char* value) {
-  std::ofstream(path) << value;
-}
-
 MacAddress Mac(const std::string& text) {
   MacAddress mac{};
   unsigned b[6] = {};

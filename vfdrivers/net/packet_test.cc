@@ -88,7 +88,9 @@ TEST(Packet, BuildParseRoundTrip) {
       EXPECT_EQ(v.eth.dst, spec.dst_mac);
       EXPECT_EQ(v.eth.src, spec.src_mac);
       EXPECT_EQ(v.eth.has_vlan, vlan);
-      if (vlan) EXPECT_EQ(v.eth.vlan_tci, 0x2064);
+      if (vlan) {
+        EXPECT_EQ(v.eth.vlan_tci, 0x2064);
+      }
       EXPECT_EQ(v.src_ip, spec.src_ip);
       EXPECT_EQ(v.dst_ip, spec.dst_ip);
       EXPECT_EQ(v.src_port, 4000);
@@ -96,7 +98,9 @@ TEST(Packet, BuildParseRoundTrip) {
       EXPECT_EQ(v.ttl, 64);
       EXPECT_TRUE(v.udp_checksum_present);
       ASSERT_EQ(v.payload_length, n);
-      if (n > 0) EXPECT_EQ(std::memcmp(v.payload, payload.data(), n), 0);
+      if (n > 0) {
+        EXPECT_EQ(std::memcmp(v.payload, payload.data(), n), 0);
+      }
     }
   }
 }

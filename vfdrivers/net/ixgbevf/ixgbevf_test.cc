@@ -421,7 +421,9 @@ TEST_P(IxgbevfRxHostile, BadWriteBacksAreCountedNeverHandedOut) {
   // write-back there leaves an address of its choosing, and its next DMA to it fails (the
   // IOMMU's job on hardware). The driver stays in bounds; the queue may stall until reset.
   EXPECT_GT(delivered, h == Hostile::kRxDoneNotGiven ? 50u : 1000u);
-  if (h != Hostile::kRxDoneNotGiven) EXPECT_EQ(m.dma_errors(), 0u);
+  if (h != Hostile::kRxDoneNotGiven) {
+    EXPECT_EQ(m.dma_errors(), 0u);
+  }
   if (h == Hostile::kRxHeadBeyondRing) {
     // A lying VFRDH is never read: every genuine frame arrives.
     EXPECT_EQ(p->stats().rx_packets, delivered);
@@ -623,7 +625,9 @@ TEST(Ixgbevf, RandomizedHostileMix) {
       ExpectConserved(*p, static_cast<uint32_t>(held.size()));
     }
     ASSERT_EQ(p->FreeBurst(held), held.size());
-    if (seed <= 6) EXPECT_EQ(m.dma_errors(), 0u) << seed;
+    if (seed <= 6) {
+      EXPECT_EQ(m.dma_errors(), 0u) << seed;
+    }
   }
 }
 
