@@ -1,10 +1,10 @@
 // Instructions per I/O of the NVMe queue pair's own code (staging, submit, completion), counted
 // by callgrind against the register-level device model (vfdrivers/block/nvme/nvme_device_model)
 // on the host: no VFIO, no guest. The driver is reached only through the noinline wrappers
-// StageOne, SubmitStaged and PollIo, so
-//   valgrind --tool=callgrind --toggle-collect='StageOne*' --toggle-collect='SubmitStaged*' \
-//     --toggle-collect='PollIo*' nvme_model_insn --ios=N
-// counts exactly the driver's side; the model runs in the loop's own Step() calls, outside them. bench/nvme/run_model_insn.sh runs it and divides by N.
+// StageOne, SubmitStaged and PollIo, so callgrind with --collect-atstart=no and
+// --toggle-collect on each of the three (run_model_insn.sh has the command) counts exactly the
+// driver's side; the model runs in the loop's own Step() calls, outside them.
+// bench/nvme/run_model_insn.sh runs it and divides by N.
 #include <cstdint>
 #include <cstdio>
 #include <memory>
