@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -64,6 +65,16 @@ class BufferPool {
   uint8_t* caller_table() { return caller_.data(); }
   // A buffer that never reached the caller goes back (its table entry is already kNotCaller).
   void Push(uint32_t b) { free_[top_++] = b; }
+  // Buffer ids ring[from, from + count) of a ring of `ring_size` slots, wrapping at most once,
+  // go back in (at most) two block copies: the slots a TX ring finished. Their table entries are
+  // already kNotCaller. The caller checked count <= ring_size and from < ring_size.
+  void PushRingRun(const uint32_t* ring, uint32_t ring_size, uint32_t from, uint32_t count) {
+    const uint32_t first = count < ring_size - from ? count : ring_size - from;
+    uint32_t* dst = free_.data() + top_;
+    std::memcpy(dst, ring + from, size_t{first} * sizeof(uint32_t));
+    std::memcpy(dst + first, ring, size_t{count - first} * sizeof(uint32_t));
+    top_ += count;
+  }
 
   // Ours, held by the caller, data inside its buffer, length within what follows data.
   bool CallerHolds(const PacketBuffer& p) const {

@@ -96,5 +96,22 @@ TEST_F(BufferPoolTest, RawStackAccessMatchesPushAndFreeCount) {
   EXPECT_EQ(p.index, b);
 }
 
+TEST_F(BufferPoolTest, PushRingRunReturnsAWrappingRunInRingOrder) {
+  pool_.set_free_count(0);  // every buffer posted to a (TX) ring of 6 slots
+  const uint32_t ring[6] = {5, 4, 3, 2, 1, 0};
+  pool_.PushRingRun(ring, 6, 4, 1);  // no wrap
+  EXPECT_EQ(pool_.free_count(), 1u);
+  pool_.PushRingRun(ring, 6, 5, 4);  // slot 5, then 0..2 after the wrap
+  ASSERT_EQ(pool_.free_count(), 5u);
+  const uint32_t* stack = pool_.free_stack();
+  EXPECT_EQ(stack[0], 1u);
+  EXPECT_EQ(stack[1], 0u);
+  EXPECT_EQ(stack[2], 5u);
+  EXPECT_EQ(stack[3], 4u);
+  EXPECT_EQ(stack[4], 3u);
+  pool_.PushRingRun(ring, 6, 3, 0);  // nothing finished
+  EXPECT_EQ(pool_.free_count(), 5u);
+}
+
 }  // namespace
 }  // namespace vfdrivers::net

@@ -390,12 +390,7 @@ void IgbvfPort::ReclaimTx() {
     return;
   }
   if (done == 0) return;
-  // The caller table is not written: Fill already marked these "not the caller's".
-  const uint32_t first = done < mask + 1 - clean ? done : mask + 1 - clean;
-  uint32_t* dst = pool_.free_stack() + pool_.free_count();
-  std::memcpy(dst, tx_slot_.data() + clean, size_t{first} * sizeof(uint32_t));
-  std::memcpy(dst + first, tx_slot_.data(), size_t{done - first} * sizeof(uint32_t));
-  pool_.set_free_count(pool_.free_count() + done);
+  pool_.PushRingRun(tx_slot_.data(), mask + 1, clean, done);
   tx_clean_ = head;
   tx_in_flight_ -= done;
   stats_.tx_completed += done;
